@@ -1,0 +1,27 @@
+# One-command set-up: each target creates the virtualenv and installs core + plugins itself.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGINS := $(sort $(dir $(wildcard plugins/*/setup.cfg)))
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/prosaas: setup.cfg requirements-dev.txt $(wildcard plugins/*/setup.cfg)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e . $(addprefix -e ,$(PLUGINS)) -e tests/fixtures/acme_plugin -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/prosaas
+
+demo: install
+	cd $$(mktemp -d) && $(CURDIR)/$(BIN)/prosaas demo
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info prosaas.db

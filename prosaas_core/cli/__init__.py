@@ -1,0 +1,1 @@
+"""The ``prosaas`` command line, one module per command group."""

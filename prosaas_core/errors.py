@@ -1,0 +1,68 @@
+"""Named exceptions. Each one a user can cause says what to do about it."""
+
+from __future__ import annotations
+
+
+class ProsaasError(Exception):
+    """Base class of every prosaas error."""
+
+
+class PluginError(ProsaasError):
+    """A plugin is malformed: bad hook result, invalid job type, duplicate name."""
+
+
+class DuplicateJobTypeError(PluginError):
+    """Two plugins claim the same job type name."""
+
+    def __init__(self, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"job type {name!r} is claimed by two plugins: {first!r} and {second!r}; "
+            f"disable one with PROSAAS_DISABLE_PLUGINS"
+        )
+        self.name, self.first, self.second = name, first, second
+
+
+class ConfigError(ProsaasError):
+    """A setting from the environment is missing or malformed."""
+
+
+class UnknownJobTypeError(ProsaasError):
+    """No installed plugin provides this job type."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        super().__init__(
+            f"unknown job type {name!r}; installed: {', '.join(sorted(installed)) or '(none)'}"
+        )
+        self.name, self.installed = name, installed
+
+
+class PayloadError(ProsaasError):
+    """A job payload failed validation; `details` lists the field errors."""
+
+    def __init__(self, job_type: str, details: list[dict]) -> None:
+        fields = ", ".join(".".join(str(p) for p in d.get("loc", ())) or "(root)" for d in details)
+        super().__init__(f"invalid payload for {job_type!r}: {fields}")
+        self.job_type, self.details = job_type, details
+
+
+class MigrationRequiredError(ProsaasError):
+    """The database rejected a job type through chk_job_type: the schema is behind the plugins."""
+
+    def __init__(self, job_type: str) -> None:
+        super().__init__(
+            f"Database migration required: job type {job_type!r} is not allowed by chk_job_type; "
+            f"run `prosaas db upgrade`"
+        )
+        self.job_type = job_type
+
+
+class NotFoundError(ProsaasError):
+    """The object does not exist, or belongs to another business (the two look the same)."""
+
+
+class ConflictError(ProsaasError):
+    """The request conflicts with the object's current state."""
+
+
+class MigrationLockTimeout(ProsaasError):
+    """Another migrator held the migration lock for longer than the configured wait."""

@@ -1,0 +1,103 @@
+"""The hooks a prosaas plugin implements: the whole public plugin contract, documented once.
+
+A plugin is a module (found through the entry point group ``prosaas``) whose functions are
+decorated with ``prosaas_core.hookimpl`` and named after the specifications below. Every hook is
+optional. pluggy calls implementations last-registered first; prosaas never depends on that order
+(results are merged and duplicate job type names are an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import flask
+
+    from prosaas_core.registry import JobType, Service
+
+PROJECT = "prosaas"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def prosaas_job_types() -> Iterable[JobType]:
+    """Return the job types this plugin provides.
+
+    Each name becomes an allowed value of the generated ``chk_job_type`` constraint and its
+    queue is one the worker listens on. Two plugins returning the same name is a start-up error
+    naming both plugins.
+
+    Example::
+
+        @hookimpl
+        def prosaas_job_types():
+            return [JobType("delete_leads", handlers.delete_leads, queue="maintenance",
+                            payload_model=DeleteLeads, unique_per_business=True)]
+    """
+
+
+@hookspec
+def prosaas_blueprints() -> Iterable[flask.Blueprint]:
+    """Return Flask blueprints to mount on the app built by ``create_app()``.
+
+    They are registered as they are (their own ``url_prefix``), after the core blueprint.
+    Import Flask inside the hook so ``prosaas --help`` stays fast.
+
+    Example::
+
+        @hookimpl
+        def prosaas_blueprints():
+            from acme_plugin.api import bp
+            return [bp]
+    """
+
+
+@hookspec
+def prosaas_services() -> Iterable[Service]:
+    """Return long-running services that every ``prosaas worker`` starts, each in a thread.
+
+    ``run(ctx)`` loops until ``ctx.stop_event`` is set. A crash is logged with its traceback
+    and the service restarted with backoff. Only ``PROSAAS_DISABLE_SERVICES=name`` turns one off.
+
+    Example::
+
+        @hookimpl
+        def prosaas_services():
+            return [Service("recording-worker", run_recording_worker)]
+    """
+
+
+@hookspec
+def prosaas_migrations() -> Iterable[str]:
+    """Return paths of Alembic version directories for the plugin's own tables.
+
+    Each plugin keeps one Alembic branch (its first revision has ``branch_labels`` set to the
+    plugin's name and ``depends_on`` the core revision it needs). ``prosaas db upgrade``
+    upgrades every head.
+
+    Example::
+
+        @hookimpl
+        def prosaas_migrations():
+            return [str(Path(__file__).parent / "migrations")]
+    """
+
+
+@hookspec
+def prosaas_cli(cli: click.Group) -> None:
+    """Add commands to the root ``prosaas`` click group.
+
+    Example::
+
+        @hookimpl
+        def prosaas_cli(cli):
+            @cli.command("acme-report")
+            def report():
+                click.echo("ok")
+    """

@@ -1,0 +1,1 @@
+"""Jobs: enqueue, transport over RQ, dispatch to plugin handlers, the sweeper."""

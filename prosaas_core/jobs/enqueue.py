@@ -1,0 +1,128 @@
+"""Enqueue: validate, commit the row, then push its id to RQ."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from prosaas_core.errors import MigrationRequiredError, NotFoundError, PayloadError
+from prosaas_core.jobs.transport import push
+from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob, Business
+
+if TYPE_CHECKING:
+    from prosaas_core.registry import JobType
+    from prosaas_core.runtime import Runtime
+
+log = logging.getLogger("prosaas.jobs")
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The outcome of `enqueue`: the job's id and status; `created` is False when a
+    `unique_per_business` job was already queued or running and that one is returned."""
+
+    id: int
+    status: str
+    job_type: str
+    business_id: int
+    created: bool
+    pushed: bool
+
+
+def validate_payload(jt: JobType, payload: Any) -> dict:
+    """The payload as a JSON-ready dict, validated against the job type's model."""
+    if payload is None:
+        payload = {}
+    if jt.payload_model is None:
+        if not isinstance(payload, dict):
+            raise PayloadError(
+                jt.name, [{"loc": [], "msg": "payload must be a JSON object", "type": "dict_type"}]
+            )
+        return payload
+    from pydantic import BaseModel, ValidationError
+
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    try:
+        model = jt.payload_model.model_validate(payload)
+    except ValidationError as exc:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise PayloadError(jt.name, details) from None
+    return model.model_dump(mode="json")
+
+
+def _is_job_type_violation(exc: IntegrityError) -> bool:
+    return "chk_job_type" in str(exc.orig)
+
+
+def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -> Enqueued:
+    """Validate and persist a job, then push it to its queue.
+
+    Raises `UnknownJobTypeError`, `PayloadError`, `NotFoundError` (no such business) or
+    `MigrationRequiredError` (the database's chk_job_type does not allow the type yet).
+    """
+    jt = rt.registry.job_type(job_type)
+    data = validate_payload(jt, payload)
+    unique_key = jt.name if jt.unique_per_business else None
+    try:
+        with rt.session() as s:
+            if s.get(Business, business_id) is None:
+                raise NotFoundError(f"business {business_id} not found")
+            row = BackgroundJob(
+                business_id=business_id,
+                job_type=jt.name,
+                queue=jt.queue,
+                status="queued",
+                payload=data,
+                max_attempts=jt.max_attempts,
+                unique_key=unique_key,
+                attempts=0,
+                processed=0,
+                fence=0,
+                cancel_requested=False,
+            )
+            s.add(row)
+            s.flush()
+            job_id = row.id
+    except IntegrityError as exc:
+        if _is_job_type_violation(exc):
+            log.error(
+                "Database migration required: job type %r rejected by chk_job_type; "
+                "run `prosaas db upgrade`",
+                jt.name,
+            )
+            raise MigrationRequiredError(jt.name) from None
+        if unique_key is None:
+            raise
+        existing = _active_unique(rt, business_id, unique_key)
+        if existing is None:  # finished between our insert and this read: try once more
+            return enqueue(rt, job_type, business_id, payload)
+        log.info("Job %s (%s) already active for business %s", existing.id, jt.name, business_id)
+        return Enqueued(existing.id, existing.status, jt.name, business_id, False, False)
+    pushed = push(rt, job_id, jt.queue, timeout=jt.timeout)
+    log.info(
+        "Enqueued job_id=%s job_type=%s business_id=%s queue=%r",
+        job_id,
+        jt.name,
+        business_id,
+        jt.queue,
+    )
+    return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
+
+
+def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> BackgroundJob | None:
+    with rt.session() as s:
+        return s.scalars(
+            select(BackgroundJob).where(
+                BackgroundJob.business_id == business_id,
+                BackgroundJob.unique_key == unique_key,
+                BackgroundJob.status.in_(ACTIVE_STATUSES),
+            )
+        ).first()

@@ -1,0 +1,214 @@
+"""SQLAlchemy 2 models of the core tables. Every business-owned row carries ``business_id``.
+
+The schema itself is created by Alembic (``prosaas_core/migrations``); ``chk_job_type`` is not
+declared here because it is generated from the installed plugins (``prosaas_core.migrate``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Business(Base):
+    __tablename__ = "businesses"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class ApiToken(Base):
+    """A bearer token scoped to one business. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    business_id: Mapped[int] = mapped_column(
+        ForeignKey("businesses.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LeadImport(Base):
+    """One CSV import: its leads point back to it, so they can be deleted together."""
+
+    __tablename__ = "lead_imports"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    business_id: Mapped[int] = mapped_column(
+        ForeignKey("businesses.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), server_default="completed")
+    total_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    imported_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    errors: Mapped[Any | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = _now()
+
+
+class Lead(Base):
+    __tablename__ = "leads"
+    __table_args__ = (
+        # Bulk jobs page through one business's leads by id, filtered by these columns.
+        Index("ix_leads_business_id_id", "business_id", "id"),
+        Index("ix_leads_business_id_status", "business_id", "status"),
+        Index("ix_leads_business_id_source", "business_id", "source"),
+        Index("ix_leads_business_id_import_id", "business_id", "import_id"),
+        Index("ix_leads_business_id_created_at", "business_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    business_id: Mapped[int] = mapped_column(ForeignKey("businesses.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    email: Mapped[str | None] = mapped_column(String(254))
+    status: Mapped[str] = mapped_column(String(32), server_default="new")
+    source: Mapped[str | None] = mapped_column(String(64))
+    import_id: Mapped[int | None] = mapped_column(
+        ForeignKey("lead_imports.id", ondelete="SET NULL")
+    )
+    owner: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[Any | None] = mapped_column(Json)
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Call(Base):
+    """A phone call. Deleting its lead detaches the call (``lead_id`` NULL); history stays."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_business_id_id", "business_id", "id"),
+        Index("ix_calls_lead_id", "lead_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    business_id: Mapped[int] = mapped_column(ForeignKey("businesses.id", ondelete="CASCADE"))
+    call_sid: Mapped[str] = mapped_column(String(64), unique=True)
+    lead_id: Mapped[int | None] = mapped_column(ForeignKey("leads.id", ondelete="SET NULL"))
+    direction: Mapped[str] = mapped_column(String(16), server_default="inbound")
+    status: Mapped[str | None] = mapped_column(String(32))
+    from_number: Mapped[str | None] = mapped_column(String(32))
+    to_number: Mapped[str | None] = mapped_column(String(32))
+    recording_sid: Mapped[str | None] = mapped_column(String(64))
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    recording_status: Mapped[str | None] = mapped_column(String(32))
+    recording_path: Mapped[str | None] = mapped_column(Text)
+    recording_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    recording_duration: Mapped[int | None] = mapped_column(Integer)
+    recording_error: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class BackgroundJob(Base):
+    """One job. This row, not Redis, is the source of truth for the job's state."""
+
+    __tablename__ = "background_jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
+        ),
+        Index("ix_background_jobs_business_id_created_at", "business_id", "created_at"),
+        Index("ix_background_jobs_status_job_type", "status", "job_type"),
+        # One active job per (business, unique_key): how unique_per_business is enforced.
+        Index(
+            "uq_background_jobs_active_unique_key",
+            "business_id",
+            "unique_key",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'running') AND unique_key IS NOT NULL"),
+            sqlite_where=text("status IN ('queued', 'running') AND unique_key IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    business_id: Mapped[int] = mapped_column(ForeignKey("businesses.id", ondelete="CASCADE"))
+    job_type: Mapped[str] = mapped_column(String(63))
+    queue: Mapped[str] = mapped_column(String(63), server_default="default")
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    payload: Mapped[Any | None] = mapped_column(Json)
+    result: Mapped[Any | None] = mapped_column(Json)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default="3")
+    processed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    total: Mapped[int | None] = mapped_column(BigInteger)
+    state: Mapped[Any | None] = mapped_column(Json)
+    unique_key: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    #: fencing token: bumped on every claim; a write carrying an older token is refused
+    fence: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    #: earliest time a retry may run (exponential backoff)
+    run_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobTypeMigration(Base):
+    """The numbered history of changes to the generated ``chk_job_type`` constraint."""
+
+    __tablename__ = "prosaas_job_type_migrations"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    allowed: Mapped[Any] = mapped_column(Json)
+    added: Mapped[Any] = mapped_column(Json)
+    removed: Mapped[Any] = mapped_column(Json)
+    sql: Mapped[str] = mapped_column(Text)
+    applied_at: Mapped[datetime] = _now()
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)

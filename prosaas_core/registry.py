@@ -1,0 +1,127 @@
+"""Job types and services, and the registry the installed plugins build from them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prosaas_core.errors import DuplicateJobTypeError, PluginError
+
+if TYPE_CHECKING:
+    import pluggy
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+QUEUE_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A kind of background job: its name (the value stored in ``background_jobs.job_type``),
+    the handler that runs it and how it is run."""
+
+    name: str
+    handler: Callable[[Any], Any]
+    _: KW_ONLY
+    queue: str = "default"
+    payload_model: type | None = None
+    description: str = ""
+    max_attempts: int = 3
+    timeout: float | None = None
+    unique_per_business: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise PluginError(f"invalid job type name {name!r}: must match {NAME_RE.pattern}")
+        if not callable(self.handler):
+            raise PluginError(f"job type {name!r}: handler is not callable")
+        if not isinstance(self.queue, str) or not QUEUE_RE.match(self.queue):
+            raise PluginError(f"job type {name!r}: invalid queue name {self.queue!r}")
+        if self.payload_model is not None and not hasattr(self.payload_model, "model_validate"):
+            raise PluginError(f"job type {name!r}: payload_model must be a pydantic v2 model")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise PluginError(f"job type {name!r}: max_attempts must be a positive integer")
+        if self.timeout is not None and self.timeout <= 0:
+            raise PluginError(f"job type {name!r}: timeout must be positive")
+
+
+@dataclass(frozen=True)
+class Service:
+    """A loop every worker runs: ``run(ctx)`` returns once ``ctx.stop_event`` is set."""
+
+    name: str
+    run: Callable[[Any], None]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_\-]{0,62}$", self.name):
+            raise PluginError(f"invalid service name {self.name!r}")
+        if not callable(self.run):
+            raise PluginError(f"service {self.name!r}: run is not callable")
+
+
+@dataclass
+class Registry:
+    """What the installed plugins contribute, with the plugin that contributed each piece."""
+
+    job_types: dict[str, JobType] = field(default_factory=dict)
+    job_type_owner: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    service_owner: dict[str, str] = field(default_factory=dict)
+    migrations: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue an installed job type uses, sorted."""
+        return sorted({jt.queue for jt in self.job_types.values()})
+
+    def job_type(self, name: str) -> JobType:
+        from prosaas_core.errors import UnknownJobTypeError
+
+        try:
+            return self.job_types[name]
+        except KeyError:
+            raise UnknownJobTypeError(name, list(self.job_types)) from None
+
+    def migration_dirs(self) -> list[str]:
+        return [path for paths in self.migrations.values() for path in paths]
+
+
+def _per_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[str, Any]]:
+    """Call one hook plugin by plugin, so every result is attributed to its plugin."""
+    hook = getattr(pm.hook, hook_name)
+    for impl in hook.get_hookimpls():
+        plugin_name = impl.plugin_name
+        try:
+            result = impl.function()
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin_name!r}: {hook_name}() raised {exc!r}") from exc
+        yield plugin_name, list(result or ())
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Collect job types, services and migration directories from every registered plugin."""
+    reg = Registry()
+    for plugin, items in _per_plugin(pm, "prosaas_job_types"):
+        for jt in items:
+            if not isinstance(jt, JobType):
+                raise PluginError(f"plugin {plugin!r}: prosaas_job_types returned {jt!r}")
+            if jt.name in reg.job_types:
+                raise DuplicateJobTypeError(jt.name, reg.job_type_owner[jt.name], plugin)
+            reg.job_types[jt.name] = jt
+            reg.job_type_owner[jt.name] = plugin
+    for plugin, items in _per_plugin(pm, "prosaas_services"):
+        for svc in items:
+            if not isinstance(svc, Service):
+                raise PluginError(f"plugin {plugin!r}: prosaas_services returned {svc!r}")
+            if svc.name in reg.services:
+                raise PluginError(
+                    f"service {svc.name!r} is provided by two plugins: "
+                    f"{reg.service_owner[svc.name]!r} and {plugin!r}"
+                )
+            reg.services[svc.name] = svc
+            reg.service_owner[svc.name] = plugin
+    for plugin, items in _per_plugin(pm, "prosaas_migrations"):
+        reg.migrations[plugin] = [str(p) for p in items]
+    return reg

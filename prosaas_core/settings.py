@@ -1,0 +1,93 @@
+"""Settings in one place, read from the environment (or a mapping in tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from prosaas_core.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///prosaas.db"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def parse_names(value: str | None) -> frozenset[str]:
+    """Split a comma-separated list of names, as in PROSAAS_DISABLE_PLUGINS."""
+    return frozenset(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+def _number(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting prosaas reads. Plugins read their own keys through `get()`."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    migration_database_url: str | None = None
+    redis_url: str = DEFAULT_REDIS_URL
+    run_migrations: bool = False
+    disable_plugins: frozenset[str] = frozenset()
+    disable_services: frozenset[str] = frozenset()
+    #: seconds a migrator polls for the advisory lock before giving up
+    migration_lock_wait: float = 120.0
+    #: statement_timeout on the migration connection, seconds
+    migration_statement_timeout: float = 120.0
+    #: lock_timeout for DDL on the migration connection, milliseconds
+    migration_lock_timeout_ms: int = 500
+    #: total seconds DDL may keep retrying after lock timeouts
+    migration_ddl_budget: float = 60.0
+    #: seconds between worker/job heartbeats
+    heartbeat_interval: float = 30.0
+    #: a running job whose heartbeat is older than this is rescued by the sweeper
+    stale_after: float = 90.0
+    #: seconds between sweeps
+    sweep_interval: float = 30.0
+    #: largest request body the API accepts, bytes
+    max_body_bytes: int = 16 * 1024 * 1024
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `env` (default: `os.environ`), then apply `overrides`."""
+        env = dict(os.environ if env is None else env)
+        database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+        settings = cls(
+            database_url=database_url,
+            migration_database_url=env.get("MIGRATION_DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            run_migrations=(env.get("RUN_MIGRATIONS") or "").strip().lower() in _TRUE,
+            disable_plugins=parse_names(env.get("PROSAAS_DISABLE_PLUGINS")),
+            disable_services=parse_names(env.get("PROSAAS_DISABLE_SERVICES")),
+            migration_lock_wait=_number(env, "PROSAAS_MIGRATION_LOCK_WAIT", 120.0),
+            migration_statement_timeout=_number(env, "PROSAAS_MIGRATION_STATEMENT_TIMEOUT", 120.0),
+            migration_lock_timeout_ms=int(_number(env, "PROSAAS_MIGRATION_LOCK_TIMEOUT_MS", 500)),
+            migration_ddl_budget=_number(env, "PROSAAS_MIGRATION_DDL_BUDGET", 60.0),
+            heartbeat_interval=_number(env, "PROSAAS_HEARTBEAT_INTERVAL", 30.0),
+            stale_after=_number(env, "PROSAAS_STALE_AFTER", 90.0),
+            sweep_interval=_number(env, "PROSAAS_SWEEP_INTERVAL", 30.0),
+            max_body_bytes=int(_number(env, "PROSAAS_MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            env=env,
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+    @property
+    def migration_url(self) -> str:
+        """The URL migrations connect with: a direct one when the app goes through PgBouncer."""
+        return self.migration_database_url or self.database_url
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """A raw environment value, for plugin settings such as `TWILIO_AUTH_TOKEN`."""
+        value = self.env.get(key)
+        return default if value in (None, "") else value
