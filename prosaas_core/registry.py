@@ -53,6 +53,10 @@ class Service:
 
     name: str
     run: Callable[[Any], None]
+    _: KW_ONLY
+    #: optional ``pending(ctx) -> int``: work waiting for this service, so ``prosaas doctor``
+    #: can report pending work that no live worker is consuming
+    pending: Callable[[Any], int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_\-]{0,62}$", self.name):

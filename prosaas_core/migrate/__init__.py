@@ -36,7 +36,8 @@ def upgrade(rt: Runtime) -> None:
                 )
                 conn.execute(
                     text(
-                        f"ALTER TABLE background_jobs ADD CONSTRAINT chk_job_type CHECK (job_type IN ({values}))"
+                        "ALTER TABLE background_jobs ADD CONSTRAINT chk_job_type "
+                        f"CHECK (job_type IN ({values}))"
                     )
                 )
     finally:

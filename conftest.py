@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh PostgreSQL database per test, a Redis database, runtimes, the CLI.
+"""Shared test fixtures for tests/ and plugins/*/tests: real databases, runtimes, the CLI.
 
 Real servers only: PostgreSQL at $PROSAAS_TEST_PG (default postgresql://postgres@127.0.0.1:5432)
 and Redis at $PROSAAS_TEST_REDIS (default redis://127.0.0.1:6379).

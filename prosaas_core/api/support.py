@@ -1,0 +1,107 @@
+"""Request helpers shared by the core blueprint and plugin blueprints."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import current_app, g, jsonify, request, url_for
+
+from prosaas_core.runtime import Runtime
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": ..., "details": ...}`` with `status`."""
+
+    def __init__(self, status: int, error: str, details: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.details = status, error, details
+
+    def response(self):
+        resp = jsonify({"error": self.error, "details": self.details})
+        resp.status_code = self.status
+        return resp
+
+
+def current_runtime() -> Runtime:
+    """The runtime of the app serving this request."""
+    return current_app.extensions["prosaas"]
+
+
+def current_business_id() -> int:
+    """The business the request's bearer token belongs to (inside an `authenticated` view)."""
+    return g.business_id
+
+
+def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Require ``Authorization: Bearer <token>``; 401 when missing, unknown or revoked."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from prosaas_core.tokens import resolve_token
+
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
+        with current_runtime().session() as s:
+            business_id = resolve_token(s, token.strip())
+        if business_id is None:
+            raise ApiError(401, "Unauthorized", "unknown or revoked token")
+        g.business_id = business_id
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def parse_json(model: type | None = None) -> Any:
+    """The request's JSON body, validated against a pydantic `model` when given.
+
+    415 for a non-JSON content type, 400 for malformed JSON or a payload that fails validation
+    (pydantic's field errors in ``details``).
+    """
+    if not request.is_json:
+        raise ApiError(415, "Unsupported Media Type", "send Content-Type: application/json")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "Invalid JSON", "the request body is not valid JSON")
+    if model is None:
+        return data
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "Invalid payload", _field_errors(exc)) from None
+
+
+def _field_errors(exc: Any) -> list[dict]:
+    return [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def enqueue_job(job_type: str, payload: Any) -> Any:
+    """Enqueue a job for the current business and answer as the jobs API does:
+    202 ``{id, status, job_type}`` with a Location, or 409 with the active job's id for a
+    unique type; 400 for a bad payload, 503 when the database needs a migration."""
+    from prosaas_core.errors import MigrationRequiredError, PayloadError, UnknownJobTypeError
+    from prosaas_core.jobs.enqueue import enqueue
+
+    try:
+        res = enqueue(current_runtime(), job_type, current_business_id(), payload)
+    except PayloadError as exc:
+        raise ApiError(400, "Invalid payload", exc.details) from None
+    except UnknownJobTypeError as exc:
+        raise ApiError(400, "Unknown job type", str(exc)) from None
+    except MigrationRequiredError:
+        raise ApiError(503, "Database migration required", "Contact administrator") from None
+    body = {"id": res.id, "status": res.status, "job_type": res.job_type}
+    if not res.created:
+        raise ApiError(409, "Job already active", body)
+    resp = jsonify(body)
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("prosaas_core.get_job", job_id=res.id)
+    return resp

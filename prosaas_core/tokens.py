@@ -1,0 +1,64 @@
+"""API tokens: random, shown once, stored only as a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from prosaas_core.errors import NotFoundError
+from prosaas_core.models import ApiToken, Business
+
+PREFIX = "psk_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, business_id: int, name: str | None = None) -> str:
+    """Create a token for the business and return it; only its hash is stored."""
+    if session.get(Business, business_id) is None:
+        raise NotFoundError(f"business {business_id} not found")
+    token = PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(
+            business_id=business_id,
+            token_hash=hash_token(token),
+            prefix=token[: len(PREFIX) + 6],
+            name=name,
+        )
+    )
+    session.flush()
+    return token
+
+
+def resolve_token(session: Session, token: str) -> int | None:
+    """The business id a live token belongs to, or None.
+
+    The lookup is by hash (a unique index); the final comparison is constant-time so the
+    answer's timing does not depend on how much of the hash matched.
+    """
+    digest = hash_token(token)
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row.business_id if hmac.compare_digest(row.token_hash, digest) else None
+
+
+def revoke_token(session: Session, token: str) -> int:
+    """Revoke by the token itself or by its printed prefix; returns how many were revoked."""
+    if token.startswith(PREFIX) and len(token) > len(PREFIX) + 6:
+        rows = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    else:
+        rows = session.scalars(select(ApiToken).where(ApiToken.prefix == token))
+    n = 0
+    for row in rows:
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            n += 1
+    return n
