@@ -42,3 +42,19 @@ def upgrade(rt: Runtime) -> None:
                 )
     finally:
         engine.dispose()
+
+
+def drift(rt: Runtime) -> list[str]:
+    """One line per difference between the database and the installed plugins; [] when in sync.
+    (Provisional: alembic heads only.)"""
+    from prosaas_core.migrate.alembic_ops import current_revisions, head_revisions
+
+    engine = make_engine(rt.settings.migration_url, application_name="prosaas-check")
+    try:
+        with engine.connect() as conn:
+            missing = head_revisions(rt.registry.migration_dirs()) - current_revisions(conn)
+    finally:
+        engine.dispose()
+    return [
+        f"schema revision {r} is not applied: run `prosaas db upgrade`" for r in sorted(missing)
+    ]
