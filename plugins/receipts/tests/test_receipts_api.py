@@ -1,0 +1,46 @@
+"""The receipts blueprint through the Flask test client (real PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from prosaas_core import create_app
+from prosaas_core.tokens import create_token
+
+
+@pytest.fixture
+def client(runtime):
+    return create_app(runtime=runtime).test_client()
+
+
+@pytest.fixture
+def auth(runtime, business) -> dict:
+    with runtime.session() as s:
+        return {"Authorization": f"Bearer {create_token(s, business)}"}
+
+
+def test_receipts_are_recorded_for_the_callers_business_only(runtime, client, auth, business):
+    with runtime.session() as s:
+        other = s.execute(text("INSERT INTO businesses (name) VALUES ('B') RETURNING id")).scalar()
+        theirs = s.execute(
+            text("INSERT INTO leads (business_id) VALUES (:b) RETURNING id"), {"b": other}
+        ).scalar()
+    resp = client.post("/api/receipts", json={"amount_cents": 1250}, headers=auth)
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["currency"] == "USD"
+    resp = client.post("/api/receipts", json={"amount_cents": 1, "lead_id": theirs}, headers=auth)
+    assert resp.status_code == 404
+    resp = client.post("/api/receipts", json={"amount_cents": -1, "x": 1}, headers=auth)
+    assert resp.status_code == 400
+    assert {tuple(d["loc"]) for d in resp.get_json()["details"]} == {("amount_cents",), ("x",)}
+    with runtime.session() as s:
+        rows = s.execute(text("SELECT business_id, amount_cents FROM receipts")).all()
+    assert rows == [(business, 1250)]
+
+
+def test_delete_all_is_202_then_409(runtime, client, auth, business):
+    resp = client.post("/api/receipts/delete-all", headers=auth)
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["job_type"] == "delete_receipts_all"
+    assert client.post("/api/receipts/delete-all", headers=auth).status_code == 409

@@ -1,0 +1,84 @@
+"""The ``update_leads`` handler and its payload: a selection plus the fields to set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
+
+from prosaas_core.leads import LeadSelection, run_selection, update_batch
+
+#: The fields a bulk update may set, with the values each accepts.
+ALLOWED: dict[str, TypeAdapter] = {
+    "status": TypeAdapter(str),
+    "owner": TypeAdapter(str | None),
+    "tags": TypeAdapter(list[str] | None),
+    "notes": TypeAdapter(str | None),
+}
+LIMITS = {"status": 32, "owner": 200}
+
+
+class UpdateLeads(LeadSelection):
+    """A lead selection and ``set``: the fields to write (status, owner, tags, notes).
+
+    ``set`` is a plain object rather than a model so that a field left out stays untouched
+    while one given as ``null`` (owner, tags, notes) is cleared.
+    """
+
+    set: dict[str, Any] = Field(description="fields to set: any of status, owner, tags, notes")
+
+    @field_validator("set")
+    @classmethod
+    def _allowed_fields(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if not values:
+            raise ValueError("nothing to set: give at least one of notes, owner, status, tags")
+        out = {}
+        for name, value in values.items():
+            if name not in ALLOWED:
+                raise ValueError(
+                    f"field {name!r} cannot be set; allowed: {', '.join(sorted(ALLOWED))}"
+                )
+            try:
+                value = ALLOWED[name].validate_python(value, strict=True)
+            except ValidationError:
+                raise ValueError(f"field {name!r}: invalid value {value!r}") from None
+            if name == "status" and not value.strip():
+                raise ValueError("field 'status': must not be empty")
+            if isinstance(value, str) and name in LIMITS and len(value) > LIMITS[name]:
+                raise ValueError(f"field {name!r}: at most {LIMITS[name]} characters")
+            out[name] = value
+        return out
+
+
+def update_leads(ctx) -> dict:
+    """Write ``set`` on the selected leads of ``ctx.business_id``; counts updated and not found."""
+    payload: UpdateLeads = ctx.payload
+    values = dict(payload.set)
+    ctx.log.info(
+        "Updating %s: set %s (tenant=%s, attempt %s)",
+        payload.describe(),
+        ", ".join(sorted(values)),
+        ctx.business_id,
+        ctx.attempt,
+    )
+    counts = run_selection(
+        ctx,
+        payload.as_selection(),
+        lambda s, batch: update_batch(s, batch, values),
+        counted_as="updated",
+    )
+    if counts["stopped"]:
+        ctx.log.info(
+            "Bulk update stopped: %d of %d leads updated so far (tenant=%s)",
+            counts["updated"],
+            counts["total"],
+            ctx.business_id,
+        )
+    else:
+        ctx.log.info(
+            "Updated %d leads successfully (not found: %d, tenant=%s)",
+            counts["updated"],
+            counts["not_found"],
+            ctx.business_id,
+        )
+    return counts
