@@ -1,0 +1,36 @@
+"""``prosaas worker``: run jobs and plugin services."""
+
+from __future__ import annotations
+
+import click
+
+from prosaas_core.cli.common import UserError, pass_runtime
+
+
+@click.command()
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option(
+    "--queues",
+    default="",
+    metavar="A,B",
+    help="Comma-separated queues to listen on (default: every installed job type's queue).",
+)
+@pass_runtime
+def worker(rt, burst: bool, queues: str) -> None:
+    """Run a worker: an RQ worker on the job queues plus every installed plugin service.
+
+    Every installed service starts, whatever ENABLE_SCHEDULERS says; PROSAAS_DISABLE_SERVICES
+    (comma-separated names) turns services off. SIGTERM/SIGINT stop it cleanly.
+    """
+    from redis.exceptions import RedisError
+
+    from prosaas_core.worker import run_worker
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    try:
+        code = run_worker(rt, queues=names or None, burst=burst)
+    except RedisError as exc:
+        raise UserError(f"Redis unreachable at {rt.settings.redis_url}: {exc}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    raise SystemExit(code)

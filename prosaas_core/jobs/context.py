@@ -1,0 +1,156 @@
+"""JobContext: what a job handler gets. Its writes to the job row are fenced and throttled."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from prosaas_core.errors import ProsaasError
+from prosaas_core.jobs import store
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session
+
+    from prosaas_core.runtime import Runtime
+
+#: progress is written at most this often (seconds); the last value is always flushed at the end
+PROGRESS_INTERVAL = 0.25
+#: should_stop() asks the database about cancellation at most this often (seconds)
+CANCEL_POLL_INTERVAL = 1.0
+
+
+class JobLost(ProsaasError):
+    """The job row is no longer this attempt's: the sweeper rescued it (stale heartbeat) and the
+    fencing token moved on. The attempt must stop without writing anything else."""
+
+
+class JobContext:
+    """The handler's view of one attempt of one job.
+
+    ``job_id``, ``business_id``, ``job_type``, ``attempt`` (1-based), ``payload`` (the validated
+    pydantic model instance, or a dict), ``state`` (saved by the last ``checkpoint``; ``{}`` at
+    first), ``session()``, ``progress(done, total=None)``, ``checkpoint(state)``,
+    ``should_stop()`` and ``log``.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        claim: store.Claim,
+        payload: Any,
+        *,
+        connect: Callable[[], AbstractContextManager[Connection]],
+        shutdown: threading.Event,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.job_id: int = claim.id
+        self.business_id: int = claim.business_id
+        self.job_type: str = claim.job_type
+        self.queue: str = claim.queue
+        self.attempt: int = claim.attempt
+        self.max_attempts: int = claim.max_attempts
+        self.payload: Any = payload
+        self.state: dict = dict(claim.state or {})
+        self.log = logging.LoggerAdapter(
+            log or logging.getLogger(f"prosaas.job.{claim.job_type}"),
+            {"job_id": claim.id, "business_id": claim.business_id, "job_type": claim.job_type},
+        )
+        self._rt = rt
+        self._fence = claim.fence
+        self._connect = connect
+        self._shutdown = shutdown
+        self._lock = threading.Lock()
+        self._cancel = claim.cancel_requested
+        self._lost = False
+        #: why should_stop() last said True: "cancel" or "shutdown" (None if it never did)
+        self.stopped_for: str | None = None
+        self.processed: int | None = None
+        self.total: int | None = None
+        self._dirty = False
+        self._last_write = 0.0
+        self._last_poll = time.monotonic()
+
+    @property
+    def fence(self) -> int:
+        return self._fence
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A SQLAlchemy session in a transaction: committed on success, rolled back on error."""
+        with self._rt.session() as s:
+            yield s
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report `done` of `total` items. Written at most every PROGRESS_INTERVAL seconds."""
+        self._check_lost()
+        with self._lock:
+            self.processed = int(done)
+            if total is not None:
+                self.total = int(total)
+            self._dirty = True
+            due = time.monotonic() - self._last_write >= PROGRESS_INTERVAL
+        if due:
+            self._write()
+
+    def checkpoint(self, state: dict) -> None:
+        """Save `state` (a JSON object) now: a later attempt of this job starts with it as
+        ``ctx.state``. Raises JobLost when the job is no longer this attempt's."""
+        self._check_lost()
+        self.state = dict(state)
+        self._write(state=self.state, set_state=True)
+
+    def should_stop(self) -> bool:
+        """True when the job was cancelled, or the worker is shutting down: return soon, after
+        a checkpoint, and the job ends cancelled or resumes elsewhere from the checkpoint."""
+        if self._lost:
+            return True
+        if self._shutdown.is_set():
+            self.stopped_for = self.stopped_for or "shutdown"
+            return True
+        if not self._cancel and time.monotonic() - self._last_poll >= CANCEL_POLL_INTERVAL:
+            self._write()
+        if self._cancel:
+            self.stopped_for = "cancel"
+            return True
+        return self._lost
+
+    def heartbeat(self) -> None:
+        """Called by the worker's job heartbeat thread: prove the attempt is alive."""
+        if not self._lost:
+            self._write()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_lost(self) -> None:
+        if self._lost:
+            raise JobLost(f"job {self.job_id} was taken over by another worker")
+
+    def _write(self, *, state: Any = None, set_state: bool = False) -> None:
+        with self._lock:
+            processed, total = (self.processed, self.total) if self._dirty else (None, None)
+            self._dirty = False
+            self._last_write = self._last_poll = time.monotonic()
+            with self._connect() as conn:
+                cancel = store.touch(
+                    conn,
+                    self.job_id,
+                    self._fence,
+                    processed=processed,
+                    total=total,
+                    state=state,
+                    set_state=set_state,
+                )
+            if cancel is None:
+                self._lost = True
+            else:
+                self._cancel = self._cancel or cancel
+        self._check_lost()

@@ -1,0 +1,47 @@
+"""Delayed pushes for retries with backoff: a Redis sorted set any worker drains when due.
+
+If Redis loses the set, the row is still ``queued`` with ``run_after``: the sweeper pushes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from prosaas_core.jobs.transport import push
+
+if TYPE_CHECKING:
+    from prosaas_core.runtime import Runtime
+
+log = logging.getLogger("prosaas.jobs")
+
+DELAYED_KEY = "prosaas:delayed"
+
+
+def schedule(rt: Runtime, job_id: int, queue: str, delay: float, *, timeout: float | None) -> None:
+    """Push the job after `delay` seconds (now when `delay` <= 0)."""
+    if delay <= 0:
+        push(rt, job_id, queue, timeout=timeout)
+        return
+    from redis.exceptions import RedisError
+
+    member = f"{job_id}|{queue}|{timeout or ''}"
+    try:
+        rt.redis.zadd(DELAYED_KEY, {member: time.time() + delay})
+    except RedisError as exc:
+        log.warning("Redis unavailable, job %s retry left to the sweeper: %s", job_id, exc)
+
+
+def pump(rt: Runtime) -> int:
+    """Push every delayed job that is due. Each is pushed by exactly one worker: the one whose
+    ZREM removed it. Returns how many this call pushed."""
+    due = rt.redis.zrangebyscore(DELAYED_KEY, "-inf", time.time(), start=0, num=500)
+    pushed = 0
+    for member in due:
+        if rt.redis.zrem(DELAYED_KEY, member) != 1:
+            continue  # another worker took it
+        job_id, queue, timeout = member.decode().split("|")
+        push(rt, int(job_id), queue, timeout=float(timeout) if timeout else None)
+        pushed += 1
+    return pushed

@@ -1,0 +1,352 @@
+"""The one RQ function: ``run_job(job_id)`` claims the row, runs the plugin handler, records the
+outcome. A trivial job costs two database round trips: the claim (UPDATE ... RETURNING) and the
+final UPDATE, both on an autocommit connection the worker keeps open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError
+
+from prosaas_core.jobs import store
+from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.timeout import JobTimeout, deadline
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from prosaas_core.registry import JobType
+    from prosaas_core.runtime import Runtime
+
+log = logging.getLogger("prosaas.worker")
+
+#: largest error text stored on a job row
+MAX_ERROR = 4000
+#: frames of traceback kept with an error
+TRACEBACK_FRAMES = 6
+
+
+def short_traceback(exc: BaseException) -> str:
+    """The exception line plus the innermost few frames: enough to find the bug."""
+    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
+    return text if len(text) <= MAX_ERROR else "..." + text[-(MAX_ERROR - 3) :]
+
+
+def backoff(rt: Runtime, attempt: int) -> float:
+    """Seconds before retry number `attempt` (1-based): base * 2**(attempt-1), capped."""
+    base = float(rt.settings.get("PROSAAS_RETRY_BACKOFF", "10"))
+    cap = float(rt.settings.get("PROSAAS_RETRY_BACKOFF_MAX", "600"))
+    return min(base * 2 ** (attempt - 1), cap)
+
+
+class Dispatcher:
+    """Per-process state of the worker: its name, its shutdown flag, the running job and the
+    autocommit connection the main thread writes job state with."""
+
+    def __init__(self, rt: Runtime, worker_name: str, shutdown: threading.Event) -> None:
+        self.rt = rt
+        self.worker_name = worker_name
+        self.shutdown = shutdown
+        self.current: JobContext | None = None
+        self._conn: Connection | None = None
+        self._owner = threading.get_ident()
+        self._pid = os.getpid()
+        self._beat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _main_conn(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.rt.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """An autocommit connection: the kept one in the main thread, a pooled one elsewhere."""
+        if threading.get_ident() == self._owner:
+            try:
+                yield self._main_conn()
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    self._conn = None
+                raise
+        else:
+            with self.rt.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    def _retrying(self, fn, *args, **kwargs):
+        """Run one statement; once more on a fresh connection if the kept one had died."""
+        try:
+            with self.connect() as conn:
+                return fn(conn, *args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            with self.connect() as conn:
+                return fn(conn, *args, **kwargs)
+
+    def after_fork_in_child(self) -> None:
+        """A forked work horse must never use the parent's sockets: forget them, unclosed."""
+        from prosaas_core.db import dispose_after_fork
+
+        _INHERITED.append(self._conn)  # kept referenced: finalising it would close the parent's
+        self._conn = None
+        self._owner = threading.get_ident()
+        self._pid = os.getpid()
+        self._beat = None
+        self._beat_stop = threading.Event()
+        dispose_after_fork(self.rt.engine)
+
+    # -- the job heartbeat ------------------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        if self._beat is not None and self._beat.is_alive():
+            return
+        self._beat = threading.Thread(
+            target=self._heartbeat_loop, name="job-heartbeat", daemon=True
+        )
+        self._beat.start()
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.rt.settings.heartbeat_interval
+        while not self._beat_stop.wait(interval):
+            ctx = self.current
+            if ctx is None:
+                continue
+            try:
+                ctx.heartbeat()
+            except JobLost:
+                log.warning("JOB LOST job_id=%s: taken over by another worker", ctx.job_id)
+            except Exception:
+                log.exception("job heartbeat failed for job_id=%s", ctx.job_id)
+
+    def stop(self) -> None:
+        self._beat_stop.set()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- running one job ---------------------------------------------------------------------
+
+    def run(self, job_id: int) -> Any:
+        started = time.monotonic()
+        if self._pid != os.getpid():  # a work horse of a forking worker: fresh connections
+            self.after_fork_in_child()
+        claim = self._retrying(store.claim, job_id, self.worker_name)
+        if claim is None:
+            log.info("JOB SKIPPED job_id=%s: not claimable (duplicate or stale delivery)", job_id)
+            return None
+        log.info(
+            "JOB PICKED queue=%r job_id=%s job_type=%s business_id=%s attempt=%s/%s",
+            claim.queue,
+            claim.id,
+            claim.job_type,
+            claim.business_id,
+            claim.attempt,
+            claim.max_attempts,
+        )
+        jt = self.rt.registry.job_types.get(claim.job_type)
+        if jt is None:
+            return self._fail(claim, started, f"job type {claim.job_type!r} is not installed", None)
+        if claim.cancel_requested:
+            return self._finish(claim, started, "cancelled", None, None, None)
+        try:
+            payload = self._payload(jt, claim.payload)
+        except Exception as exc:
+            return self._fail(claim, started, f"invalid payload: {exc}", None, final=True)
+        ctx = JobContext(
+            self.rt,
+            claim,
+            payload,
+            connect=self.connect,
+            shutdown=self.shutdown,
+        )
+        self.current = ctx
+        self._ensure_heartbeat()
+        try:
+            with deadline(jt.timeout):
+                result = jt.handler(ctx)
+            result = _jsonable(result)
+        except JobLost:
+            log.warning("JOB LOST job_id=%s: taken over by another worker; outcome dropped", job_id)
+            return None
+        except JobTimeout as exc:
+            return self._fail(claim, started, str(exc), ctx, jt=jt)
+        except Exception as exc:
+            return self._fail(claim, started, short_traceback(exc), ctx, jt=jt)
+        except BaseException:  # SystemExit of a cold shutdown, KeyboardInterrupt
+            self.release(ctx)
+            raise
+        finally:
+            self.current = None
+        if ctx.lost:
+            log.warning("JOB LOST job_id=%s: taken over by another worker; outcome dropped", job_id)
+            return None
+        if ctx.stopped_for == "cancel":
+            return self._finish(claim, started, "cancelled", result, None, ctx)
+        if ctx.stopped_for == "shutdown":
+            return self._requeue_interrupted(claim, started, ctx, jt)
+        return self._finish(claim, started, "succeeded", result, None, ctx)
+
+    @staticmethod
+    def _payload(jt: JobType, raw: Any) -> Any:
+        if jt.payload_model is None:
+            return dict(raw or {})
+        return jt.payload_model.model_validate(raw or {})
+
+    def _finish(self, claim, started, status, result, error, ctx) -> Any:
+        processed, total = (ctx.processed, ctx.total) if ctx is not None else (None, None)
+        ok = self._retrying(
+            store.finish,
+            claim.id,
+            claim.fence,
+            status,
+            result=result,
+            error=error,
+            processed=processed,
+            total=total,
+        )
+        took = time.monotonic() - started
+        if not ok:
+            log.warning("JOB LOST job_id=%s: outcome %s refused (fenced out)", claim.id, status)
+            return None
+        word = {"succeeded": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}[status]
+        log.log(
+            logging.ERROR if status == "failed" else logging.INFO,
+            "JOB %s job_id=%s job_type=%s business_id=%s attempt=%s duration=%.3fs%s",
+            word,
+            claim.id,
+            claim.job_type,
+            claim.business_id,
+            claim.attempt,
+            took,
+            f" error={error.strip().splitlines()[-1]}" if error else "",
+        )
+        return result
+
+    def _fail(self, claim, started, error, ctx, *, jt=None, final=False) -> None:
+        if ctx is not None and ctx.stopped_for == "cancel":
+            self._finish(claim, started, "cancelled", None, error, ctx)
+            return None
+        if final or jt is None or claim.attempt >= claim.max_attempts:
+            self._finish(claim, started, "failed", None, error, ctx)
+            return None
+        delay = backoff(self.rt, claim.attempt)
+        processed, total = (ctx.processed, ctx.total) if ctx is not None else (None, None)
+        ok = self._retrying(
+            store.requeue,
+            claim.id,
+            claim.fence,
+            delay=delay,
+            error=error,
+            processed=processed,
+            total=total,
+        )
+        if not ok:
+            log.warning("JOB LOST job_id=%s: retry refused (fenced out)", claim.id)
+            return None
+        from prosaas_core.jobs.delayed import schedule
+
+        schedule(self.rt, claim.id, claim.queue, delay, timeout=jt.timeout)
+        log.warning(
+            "JOB RETRY job_id=%s job_type=%s business_id=%s attempt=%s/%s duration=%.3fs "
+            "retry_in=%.1fs error=%s",
+            claim.id,
+            claim.job_type,
+            claim.business_id,
+            claim.attempt,
+            claim.max_attempts,
+            time.monotonic() - started,
+            delay,
+            error.strip().splitlines()[-1],
+        )
+        return None
+
+    def release(self, ctx: JobContext) -> None:
+        """Hand a running job back to the queue without counting the attempt (the worker is
+        going away); it resumes from its checkpoint elsewhere."""
+        from prosaas_core.jobs.transport import push
+
+        with self.connect() as conn:
+            ok = store.requeue(
+                conn,
+                ctx.job_id,
+                ctx.fence,
+                refund_attempt=True,
+                processed=ctx.processed,
+                total=ctx.total,
+            )
+        if ok:
+            jt = self.rt.registry.job_types.get(ctx.job_type)
+            push(self.rt, ctx.job_id, ctx.queue, timeout=jt.timeout if jt else None)
+            log.warning("JOB RELEASED job_id=%s: handed back to the queue", ctx.job_id)
+
+    def _requeue_interrupted(self, claim, started, ctx, jt) -> None:
+        ok = self._retrying(
+            store.requeue,
+            claim.id,
+            claim.fence,
+            refund_attempt=True,
+            processed=ctx.processed,
+            total=ctx.total,
+        )
+        if ok:
+            from prosaas_core.jobs.transport import push
+
+            push(self.rt, claim.id, claim.queue, timeout=jt.timeout)
+            log.info(
+                "JOB REQUEUED job_id=%s job_type=%s business_id=%s duration=%.3fs: worker "
+                "shutting down, resumes from its checkpoint",
+                claim.id,
+                claim.job_type,
+                claim.business_id,
+                time.monotonic() - started,
+            )
+        return None
+
+
+def _jsonable(result: Any) -> Any:
+    """The handler's result if it is JSON-serialisable; TypeError (a failed attempt) if not."""
+    if result is None or isinstance(result, str | int | float | bool):
+        return result
+    json.dumps(result)
+    return result
+
+
+#: connections inherited from a forking parent; referenced forever so they are never finalised
+_INHERITED: list[Any] = []
+_DISPATCHER: Dispatcher | None = None
+
+
+def configure(rt: Runtime, worker_name: str, shutdown: threading.Event) -> Dispatcher:
+    """Install the process's dispatcher (the worker calls this before it starts working)."""
+    global _DISPATCHER
+    _DISPATCHER = Dispatcher(rt, worker_name, shutdown)
+    return _DISPATCHER
+
+
+def current() -> Dispatcher:
+    """The process's dispatcher; one built from the environment when this process is a plain
+    `rq worker` rather than `prosaas worker`."""
+    global _DISPATCHER
+    if _DISPATCHER is None:
+        from prosaas_core.db import process_tag
+        from prosaas_core.runtime import Runtime
+
+        _DISPATCHER = Dispatcher(Runtime(), f"rq.{process_tag()}", threading.Event())
+    return _DISPATCHER
+
+
+def run_job(job_id: int) -> Any:
+    """The RQ entry point: run job row `job_id`. Returns the handler's result."""
+    return current().run(int(job_id))

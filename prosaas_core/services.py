@@ -1,0 +1,157 @@
+"""Plugin services: long-running loops every worker runs, each in its own supervised thread.
+
+Every installed Service starts in every ``prosaas worker``, whatever ``ENABLE_SCHEDULERS`` says
+(the recordings outage came from a thread gated on it); only ``PROSAAS_DISABLE_SERVICES`` turns
+one off, and that is logged. A crash is logged with its traceback and the service restarted with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+    from sqlalchemy.orm import Session
+
+    from prosaas_core.registry import Service
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+log = logging.getLogger("prosaas.services")
+
+#: a service that ran this long without crashing gets its backoff reset
+STABLE_AFTER = 60.0
+
+
+@dataclass
+class ServiceContext:
+    """What ``Service.run(ctx)`` gets: loop until ``ctx.stop_event`` is set."""
+
+    name: str
+    stop_event: threading.Event
+    runtime: Runtime
+    log: logging.Logger
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.runtime.redis
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A SQLAlchemy session in a transaction: committed on success, rolled back on error."""
+        with self.runtime.session() as s:
+            yield s
+
+
+@dataclass
+class ServiceState:
+    """One service's state as the worker heartbeat reports it."""
+
+    state: str = "starting"  # running | restarting | stopped | disabled
+    restarts: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "restarts": self.restarts, "last_error": self.last_error}
+
+
+def started_line(name: str) -> str:
+    """The greppable start line: ``acme-ticker`` -> ``ACME-TICKER STARTED``."""
+    return f"{name.upper()} STARTED"
+
+
+@dataclass
+class Supervisor:
+    """Starts, restarts and stops the installed services of one worker."""
+
+    rt: Runtime
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    states: dict[str, ServiceState] = field(default_factory=dict)
+    _threads: dict[str, threading.Thread] = field(default_factory=dict)
+
+    @classmethod
+    def from_runtime(cls, rt: Runtime) -> Supervisor:
+        return cls(
+            rt,
+            backoff_base=float(rt.settings.get("PROSAAS_SERVICE_BACKOFF", "1")),
+            backoff_max=float(rt.settings.get("PROSAAS_SERVICE_BACKOFF_MAX", "60")),
+        )
+
+    def start(self) -> None:
+        """Start every installed service not disabled by PROSAAS_DISABLE_SERVICES."""
+        disabled = self.rt.settings.disable_services
+        services = self.rt.registry.services
+        for name in sorted(disabled - set(services)):
+            log.warning(
+                "PROSAAS_DISABLE_SERVICES names %r, which no installed plugin provides", name
+            )
+        for name, svc in sorted(services.items()):
+            if name in disabled:
+                self.states[name] = ServiceState(state="disabled")
+                log.warning("SERVICE DISABLED %s (PROSAAS_DISABLE_SERVICES)", name)
+                continue
+            self.states[name] = ServiceState()
+            thread = threading.Thread(
+                target=self._supervise, args=(svc,), name=f"service-{name}", daemon=True
+            )
+            self._threads[name] = thread
+            thread.start()
+
+    def _supervise(self, svc: Service) -> None:
+        state = self.states[svc.name]
+        svc_log = logging.getLogger(f"prosaas.service.{svc.name}")
+        ctx = ServiceContext(svc.name, self.stop_event, self.rt, svc_log)
+        delay = self.backoff_base
+        while not self.stop_event.is_set():
+            state.state = "running"
+            log.info(started_line(svc.name))
+            began = time.monotonic()
+            try:
+                svc.run(ctx)
+            except Exception as exc:
+                state.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("SERVICE CRASHED %s: restarting in %.1fs", svc.name, delay)
+            else:
+                if self.stop_event.is_set():
+                    break
+                state.last_error = "run() returned before stop_event was set"
+                log.warning("SERVICE EXITED %s before stop: restarting in %.1fs", svc.name, delay)
+            if time.monotonic() - began >= STABLE_AFTER:
+                delay = self.backoff_base
+            state.state = "restarting"
+            state.restarts += 1
+            if self.stop_event.wait(delay):
+                break
+            delay = min(delay * 2, self.backoff_max)
+        state.state = "stopped"
+        log.info("SERVICE STOPPED %s", svc.name)
+
+    def stop(self, timeout: float = 10.0) -> list[str]:
+        """Set stop_event and join every thread within `timeout` seconds in total. Returns the
+        services that did not stop in time (their daemon threads die with the process)."""
+        self.stop_event.set()
+        end = time.monotonic() + timeout
+        late = []
+        for name, thread in self._threads.items():
+            thread.join(max(end - time.monotonic(), 0))
+            if thread.is_alive():
+                late.append(name)
+                log.warning("SERVICE %s did not stop within %.0fs", name, timeout)
+        return late
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Each service's state, restarts and last error."""
+        return {name: st.as_dict() for name, st in sorted(self.states.items())}
