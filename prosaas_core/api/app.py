@@ -1,31 +1,77 @@
-"""The Flask app factory (provisional: issue #4 grows it)."""
+"""The Flask app factory: settings, error handlers, core blueprints, then plugin blueprints."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
-from prosaas_core.api.support import ApiError
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
 
+log = logging.getLogger("prosaas.api")
+
+
+def _runtime(config: Mapping[str, Any] | None) -> Runtime:
+    env = dict(os.environ)
+    if config is not None:
+        env.update({k: str(v) for k, v in config.items() if v is not None})
+    return Runtime(Settings.from_env(env))
+
+
+def migrate_at_startup(rt: Runtime) -> None:
+    """``RUN_MIGRATIONS=1``: upgrade, skipping (not crashing) when another migrator holds the
+    lock past the configured wait, and serving anyway when the database is not reachable
+    (``/readyz`` then says what is wrong)."""
+    from prosaas_core import migrate
+    from prosaas_core.errors import MigrationLockTimeout
+
+    log.info("MIGRATION CHECKPOINT: RUN_MIGRATIONS=1, upgrading the schema at start-up")
+    try:
+        result = migrate.upgrade(rt, skip_if_locked=True)
+    except MigrationLockTimeout as exc:
+        log.warning("Migrations skipped at start-up: %s", exc)
+        return
+    except Exception:
+        log.exception("Migrations failed at start-up; serving anyway, /readyz reports the state")
+        return
+    log.info("MIGRATIONS COMPLETE: %s", result)
+
+
+def _plugin_blueprints(app: Flask, rt: Runtime) -> None:
+    """Mount each plugin's blueprints; a plugin whose hook or blueprint fails is logged by
+    name and skipped, so one bad plugin does not take the API down."""
+    for impl in rt.pm.hook.prosaas_blueprints.get_hookimpls():
+        try:
+            for blueprint in impl.function() or ():
+                app.register_blueprint(blueprint)
+        except Exception:
+            log.exception("Plugin %r: its blueprints could not be mounted", impl.plugin_name)
+
 
 def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None = None) -> Flask:
-    """Build the app: settings from the environment (or `config`), the core blueprint, then
-    every installed plugin's blueprints."""
-    if runtime is None:
-        env = None if config is None else {**__import__("os").environ, **config}
-        runtime = Runtime(Settings.from_env(env))
+    """Build the app: settings from the environment (overridden by `config`, a mapping of the
+    same keys, e.g. ``{"DATABASE_URL": ...}``), the core blueprints, then every installed
+    plugin's blueprints. Migrates at start-up only with ``RUN_MIGRATIONS=1``."""
+    from prosaas_core.api import core, errors, leads, ops
+    from prosaas_core.api.metrics import make_registry
+    from prosaas_core.api.params import IdConverter
+
+    rt = runtime if runtime is not None else _runtime(config)
     app = Flask("prosaas")
-    app.extensions["prosaas"] = runtime
-    app.register_error_handler(ApiError, lambda e: e.response())
-
-    from prosaas_core.api.core import bp
-
-    app.register_blueprint(bp)
-    for blueprints in runtime.pm.hook.prosaas_blueprints():
-        for blueprint in blueprints or ():
-            app.register_blueprint(blueprint)
+    app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = min(rt.settings.max_body_bytes, 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["id"] = IdConverter
+    app.extensions["prosaas"] = rt
+    app.extensions["prosaas_metrics"] = make_registry(rt)
+    errors.install(app)
+    if rt.settings.run_migrations:
+        migrate_at_startup(rt)
+    for bp in (core.bp, leads.bp, ops.bp):
+        app.register_blueprint(bp)
+    _plugin_blueprints(app, rt)
     return app

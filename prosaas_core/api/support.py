@@ -52,6 +52,8 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
         g.business_id = business_id
         return view(*args, **kwargs)
 
+    # read by the OpenAPI builder: this route needs a bearer token
+    wrapper.prosaas_authenticated = True  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -1,0 +1,146 @@
+"""Prometheus metrics, computed from the database, Redis and worker heartbeats at scrape time.
+
+Because every figure is read from shared state when scraped (not counted inside this
+process), any API process answers the same numbers: no multiprocess mode is needed under
+gunicorn. The job duration histogram is built from finished rows: ``finished_at -
+started_at`` of each job that ran (``started_at`` is its last attempt's start), per job type;
+its buckets are cumulative over every such row still in ``background_jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prosaas_core.runtime import Runtime
+
+log = logging.getLogger("prosaas.api")
+
+BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def _duration_expr(dialect: str) -> Any:
+    from sqlalchemy import func
+
+    from prosaas_core.models import BackgroundJob as J
+
+    if dialect == "postgresql":
+        return func.extract("epoch", J.finished_at - J.started_at)
+    return (func.julianday(J.finished_at) - func.julianday(J.started_at)) * 86400.0
+
+
+class ProsaasCollector(Collector):
+    """Jobs by type and status, queue depth, job durations, live workers and services."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "prosaas_metrics_source_up",
+            "1 when the source could be read for this scrape",
+            labels=["source"],
+        )
+        for source, gen in (
+            ("database", self._jobs),
+            ("redis", self._queues),
+            ("workers", self._workers),
+        ):
+            try:
+                metrics = list(gen())
+            except Exception as exc:  # one source down must not hide the others
+                log.warning("metrics: %s unavailable: %s", source, str(exc).splitlines()[0])
+                up.add_metric([source], 0)
+                continue
+            up.add_metric([source], 1)
+            yield from metrics
+        yield up
+
+    def _jobs(self) -> Iterator[Metric]:
+        from sqlalchemy import case, func, select
+
+        from prosaas_core.models import BackgroundJob as J
+
+        jobs = GaugeMetricFamily(
+            "prosaas_jobs",
+            "Jobs in background_jobs by type and status",
+            labels=["job_type", "status"],
+        )
+        queued = GaugeMetricFamily(
+            "prosaas_queued_jobs", "Rows with status queued, per queue", labels=["queue"]
+        )
+        hist = HistogramMetricFamily(
+            "prosaas_job_duration_seconds",
+            "Run time of finished jobs (finished_at - started_at), per job type",
+            labels=["job_type"],
+        )
+        with self.rt.session() as s:
+            for job_type, status, n in s.execute(
+                select(J.job_type, J.status, func.count()).group_by(J.job_type, J.status)
+            ):
+                jobs.add_metric([job_type, status], n)
+            per_queue = dict.fromkeys(self.rt.registry.queues, 0)
+            for queue, n in s.execute(
+                select(J.queue, func.count()).where(J.status == "queued").group_by(J.queue)
+            ):
+                per_queue[queue] = n
+            d = _duration_expr(s.get_bind().dialect.name)
+            cols = [func.count(), func.coalesce(func.sum(d), 0.0)]
+            cols += [func.sum(case((d <= b, 1), else_=0)) for b in BUCKETS]
+            stmt = (
+                select(J.job_type, *cols)
+                .where(J.finished_at.is_not(None), J.started_at.is_not(None))
+                .group_by(J.job_type)
+            )
+            for job_type, count, total, *le in s.execute(stmt):
+                buckets = [(str(b), int(n or 0)) for b, n in zip(BUCKETS, le, strict=True)]
+                buckets.append(("+Inf", int(count)))
+                hist.add_metric([job_type], buckets, float(total))
+        for queue, n in sorted(per_queue.items()):
+            queued.add_metric([queue], n)
+        yield from (jobs, queued, hist)
+
+    def _queues(self) -> Iterator[Metric]:
+        from rq import Queue
+
+        depth = GaugeMetricFamily(
+            "prosaas_queue_depth", "RQ jobs waiting in each Redis queue", labels=["queue"]
+        )
+        for queue in self.rt.registry.queues:
+            depth.add_metric([queue], Queue(queue, connection=self.rt.redis).count)
+        yield depth
+
+    def _workers(self) -> Iterator[Metric]:
+        from prosaas_core.jobs.heartbeat import live_workers
+
+        workers = live_workers(self.rt)
+        live = GaugeMetricFamily("prosaas_workers_live", "Workers with a fresh heartbeat")
+        live.add_metric([], len(workers))
+        state = GaugeMetricFamily(
+            "prosaas_service_state",
+            "1 for the current state of each service on each live worker",
+            labels=["worker", "service", "state"],
+        )
+        restarts = GaugeMetricFamily(
+            "prosaas_service_restarts",
+            "Times each service has been restarted on each live worker",
+            labels=["worker", "service"],
+        )
+        for w in workers:
+            for name, svc in sorted((w.get("services") or {}).items()):
+                state.add_metric([str(w.get("name")), name, str(svc.get("state"))], 1)
+                restarts.add_metric([str(w.get("name")), name], int(svc.get("restarts") or 0))
+        yield from (live, state, restarts)
+
+
+def make_registry(rt: Runtime) -> CollectorRegistry:
+    """A registry of this app's metrics (one per app: tests build many apps)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProsaasCollector(rt))
+    return registry

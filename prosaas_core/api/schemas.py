@@ -1,0 +1,127 @@
+"""Request and response models of the core endpoints (also their OpenAPI schemas)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prosaas_core.api.params import MAX_ID
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnqueueRequest(_Strict):
+    """``POST /api/jobs``: the job type and its payload (validated by the type's model)."""
+
+    job_type: str = Field(min_length=1, max_length=63)
+    payload: dict[str, Any] | None = None
+
+
+class JobListQuery(_Strict):
+    status: JobStatus | None = None
+    job_type: str | None = Field(default=None, max_length=63)
+    limit: int = Field(default=50, ge=1, le=200)
+    before_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class LeadIn(_Strict):
+    """``POST /api/leads``: one lead; it needs a phone or an email."""
+
+    name: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=64)
+    email: str | None = Field(default=None, max_length=254)
+    status: str = Field(default="new", min_length=1, max_length=32)
+    source: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, max_length=200)
+    notes: str | None = Field(default=None, max_length=10_000)
+    tags: list[str] | None = None
+
+
+class LeadListQuery(_Strict):
+    status: str | None = Field(default=None, max_length=32)
+    import_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    limit: int = Field(default=50, ge=1, le=200)
+    before_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class Error(BaseModel):
+    """Every error answer: a short title and machine-readable details."""
+
+    error: str
+    details: Any = None
+
+
+class Enqueued(BaseModel):
+    id: int
+    status: JobStatus
+    job_type: str
+
+
+class Job(BaseModel):
+    id: int
+    job_type: str
+    business_id: int
+    status: JobStatus
+    attempts: int
+    processed: int
+    total: int | None = None
+    result: Any = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_before_id: int | None
+
+
+class Lead(BaseModel):
+    id: int
+    name: str | None
+    phone: str | None
+    email: str | None
+    status: str
+    source: str | None
+    import_id: int | None
+    owner: str | None
+    tags: list[str] | None
+    notes: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class LeadPage(BaseModel):
+    items: list[Lead]
+    next_before_id: int | None
+
+
+class RowError(BaseModel):
+    line: int
+    errors: list[str]
+
+
+class LeadImportResult(BaseModel):
+    import_id: int
+    total_rows: int
+    imported: int
+    failed: int
+    errors: list[RowError]
+    errors_truncated: bool
+
+
+class LeadImportSummary(BaseModel):
+    id: int
+    filename: str | None
+    status: str
+    total_rows: int
+    imported_rows: int
+    failed_rows: int
+    errors: list[RowError] | None
+    created_at: str | None

@@ -1,0 +1,95 @@
+"""``prosaas serve``: the HTTP API under gunicorn."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+DEFAULT_WORKERS = int(os.environ.get("WEB_CONCURRENCY") or 2)
+
+
+def run_gunicorn(
+    factory: Callable[[], Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = DEFAULT_WORKERS,
+    threads: int = 4,
+    timeout: int = 60,
+    access_log: bool = False,
+) -> None:
+    """Serve the WSGI app `factory()` builds with gunicorn (gthread workers).
+
+    The app is built once in the master before forking (``preload_app``), so plugins load and
+    ``RUN_MIGRATIONS`` runs once, not once per worker; each forked worker then drops the
+    database connections it inherited (SQLAlchemy's pool is not fork-safe) and opens its own.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    holder: dict[str, Any] = {}
+
+    def post_fork(_server: Any, _worker: Any) -> None:
+        app = holder.get("app")
+        rt = getattr(app, "extensions", {}).get("prosaas") if app is not None else None
+        if rt is not None and "engine" in rt.__dict__:
+            from prosaas_core.db import dispose_after_fork
+
+            dispose_after_fork(rt.engine)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{host}:{port}",
+                "workers": workers,
+                "worker_class": "gthread",
+                "threads": threads,
+                "timeout": timeout,
+                "preload_app": True,
+                "post_fork": post_fork,
+                "accesslog": "-" if access_log else None,
+                "errorlog": "-",
+                "proc_name": "prosaas-api",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            holder["app"] = factory()
+            return holder["app"]
+
+    Server().run()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes (default: $WEB_CONCURRENCY or 2).",
+)
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--timeout", default=60, show_default=True, type=click.IntRange(1, 3600))
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+def serve(host: str, port: int, workers: int, threads: int, timeout: int, access_log: bool) -> None:
+    """Serve the HTTP API with gunicorn: the core endpoints and every plugin's blueprints.
+
+    Settings come from the environment. With RUN_MIGRATIONS=1 the schema is upgraded once at
+    start-up (skipped, not crashed, when another migrator holds the lock).
+    """
+    from prosaas_core.api.app import create_app
+
+    run_gunicorn(
+        create_app,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        timeout=timeout,
+        access_log=access_log,
+    )
