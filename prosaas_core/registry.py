@@ -104,6 +104,14 @@ def _per_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[str,
         yield plugin_name, list(result or ())
 
 
+def blueprints_by_plugin(pm: pluggy.PluginManager) -> dict[str, list[Any]]:
+    """Each plugin's Flask blueprints, by plugin name (imports Flask: call inside commands)."""
+    out: dict[str, list[Any]] = {}
+    for plugin, items in _per_plugin(pm, "prosaas_blueprints"):
+        out.setdefault(plugin, []).extend(items)
+    return out
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Collect job types, services and migration directories from every registered plugin."""
     reg = Registry()

@@ -1,60 +1,179 @@
-"""Safe schema migration: Alembic upgrade of all heads, then the generated chk_job_type,
-under one cross-process lock. (Provisional: see issue #2 for the full behaviour.)"""
+"""Safe schema migration: Alembic upgrade of all heads, then the generated ``chk_job_type``,
+all under one cross-process lock (see ``lock.py`` for the lock and its key).
+
+Public API: ``upgrade(rt)``, ``drift(rt)``, ``plan_sql(rt)``, ``history(rt)``, ``UpgradeResult``.
+Log lines an operator can grep: ``Acquired migration lock``, ``Migration N: updating
+background_jobs job_type constraint``, ``Migration N complete: job_type constraint updated``,
+``Allowed job types: ...``, ``Released migration lock``.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
-
-from prosaas_core.db import make_engine
-from prosaas_core.migrate.alembic_ops import upgrade_heads
+from prosaas_core.errors import MigrationLockTimeout
+from prosaas_core.migrate.retry import DdlLockBudgetExceeded
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
 
+__all__ = [
+    "UpgradeResult",
+    "upgrade",
+    "drift",
+    "plan_sql",
+    "history",
+    "MigrationLockTimeout",
+    "DdlLockBudgetExceeded",
+]
+
 log = logging.getLogger("prosaas.migrate")
 
 
-def upgrade(rt: Runtime) -> None:
-    """Bring the schema and chk_job_type in line with the installed plugins."""
-    engine = make_engine(rt.settings.migration_url, application_name="prosaas-migrate")
+@dataclass
+class UpgradeResult:
+    """What one ``upgrade`` did."""
+
+    #: True when the lock was busy, skip_if_locked was given and the schema was already current
+    skipped: bool = False
+    #: Alembic revisions applied, in order
+    revisions: list[str] = field(default_factory=list)
+    #: number of the chk_job_type migration applied (or completed) by this run, if any
+    migration: int | None = None
+    allowed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    #: job types no installed plugin provides that rows still use -> row count
+    orphans: dict[str, int] = field(default_factory=dict)
+    #: seconds spent waiting for the migration lock
+    lock_waited: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.revisions) or self.migration is not None
+
+
+def upgrade(
+    rt: Runtime, *, lock_wait: float | None = None, skip_if_locked: bool = False
+) -> UpgradeResult:
+    """Bring the schema and chk_job_type in line with the installed plugins.
+
+    Waits at most `lock_wait` seconds (default: settings.migration_lock_wait) for the migration
+    lock, then raises MigrationLockTimeout; with `skip_if_locked`, returns
+    ``UpgradeResult(skipped=True)`` instead when the schema is already what this code needs.
+    DDL that keeps hitting lock_timeout past settings.migration_ddl_budget raises
+    DdlLockBudgetExceeded.
+    """
+    from prosaas_core.migrate.connection import log_timeouts, migration_engine
+    from prosaas_core.migrate.lock import lock_for
+    from prosaas_core.migrate.steps import run_steps
+
+    settings = rt.settings
+    wait = settings.migration_lock_wait if lock_wait is None else lock_wait
+    registry = rt.registry  # a plugin error fails here, before anything is locked
+    engine = migration_engine(settings)
     try:
-        with engine.begin() as conn:
-            upgrade_heads(conn, rt.registry.migration_dirs())
-        if engine.dialect.name == "postgresql":
-            with engine.begin() as conn:
-                present = {
-                    r[0]
-                    for r in conn.execute(text("SELECT DISTINCT job_type FROM background_jobs"))
-                }
-                allowed = sorted(set(rt.registry.job_types) | present)
-                values = ", ".join("'" + t + "'" for t in allowed) or "NULL"
-                conn.execute(
-                    text("ALTER TABLE background_jobs DROP CONSTRAINT IF EXISTS chk_job_type")
+        lock = lock_for(engine)
+        try:
+            try:
+                waited = lock.acquire(wait)
+            except MigrationLockTimeout as exc:
+                if not skip_if_locked:
+                    raise
+                lines = drift(rt)
+                if lines:
+                    raise MigrationLockTimeout(
+                        f"{exc}; and the schema is behind this code: {lines[0]}"
+                    ) from None
+                log.warning(
+                    "Skipping migrations: the migration lock was busy for %gs and the schema "
+                    "is already up to date",
+                    wait,
                 )
-                conn.execute(
-                    text(
-                        "ALTER TABLE background_jobs ADD CONSTRAINT chk_job_type "
-                        f"CHECK (job_type IN ({values}))"
-                    )
-                )
+                return UpgradeResult(skipped=True)
+            log_timeouts(settings, engine)
+            result = run_steps(engine, settings, set(registry.job_types), registry)
+            result.lock_waited = waited
+            return result
+        finally:
+            lock.release()
     finally:
         engine.dispose()
 
 
 def drift(rt: Runtime) -> list[str]:
-    """One line per difference between the database and the installed plugins; [] when in sync.
-    (Provisional: alembic heads only.)"""
-    from prosaas_core.migrate.alembic_ops import current_revisions, head_revisions
+    """One line per difference between the database and the installed plugins; [] in sync.
 
-    engine = make_engine(rt.settings.migration_url, application_name="prosaas-check")
-    try:
-        with engine.connect() as conn:
-            missing = head_revisions(rt.registry.migration_dirs()) - current_revisions(conn)
-    finally:
-        engine.dispose()
+    Cheap (catalog reads only, no lock on any table): ``/readyz`` and ``prosaas doctor`` call it.
+    Types the constraint allows but no plugin provides are not drift (rows may still use them).
+    """
+    from prosaas_core.migrate.alembic_ops import (
+        current_revisions,
+        missing_heads,
+        script_directory,
+    )
+    from prosaas_core.migrate.constraint import read_state
+
+    registry = rt.registry
+    dirs = registry.migration_dirs()
+    with rt.engine.connect() as conn:
+        current = current_revisions(conn)
+        state = read_state(conn)
+        conn.rollback()
+    lines = []
+    script = script_directory(dirs)
+    for head in missing_heads(current, dirs):
+        labels = sorted(script.get_revision(head).branch_labels)
+        branch = f" (branch {', '.join(labels)})" if labels else ""
+        lines.append(f"schema revision {head}{branch} is not applied: run `prosaas db upgrade`")
+    if not state.table_exists:
+        if not lines:
+            lines.append("table background_jobs is missing: run `prosaas db upgrade`")
+        return lines
+    if state.allowed is None:
+        lines.append("chk_job_type is missing on background_jobs: run `prosaas db upgrade`")
+        return lines
+    for name in sorted(set(registry.job_types) - state.allowed):
+        lines.append(
+            f"job type '{name}' is installed but not allowed by chk_job_type: "
+            f"run `prosaas db upgrade`"
+        )
+    if not state.validated:
+        lines.append(
+            "chk_job_type is NOT VALID (an interrupted migration): run `prosaas db upgrade`"
+        )
+    return lines
+
+
+def plan_sql(rt: Runtime) -> str:
+    """The SQL ``upgrade`` would run now, running nothing."""
+    from prosaas_core.migrate.steps import render_plan
+
+    return render_plan(rt)
+
+
+def history(rt: Runtime) -> list[dict[str, Any]]:
+    """The numbered chk_job_type migrations, oldest first ([] before the first upgrade)."""
+    from sqlalchemy import inspect, select
+
+    from prosaas_core.models import JobTypeMigration
+
+    with rt.engine.connect() as conn:
+        if not inspect(conn).has_table(JobTypeMigration.__tablename__):
+            return []
+        rows = conn.execute(select(JobTypeMigration).order_by(JobTypeMigration.number)).all()
     return [
-        f"schema revision {r} is not applied: run `prosaas db upgrade`" for r in sorted(missing)
+        {
+            "number": r.number,
+            "applied_at": r.applied_at.isoformat() if r.applied_at else None,
+            "allowed": list(r.allowed or []),
+            "added": list(r.added or []),
+            "removed": list(r.removed or []),
+            "host": r.host,
+            "pid": r.pid,
+            "sql": r.sql,
+        }
+        for r in rows
     ]

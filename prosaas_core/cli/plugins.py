@@ -1,0 +1,67 @@
+"""``prosaas plugins``: what each installed plugin adds, and which ones failed to load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from prosaas_core.cli.common import echo_json, pass_runtime
+from prosaas_core.runtime import Runtime
+
+
+def describe(rt: Runtime) -> dict[str, Any]:
+    """The installed plugins as plain data (the shape of ``prosaas plugins --json``)."""
+    from prosaas_core.plugins import plugin_distributions
+    from prosaas_core.registry import blueprints_by_plugin
+
+    pm, reg = rt.pm, rt.registry
+    dists = plugin_distributions(pm)
+    blueprints = blueprints_by_plugin(pm)
+    plugins = []
+    for name in sorted(n for n, _ in pm.list_name_plugin()):
+        dist, version = dists.get(name, (None, None))
+        plugins.append(
+            {
+                "name": name,
+                "distribution": dist,
+                "version": version,
+                "job_types": sorted(t for t, owner in reg.job_type_owner.items() if owner == name),
+                "blueprints": [
+                    {"name": bp.name, "url_prefix": bp.url_prefix}
+                    for bp in sorted(blueprints.get(name, []), key=lambda b: b.name)
+                ],
+                "services": sorted(s for s, owner in reg.service_owner.items() if owner == name),
+                "migrations": list(reg.migrations.get(name, [])),
+            }
+        )
+    return {
+        "plugins": plugins,
+        "failed": [{"name": n, "reason": r} for n, r in sorted(pm.failures.items())],
+        "disabled": sorted(pm.disabled),
+    }
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_runtime
+def plugins(rt: Runtime, as_json: bool) -> None:
+    """List installed plugins: distribution, version, job types, blueprints, services and
+    migrations; plugins that failed to load, with the reason; disabled plugins."""
+    data = describe(rt)
+    if as_json:
+        echo_json(data)
+        return
+    if not data["plugins"]:
+        click.echo("no plugins installed")
+    for p in data["plugins"]:
+        click.echo(f"{p['name']}  ({p['distribution'] or 'not installed'} {p['version'] or ''})")
+        click.echo(f"  job types:  {', '.join(p['job_types']) or '-'}")
+        bps = [f"{b['name']} ({b['url_prefix'] or '/'})" for b in p["blueprints"]]
+        click.echo(f"  blueprints: {', '.join(bps) or '-'}")
+        click.echo(f"  services:   {', '.join(p['services']) or '-'}")
+        click.echo(f"  migrations: {', '.join(p['migrations']) or '-'}")
+    for f in data["failed"]:
+        click.echo(f"FAILED {f['name']}: {f['reason']}")
+    for name in data["disabled"]:
+        click.echo(f"disabled {name} (PROSAAS_DISABLE_PLUGINS)")

@@ -1,0 +1,192 @@
+"""The generated ``chk_job_type`` constraint: read it, plan its change, apply it safely.
+
+The allowed set is the installed job types plus every type still present in
+``background_jobs`` (a removed plugin's rows stay valid; no row is ever touched). On PostgreSQL
+a change is ``DROP`` + ``ADD ... NOT VALID`` in one short transaction (under ``lock_timeout``),
+then ``VALIDATE CONSTRAINT`` in its own, which does not block writers. On SQLite the table is
+rebuilt through Alembic's batch mode. Each change is a numbered row of
+``prosaas_job_type_migrations``, written in the same transaction as the DDL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, func, insert, inspect, select, text
+
+from prosaas_core.models import JobTypeMigration
+
+log = logging.getLogger("prosaas.migrate")
+
+TABLE = "background_jobs"
+NAME = "chk_job_type"
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+
+
+@dataclass(frozen=True)
+class ConstraintState:
+    """What the database has: `allowed` is None when the constraint does not exist."""
+
+    table_exists: bool
+    allowed: frozenset[str] | None = None
+    validated: bool = True
+
+
+@dataclass
+class Plan:
+    """What the constraint step will do."""
+
+    allowed: list[str]
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    #: types no plugin provides that rows still use -> row count (kept allowed)
+    orphans: dict[str, int] = field(default_factory=dict)
+    change: bool = False
+    validate_only: bool = False
+    number: int | None = None
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.change and not self.validate_only
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def check_sql(allowed: Iterable[str]) -> str:
+    """The CHECK body; an empty set allows nothing (``IN ()`` is not valid SQL)."""
+    values = sorted(allowed)
+    return f"job_type IN ({', '.join(quote(v) for v in values)})" if values else "1 = 0"
+
+
+def parse_allowed(sqltext: str) -> frozenset[str]:
+    """The quoted values of a CHECK definition, as PostgreSQL or SQLite print it back."""
+    return frozenset(m.replace("''", "'") for m in _QUOTED.findall(sqltext))
+
+
+def read_state(conn: Connection) -> ConstraintState:
+    """The constraint as the database has it, from the catalogs only: no lock on the table."""
+    if conn.dialect.name == "postgresql":
+        if conn.execute(text(f"SELECT to_regclass('{TABLE}')")).scalar() is None:
+            return ConstraintState(table_exists=False)
+        row = conn.execute(
+            text(
+                "SELECT pg_get_constraintdef(oid), convalidated FROM pg_constraint"
+                f" WHERE conrelid = to_regclass('{TABLE}') AND conname = '{NAME}'"
+            )
+        ).first()
+        if row is None:
+            return ConstraintState(table_exists=True)
+        return ConstraintState(True, parse_allowed(row[0]), bool(row[1]))
+    insp = inspect(conn)
+    if not insp.has_table(TABLE):
+        return ConstraintState(table_exists=False)
+    for ck in insp.get_check_constraints(TABLE):
+        if ck["name"] == NAME:
+            return ConstraintState(True, parse_allowed(ck["sqltext"]), True)
+    return ConstraintState(table_exists=True)
+
+
+def present_counts(conn: Connection, types: Iterable[str] | None = None) -> dict[str, int]:
+    """Rows per job type in background_jobs, for `types` only (None: every type)."""
+    sql = f"SELECT job_type, count(*) FROM {TABLE}"
+    params: dict[str, str] = {}
+    if types is not None:
+        names = sorted(types)
+        if not names:
+            return {}
+        params = {f"t{i}": n for i, n in enumerate(names)}
+        sql += " WHERE job_type IN (" + ", ".join(f":{k}" for k in params) + ")"
+    rows = conn.execute(text(sql + " GROUP BY job_type"), params)
+    return {name: int(count) for name, count in rows if count}
+
+
+def make_plan(conn: Connection, installed: set[str], state: ConstraintState) -> Plan:
+    """Compare the database with the installed types. Reads rows only when it must: types the
+    constraint allows but no plugin provides (are they still used?), or every type when the
+    constraint is missing or not validated (rows may predate it)."""
+    current = state.allowed
+    if current is None or not state.validated:
+        counts = present_counts(conn)
+    else:
+        counts = present_counts(conn, current - installed)
+    orphans = {t: n for t, n in sorted(counts.items()) if t not in installed}
+    target = set(installed) | set(orphans)
+    plan = Plan(allowed=sorted(target), orphans=orphans)
+    if current is not None and target == current:
+        plan.validate_only = not state.validated
+        return plan
+    plan.change = True
+    plan.added = sorted(target - (current or set()))
+    plan.removed = sorted((current or set()) - target)
+    return plan
+
+
+def ddl_statements(plan: Plan) -> list[str]:
+    """The PostgreSQL statements of a change: one short ALTER, then the validation."""
+    return [
+        f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {NAME}, "
+        f"ADD CONSTRAINT {NAME} CHECK ({check_sql(plan.allowed)}) NOT VALID",
+        f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {NAME}",
+    ]
+
+
+def next_number(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(JobTypeMigration.number), 0))).scalar())
+
+
+def record(conn: Connection, plan: Plan, sql: str) -> None:
+    """The history row, written in the transaction that changes the constraint."""
+    conn.execute(
+        insert(JobTypeMigration).values(
+            number=plan.number,
+            allowed=plan.allowed,
+            added=plan.added,
+            removed=plan.removed,
+            sql=sql,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+    )
+
+
+def swap_postgres(conn: Connection, plan: Plan) -> None:
+    """DROP + ADD NOT VALID and the history row, in the caller's (short) transaction."""
+    if plan.number is None:
+        plan.number = next_number(conn) + 1
+    statements = ddl_statements(plan)
+    conn.execute(text(statements[0]))
+    record(conn, plan, ";\n".join(statements) + ";")
+
+
+def validate_postgres(conn: Connection) -> None:
+    """Check the existing rows: takes SHARE UPDATE EXCLUSIVE, which writers do not wait for."""
+    conn.execute(text(ddl_statements(Plan(allowed=[]))[1]))
+
+
+def swap_sqlite(conn: Connection, plan: Plan, state: ConstraintState) -> None:
+    """Rebuild background_jobs with the new constraint (Alembic batch mode) + the history row."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    if plan.number is None:
+        plan.number = next_number(conn) + 1
+    ops = Operations(MigrationContext.configure(conn, opts={"render_as_batch": True}))
+    with ops.batch_alter_table(TABLE, recreate="always") as batch:
+        if state.allowed is not None:
+            batch.drop_constraint(NAME, type_="check")
+        batch.create_check_constraint(NAME, text(check_sql(plan.allowed)))
+    record(conn, plan, sqlite_sql(plan))
+
+
+def sqlite_sql(plan: Plan) -> str:
+    return (
+        f"-- SQLite: {TABLE} rebuilt by Alembic batch mode (copy, drop, rename) with\n"
+        f"CONSTRAINT {NAME} CHECK ({check_sql(plan.allowed)});"
+    )
