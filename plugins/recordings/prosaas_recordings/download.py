@@ -1,0 +1,173 @@
+"""Fetch one recording to disk: allowed hosts only, streamed, size-capped, atomically renamed.
+
+The file appears at its final path only complete and of the size the server announced: bytes go
+to a temporary file under ``RECORDINGS_DIR/.partial`` that is renamed (same filesystem, atomic)
+at the end and removed on any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+CHUNK = 64 * 1024
+MAX_REDIRECTS = 3
+RETRYABLE_STATUS = {404, 408, 425, 429}  # 404: Twilio has not finished the recording yet
+
+
+class DownloadError(Exception):
+    """A failed download; `retryable` says whether a later attempt may succeed."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+class DownloadAborted(Exception):
+    """The worker asked this download to stop (shutdown, lost slot or lease)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    allowed_hosts: frozenset[str]
+    allow_http: bool = False
+    max_bytes: int = 200 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    total_timeout: float = 600.0
+
+
+def host_allowed(url: str, limits: Limits) -> bool:
+    """True when `url` is http(s) to an allowed host (``name`` or ``name:port``)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return False
+    if parts.scheme == "http" and not limits.allow_http:
+        return False
+    if parts.username or parts.password:
+        return False
+    host = parts.hostname.lower()
+    return host in limits.allowed_hosts or (
+        port is not None and f"{host}:{port}" in limits.allowed_hosts
+    )
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    tmp: Path,
+    auth: tuple[str, str] | None,
+    limits: Limits,
+    abort: threading.Event | None = None,
+    http: requests.Session | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Download `url` to `dest` through the temporary file `tmp`; return the size in bytes.
+
+    Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
+    incomplete body) or DownloadAborted when `abort` is set.
+    """
+    http = http or requests.Session()
+    started = time.monotonic()
+    resp = _get(http, url, auth, limits)
+    try:
+        expected = _expected_size(resp, limits)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        with open(tmp, "wb") as fh:
+            try:
+                for chunk in resp.iter_content(CHUNK):
+                    if time.monotonic() - started > limits.total_timeout:
+                        raise DownloadError("download deadline exceeded", retryable=True)
+                    size += len(chunk)
+                    if size > limits.max_bytes:
+                        raise DownloadError(
+                            f"recording larger than {limits.max_bytes} bytes", retryable=False
+                        )
+                    fh.write(chunk)
+                    if on_progress is not None:
+                        on_progress(size)
+                    if abort is not None and abort.is_set():
+                        raise DownloadAborted()
+            except requests.RequestException as exc:
+                raise _transport_error(exc) from None
+            fh.flush()
+            os.fsync(fh.fileno())
+        if expected is not None and size != expected:
+            raise DownloadError(f"incomplete body: {size} of {expected} bytes", retryable=True)
+        if size == 0:
+            raise DownloadError("empty body", retryable=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        return size
+    finally:
+        resp.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _get(
+    http: requests.Session, url: str, auth: tuple[str, str] | None, limits: Limits
+) -> requests.Response:
+    """GET following at most MAX_REDIRECTS redirects, each to an allowed host. Credentials go
+    only to the host of the original URL."""
+    origin = urlsplit(url).netloc.lower()
+    for _ in range(MAX_REDIRECTS + 1):
+        if not host_allowed(url, limits):
+            raise DownloadError(f"host not allowed: {urlsplit(url).netloc}", retryable=False)
+        try:
+            resp = http.get(
+                url,
+                auth=auth if urlsplit(url).netloc.lower() == origin else None,
+                stream=True,
+                headers={"Accept-Encoding": "identity"},
+                allow_redirects=False,
+                timeout=(limits.connect_timeout, limits.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise _transport_error(exc) from None
+        if resp.is_redirect and resp.headers.get("Location"):
+            url = urljoin(url, resp.headers["Location"])
+            resp.close()
+            continue
+        if resp.status_code == 200:
+            return resp
+        resp.close()
+        code = resp.status_code
+        retryable = code >= 500 or code in RETRYABLE_STATUS
+        raise DownloadError(f"HTTP {code}", retryable=retryable)
+    raise DownloadError("too many redirects", retryable=False)
+
+
+def _expected_size(resp: requests.Response, limits: Limits) -> int | None:
+    raw = resp.headers.get("Content-Length")
+    if raw is None:
+        return None
+    try:
+        expected = int(raw)
+    except ValueError:
+        raise DownloadError(f"bad Content-Length {raw!r}", retryable=True) from None
+    if expected > limits.max_bytes:
+        raise DownloadError(
+            f"recording of {expected} bytes exceeds the {limits.max_bytes} byte cap",
+            retryable=False,
+        )
+    return expected
+
+
+def _transport_error(exc: requests.RequestException) -> DownloadError:
+    # a read timeout while streaming the body surfaces as a ConnectionError
+    if isinstance(exc, requests.Timeout) or "timed out" in str(exc):
+        return DownloadError(f"timeout: {type(exc).__name__}", retryable=True)
+    return DownloadError(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], retryable=True)

@@ -1,0 +1,356 @@
+"""The ``recording-worker`` service: claims due download tasks and downloads them on a pool.
+
+One loop per worker process (a thread started by ``prosaas worker``):
+
+* claim: lock due tasks (``FOR UPDATE SKIP LOCKED``), take a per-business slot in Redis for
+  each, mark those running under a lease, hand them to the download pool (``worker_threads``
+  at most: the per-worker cap);
+* renew the task leases and the slots every third of a lease; a download whose slot or lease
+  was lost is stopped and its task given back;
+* on ``stop_event``: stop the downloads, give their tasks back (claimable at once), release
+  their slots, return.
+
+The runbook greps the log lines below; keep their markers and fields.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prosaas_recordings import store
+from prosaas_recordings.config import RecordingsConfig
+from prosaas_recordings.download import DownloadAborted, DownloadError, Limits, fetch
+from prosaas_recordings.slots import Slot, SlotManager
+
+STOP_GRACE = 2.0  # seconds in-flight downloads get to notice a stop before being handed back
+SWEEP_EVERY = 60.0
+
+
+@dataclass
+class InFlight:
+    """A claimed task being downloaded, with its slot and the way to stop it."""
+
+    task: store.Task
+    slot: Slot
+    abort: threading.Event = field(default_factory=threading.Event)
+    abort_reason: str = "shutdown"
+    settled: bool = False  # its task and slot were handed back (once only)
+
+    def stop(self, reason: str) -> None:
+        if not self.abort.is_set():
+            self.abort_reason = reason
+            self.abort.set()
+
+
+class RecordingWorker:
+    """The state of one running ``recording-worker`` service."""
+
+    def __init__(self, ctx: Any, cfg: RecordingsConfig) -> None:
+        self.ctx, self.cfg, self.log = ctx, cfg, ctx.log
+        self.slots = SlotManager(ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds)
+        self.limits = Limits(
+            allowed_hosts=cfg.allowed_hosts,
+            allow_http=cfg.allow_http,
+            max_bytes=cfg.max_bytes,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            total_timeout=cfg.download_timeout,
+        )
+        self.auth = (
+            (cfg.account_sid, cfg.auth_token) if cfg.account_sid and cfg.auth_token else None
+        )
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{getattr(ctx, 'name', 'rec')}"
+        self.inflight: dict[int, InFlight] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.pool = ThreadPoolExecutor(cfg.worker_threads, thread_name_prefix="recording")
+        self.local = threading.local()
+        self.transcribe = _transcriber(ctx)
+        self.renew_every = cfg.lease_seconds / 3
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg, stop = self.cfg, self.ctx.stop_event
+        self.log.info(
+            "RECORDING WORKER STARTED worker=%s slots_per_business=%d threads=%d hosts=%s",
+            self.worker_id, cfg.slots_per_business, cfg.worker_threads,
+            ",".join(sorted(cfg.allowed_hosts)),
+        )  # fmt: skip
+        self.log.info("   This worker processes recording downloads and transcription")
+        self.log.info("Recording worker loop started")
+        last_renew = last_sweep = time.monotonic()
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                now = time.monotonic()
+                if now - last_renew >= self.renew_every:
+                    self.renew()
+                    last_renew = now
+                if now - last_sweep >= SWEEP_EVERY:
+                    self.sweep_partials()
+                    last_sweep = now
+                self.claim()
+                self.wake.wait(min(cfg.poll_interval, self.renew_every))
+        finally:
+            self.shutdown()
+
+    def claim(self) -> int:
+        """Claim as many due tasks as there are free threads and free slots; start them."""
+        with self.lock:
+            free = self.cfg.worker_threads - len(self.inflight)
+        if free <= 0:
+            return 0
+        claimed: list[tuple[store.Task, Slot]] = []
+        try:
+            with self.ctx.session() as s:
+                rows = store.lock_due(
+                    s, per_business=self.cfg.slots_per_business, limit=min(200, free * 4)
+                )
+                for row in rows:
+                    if len(claimed) >= free:
+                        break
+                    slot = self.slots.acquire(row.business_id)
+                    if slot is None:
+                        continue  # the business is at its limit across all workers
+                    task = store.mark_running(
+                        s, row, worker=self.worker_id, lease=self.cfg.lease_seconds
+                    )
+                    claimed.append((task, slot))
+        except BaseException:
+            for _, slot in claimed:
+                self.slots.release(slot)
+            raise
+        for task, slot in claimed:
+            self.log.info(
+                "WORKER_PICKED job_type=download_only call_sid=%s business_id=%s "
+                "recording_sid=%s retry=%d",
+                task.call_sid, task.business_id, task.recording_sid, task.attempts - 1,
+            )  # fmt: skip
+            self.log.info(
+                "WORKER_SLOT_ACQUIRED call_sid=%s business_id=%s active=%d/%d",
+                task.call_sid, task.business_id, slot.active, self.cfg.slots_per_business,
+            )  # fmt: skip
+            inf = InFlight(task, slot)
+            with self.lock:
+                self.inflight[task.id] = inf
+            self.pool.submit(self.process, inf)
+        return len(claimed)
+
+    def renew(self) -> None:
+        """Extend task leases and slots of in-flight downloads; stop those that were lost."""
+        with self.lock:
+            infs = [i for i in self.inflight.values() if not i.abort.is_set()]
+        if not infs:
+            return
+        with self.ctx.session() as s:
+            lost = store.renew(s, [i.task for i in infs], lease=self.cfg.lease_seconds)
+        for inf in infs:
+            if inf.task.id in lost:
+                self.log.warning("WORKER_LEASE_LOST call_sid=%s", inf.task.call_sid)
+                inf.stop("lease_lost")
+            elif not self.slots.renew(inf.slot):
+                self.log.warning(
+                    "WORKER_SLOT_LOST call_sid=%s business_id=%s",
+                    inf.task.call_sid, inf.task.business_id,
+                )  # fmt: skip
+                inf.stop("slot_lost")
+
+    # -- one download ---------------------------------------------------------------------
+
+    def process(self, inf: InFlight) -> None:
+        task, cfg = inf.task, self.cfg
+        dest = cfg.call_path(task.business_id, task.call_sid)
+        reason, size = "error", 0
+        try:
+            tmp = self._partial(task)
+            self.log.info(
+                "DOWNLOAD_START call_sid=%s recording_sid=%s attempt=%d",
+                task.call_sid, task.recording_sid, task.attempts,
+            )  # fmt: skip
+            started = time.monotonic()
+            size = fetch(
+                media_url(task.recording_url),
+                dest,
+                tmp=tmp,
+                auth=self.auth,
+                limits=self.limits,
+                abort=inf.abort,
+                http=self._http(),
+            )
+            with self.ctx.session() as s:
+                done = store.complete(s, task, path=str(dest), size=size)
+            if done:
+                reason = "success"
+                self.log.info(
+                    "WORKER_DOWNLOAD_DONE call_sid=%s file=%s bytes=%d duration_ms=%d",
+                    task.call_sid, dest.name, size, (time.monotonic() - started) * 1000,
+                )  # fmt: skip
+            else:
+                reason = "lease_lost"
+                self.log.warning("WORKER_LEASE_LOST call_sid=%s (done elsewhere)", task.call_sid)
+        except DownloadAborted:
+            reason = inf.abort_reason
+            if reason != "lease_lost":
+                self._put_back(inf)
+        except DownloadError as exc:
+            self._failed(task, exc.reason, retryable=exc.retryable)
+        except Exception as exc:  # a bug or a database error: retried like a transient failure
+            self.log.exception("DOWNLOAD_ERROR call_sid=%s", task.call_sid)
+            self._failed(task, f"{type(exc).__name__}: {exc}"[:500], retryable=True)
+        finally:
+            self._settle(inf, reason)
+        if reason == "success" and self.transcribe is not None:
+            self._transcribe(task, dest, size)
+
+    def _failed(self, task: store.Task, error: str, *, retryable: bool) -> None:
+        with self.ctx.session() as s:
+            if retryable and task.attempts < self.cfg.max_attempts:
+                delay = self.cfg.retry_delay(task.attempts)
+                store.retry_later(s, task, error=error, delay=delay)
+                self.log.warning(
+                    "DOWNLOAD_FAILED call_sid=%s attempt=%d error=%r retry_in=%.1fs",
+                    task.call_sid, task.attempts, error, delay,
+                )  # fmt: skip
+                return
+            if retryable:
+                error = f"gave up after {task.attempts} attempts: {error}"
+            store.fail(s, task, error=error)
+        self.log.error("RECORDING_FAILED call_sid=%s recording_sid=%s reason=%r",
+                       task.call_sid, task.recording_sid, error)  # fmt: skip
+
+    def _put_back(self, inf: InFlight) -> None:
+        with self.ctx.session() as s:
+            store.put_back(s, inf.task)
+
+    def _settle(self, inf: InFlight, reason: str) -> None:
+        """Release the slot and forget the task, exactly once (the loop may do it at stop)."""
+        with self.lock:
+            if inf.settled:
+                return
+            inf.settled = True
+            self.inflight.pop(inf.task.id, None)
+        task = inf.task
+        self.log.info(
+            "WORKER_RELEASE_SLOT call_sid=%s business_id=%s reason=%s",
+            task.call_sid, task.business_id, reason,
+        )  # fmt: skip
+        try:
+            _, active = self.slots.release(inf.slot)
+        except Exception:
+            self.log.exception("slot release failed; it expires on its own")
+            active = -1
+        self.log.info(
+            "RECORDING_SLOT_RELEASED call_sid=%s business_id=%s reason=%s active_after=%d/%d",
+            task.call_sid, task.business_id, reason, active, self.cfg.slots_per_business,
+        )  # fmt: skip
+        self.wake.set()
+
+    def _transcribe(self, task: store.Task, path: Path, size: int) -> None:
+        call = {
+            "call_sid": task.call_sid,
+            "business_id": task.business_id,
+            "recording_sid": task.recording_sid,
+            "duration": task.duration,
+            "bytes": size,
+        }
+        try:
+            text = self.transcribe(path=path, call=call)
+            if text:
+                with self.ctx.session() as s:
+                    store.store_transcript(s, task, str(text))
+                self.log.info("TRANSCRIPT_STORED call_sid=%s chars=%d", task.call_sid, len(text))
+        except Exception:
+            self.log.exception("TRANSCRIBE_FAILED call_sid=%s", task.call_sid)
+
+    # -- files, http, shutdown ------------------------------------------------------------
+
+    def _partial(self, task: store.Task) -> Path:
+        """This claim's temporary file; removes the ones of earlier claims of the task (a
+        worker that died mid-download)."""
+        part_dir = self.cfg.partial_dir
+        for old in part_dir.glob(f"task{task.id}.*.part"):
+            try:
+                if int(old.name.split(".")[1]) < task.fence:
+                    old.unlink(missing_ok=True)
+            except (ValueError, IndexError):
+                continue
+        return part_dir / f"task{task.id}.{task.fence}.part"
+
+    def sweep_partials(self) -> None:
+        """Remove temporary files nobody has written to for longer than a download may last."""
+        cutoff = time.time() - self.cfg.download_timeout - self.cfg.lease_seconds
+        for part in self.cfg.partial_dir.glob("*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
+
+    def _http(self):
+        """One requests.Session per download thread (connection reuse, thread-safe)."""
+        http = getattr(self.local, "http", None)
+        if http is None:
+            import requests
+
+            http = self.local.http = requests.Session()
+        return http
+
+    def shutdown(self) -> None:
+        """Stop downloads and hand their tasks back, claimable at once; release slots."""
+        with self.lock:
+            infs = list(self.inflight.values())
+        for inf in infs:
+            inf.stop("shutdown")
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.inflight:
+                    break
+            time.sleep(0.02)
+        with self.lock:
+            stuck = list(self.inflight.values())
+        for inf in stuck:  # blocked in a read: give the task back from here
+            try:
+                self._put_back(inf)
+            finally:
+                self._settle(inf, "shutdown")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.log.info("Recording worker loop stopped (%d downloads handed back)", len(infs))
+
+
+def media_url(recording_url: str) -> str:
+    """The MP3 of a Twilio recording: its RecordingUrl + ``.mp3``."""
+    return recording_url if recording_url.endswith(".mp3") else recording_url + ".mp3"
+
+
+def _transcriber(ctx: Any) -> Callable[..., Any] | None:
+    """The ``prosaas_transcribe`` hook when some installed plugin implements it, else None."""
+    runtime = getattr(ctx, "runtime", None)
+    pm = getattr(runtime, "pm", None)
+    if pm is None:
+        return None
+    from prosaas_recordings.hookspecs import ensure_hookspecs
+
+    ensure_hookspecs(pm)
+    hook = pm.hook.prosaas_transcribe
+    return hook if hook.get_hookimpls() else None
+
+
+def run(ctx: Any) -> None:
+    """Service entry point: runs until ``ctx.stop_event`` is set."""
+    RecordingWorker(ctx, RecordingsConfig.from_settings(ctx.settings)).run()
+
+
+def pending(ctx: Any) -> int:
+    """Due download tasks nobody holds (for ``prosaas doctor``)."""
+    with ctx.session() as s:
+        return store.count_due(s)
