@@ -44,7 +44,11 @@ def _http(exc: HTTPException):
 
 
 def _unexpected(exc: Exception):
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DataError, OperationalError
+
+    if isinstance(exc, DataError):  # e.g. an id past BIGINT from a plugin's <int:...> route
+        log.info("Rejected value on %s %s: %s", request.method, request.path, exc.orig)
+        return _json(400, "Invalid value", "a value is out of range or malformed")
 
     if isinstance(exc, OperationalError):
         log.error("Database unavailable on %s %s: %s", request.method, request.path, exc.orig)

@@ -67,7 +67,7 @@ def readyz():
     """
     checks, problems = readiness_problems()
     if problems:
-        resp = jsonify({"error": "Not ready", "details": problems, "checks": checks})
+        resp = jsonify({"error": "Not ready", "details": problems})
         resp.status_code = 503
         return resp
     return jsonify({"status": "ready", "checks": checks})
