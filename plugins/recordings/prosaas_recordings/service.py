@@ -198,11 +198,12 @@ class RecordingWorker:
                 reason = "lease_lost"
                 self.log.warning("WORKER_LEASE_LOST call_sid=%s (done elsewhere)", task.call_sid)
         except DownloadAborted:
-            reason = inf.abort_reason
-            if reason != "lease_lost":
-                self._put_back(inf)
+            reason = self._aborted(inf)
         except DownloadError as exc:
-            self._failed(task, exc.reason, retryable=exc.retryable)
+            if inf.abort.is_set():  # e.g. a read timed out after the stop was asked for
+                reason = self._aborted(inf)
+            else:
+                self._failed(task, exc.reason, retryable=exc.retryable)
         except Exception as exc:  # a bug or a database error: retried like a transient failure
             self.log.exception("DOWNLOAD_ERROR call_sid=%s", task.call_sid)
             self._failed(task, f"{type(exc).__name__}: {exc}"[:500], retryable=True)
@@ -226,6 +227,12 @@ class RecordingWorker:
             store.fail(s, task, error=error)
         self.log.error("RECORDING_FAILED call_sid=%s recording_sid=%s reason=%r",
                        task.call_sid, task.recording_sid, error)  # fmt: skip
+
+    def _aborted(self, inf: InFlight) -> str:
+        """A download stopped on purpose: give the task back unless it is no longer ours."""
+        if inf.abort_reason != "lease_lost":
+            self._put_back(inf)
+        return inf.abort_reason
 
     def _put_back(self, inf: InFlight) -> None:
         with self.ctx.session() as s:

@@ -55,6 +55,7 @@ class StubTwilio:
         self.lock = threading.Lock()
         self.plans: dict[str, list[str]] = {}
         self.requests: dict[str, int] = defaultdict(int)
+        self.request_times: dict[str, list[float]] = defaultdict(list)
         self.active: dict[int, int] = defaultdict(int)
         self.max_active: dict[int, int] = defaultdict(int)
         self.served: dict[str, int] = defaultdict(int)
@@ -104,6 +105,7 @@ class StubTwilio:
     def _next_step(self, recording_sid: str) -> str:
         with self.lock:
             self.requests[recording_sid] += 1
+            self.request_times[recording_sid].append(time.monotonic())
             steps = self.plans.get(recording_sid)
             return steps.pop(0) if steps else "ok"
 
