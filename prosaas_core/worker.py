@@ -18,6 +18,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from rq import SimpleWorker, Worker
+from rq.exceptions import StopRequested
 
 from prosaas_core.jobs import dispatch
 from prosaas_core.jobs.heartbeat import WorkerHeartbeat
@@ -177,12 +178,19 @@ def run_worker(
         threading.Thread(target=_watchdog, args=(disp, grace), daemon=True).start()
 
     cls = WORKER_CLASSES[kind]
-    worker = cls(names, name=name, connection=rt.redis)
-    worker.prosaas_shutdown = shutdown
-    worker.prosaas_on_stop = on_stop
     log.info("WORKER STARTED name=%s class=%s burst=%s", name, cls.__name__, burst)
     try:
-        worker.work(burst=burst, logging_level=None)
+        while True:
+            worker = cls(names, name=name, connection=rt.redis)
+            worker.prosaas_shutdown = shutdown
+            worker.prosaas_on_stop = on_stop
+            worker.work(burst=burst, logging_level=None)
+            # a burst drains retries too: wait for the next one due on our queues, if any
+            try:
+                if not burst or shutdown.is_set() or not _wait_for_retry(rt, names, shutdown):
+                    break
+            except StopRequested:  # a signal between two bursts
+                break
     finally:
         shutdown.set()
         maintenance.stop()
@@ -191,6 +199,22 @@ def run_worker(
         disp.stop()
         log.info("WORKER STOPPED name=%s%s", name, f" (late services: {late})" if late else "")
     return 0
+
+
+def _wait_for_retry(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> bool:
+    """Sleep until the next delayed retry on `queues` is due and push it. False if none."""
+    from prosaas_core.jobs.delayed import next_due, pump
+
+    due = next_due(rt, queues)
+    if due is None:
+        return False
+    log.info("burst: waiting %.1fs for a retry to become due", max(due - time.time(), 0))
+    while time.time() < due:
+        if shutdown.is_set():
+            return False
+        time.sleep(min(0.1, max(due - time.time(), 0)))
+    pump(rt)
+    return True
 
 
 def _watchdog(disp: dispatch.Dispatcher, grace: float) -> None:

@@ -33,4 +33,25 @@ def worker(rt, burst: bool, queues: str) -> None:
         raise UserError(f"Redis unreachable at {rt.settings.redis_url}: {exc}") from None
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    _exit_within(float(rt.settings.get("PROSAAS_SHUTDOWN_TIMEOUT", "30")), code)
+
+
+def _exit_within(bound: float, code: int) -> None:
+    """Exit now, even if a plugin left non-daemon threads behind (the interpreter would
+    otherwise wait for them forever): give them `bound` seconds, then leave anyway."""
+    import logging
+    import os
+    import threading
+    import time
+
+    end = time.monotonic() + bound
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(end - time.monotonic(), 0))
+    left = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    left.remove(threading.current_thread().name)
+    if left:
+        logging.getLogger("prosaas.worker").warning("exiting with threads still alive: %s", left)
+        logging.shutdown()
+        os._exit(code)
     raise SystemExit(code)

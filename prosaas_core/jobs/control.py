@@ -123,12 +123,17 @@ def cancel_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> d
 
 
 def retry_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> dict[str, Any]:
-    """Queue a failed or cancelled job again with fresh attempts (it resumes from its last
-    checkpoint). ConflictError for any other status."""
+    """Queue a failed or cancelled job again with its job type's number of attempts more (it
+    resumes from its last checkpoint; ``ctx.attempt`` keeps counting). ConflictError for any
+    other status."""
     from prosaas_core.jobs.transport import push
 
     T = BackgroundJob
     now = utcnow()
+    with rt.session() as s:
+        job = _load(s, job_id, business_id)
+        jt = rt.registry.job_types.get(job.job_type)
+        more = jt.max_attempts if jt is not None else 1
     try:
         with rt.session() as s:
             job = _load(s, job_id, business_id)
@@ -137,7 +142,7 @@ def retry_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> di
                 .where(T.id == job_id, T.status.in_(RETRYABLE))
                 .values(
                     status="queued",
-                    attempts=0,
+                    max_attempts=T.attempts + more,
                     cancel_requested=False,
                     error=None,
                     result=None,
@@ -159,7 +164,6 @@ def retry_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> di
         raise ConflictError(
             f"job {job_id}: another job of this type is already active for the business"
         ) from None
-    jt = rt.registry.job_types.get(job_type)
     push(rt, job_id, queue, timeout=jt.timeout if jt else None)
     log.info("Retry job_id=%s job_type=%s", job_id, job_type)
     return out

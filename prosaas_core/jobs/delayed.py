@@ -45,3 +45,12 @@ def pump(rt: Runtime) -> int:
         push(rt, int(job_id), queue, timeout=float(timeout) if timeout else None)
         pushed += 1
     return pushed
+
+
+def next_due(rt: Runtime, queues: list[str]) -> float | None:
+    """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None."""
+    wanted = set(queues)
+    for member, score in rt.redis.zrange(DELAYED_KEY, 0, -1, withscores=True):
+        if member.decode().split("|")[1] in wanted:
+            return score  # members come sorted by due time
+    return None

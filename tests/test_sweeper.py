@@ -1,0 +1,122 @@
+"""The sweeper with real worker processes: lost Redis data, killed workers, stale workers."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import redis
+from prosaas_acme.testing import WorkerProcess, wait_until
+from sqlalchemy import text
+
+from prosaas_core.jobs import control
+from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core.jobs.sweeper import LOCK_KEY, sweep
+
+
+@pytest.fixture
+def start_worker(env, tmp_path):
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str, extra_env: dict | None = None) -> WorkerProcess:
+        w = WorkerProcess({**env, **(extra_env or {})}, tmp_path / f"w{len(started)}.log", *args)
+        started.append(w)
+        return w
+
+    yield _start
+    for w in started:
+        w.stop()
+
+
+def ticks(rt, job_id: int) -> list[tuple[int, int]]:
+    with rt.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT item, attempt FROM acme_ticks WHERE job_id = :j ORDER BY item"),
+                {"j": job_id},
+            )
+        ]
+
+
+def test_redis_flush_loses_nothing(runtime, business, redis_url, start_worker):
+    jobs = [enqueue(runtime, "acme_count", business, {"n": 2, "batch": 2}) for _ in range(100)]
+    # FLUSHDB on the test database: for prosaas's keys, the same as a FLUSHALL
+    redis.Redis.from_url(redis_url).flushdb()
+    w = start_worker("--burst")
+    assert w.wait(60) == 0
+    assert "SWEEPER re-pushed 100 queued job(s)" in w.log()
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT status, attempts, count(*) FROM background_jobs GROUP BY 1, 2")
+        ).all()
+        per_job = conn.execute(
+            text("SELECT count(*), min(attempt), max(attempt) FROM acme_ticks GROUP BY job_id")
+        ).all()
+    assert rows == [("succeeded", 1, 100)]
+    assert len(per_job) == len(jobs) and set(per_job) == {(2, 1, 1)}
+
+
+def test_killed_worker_job_resumes_from_checkpoint(runtime, business, start_worker):
+    n = 300
+    job = enqueue(runtime, "acme_count", business, {"n": n, "batch": 10, "sleep": 0.05})
+    a = start_worker("--queues", "acme")
+    wait_until(lambda: (control.get_job(runtime, job.id)["state"] or {}).get("next", 0) >= 50)
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    checkpoint = control.get_job(runtime, job.id)["state"]["next"]
+    assert 50 <= checkpoint < n
+    b = start_worker("--queues", "acme")
+    wait_until(lambda: control.get_job(runtime, job.id)["status"] == "succeeded", 30)
+    got = control.get_job(runtime, job.id)
+    assert got["attempts"] == 2 and got["processed"] == n
+    # the second attempt started exactly at the checkpoint: nothing before it was done again
+    assert got["result"] == {"counted": n, "resumed_from": checkpoint}
+    rows = ticks(runtime, job.id)
+    assert [item for item, _ in rows] == list(range(n))  # nothing lost, nothing twice
+    assert all(attempt == 1 for item, attempt in rows if item < checkpoint)
+    assert all(attempt == 2 for item, attempt in rows if item >= checkpoint + 10)
+    assert f"SWEEPER rescued job_id={job.id}" in b.log()
+
+
+def test_stale_worker_cannot_overwrite_rescued_job(runtime, business, start_worker):
+    n = 200
+    job = enqueue(runtime, "acme_count", business, {"n": n, "batch": 10, "sleep": 0.1})
+    a = start_worker("--queues", "acme")
+    wait_until(lambda: control.get_job(runtime, job.id)["processed"] >= 20)
+    a.signal(signal.SIGSTOP)  # frozen: its heartbeat goes stale, as if it were dead
+    b = start_worker("--queues", "acme")
+    wait_until(lambda: control.get_job(runtime, job.id)["status"] == "succeeded", 30)
+    result = control.get_job(runtime, job.id)["result"]
+    a.signal(signal.SIGCONT)  # it wakes up and tries to carry on with the job
+    a.wait_for_log(f"JOB LOST job_id={job.id}", timeout=10)
+    got = control.get_job(runtime, job.id)
+    assert got["status"] == "succeeded" and got["result"] == result
+    assert f"JOB DONE job_id={job.id}" in b.log()
+    assert f"JOB DONE job_id={job.id}" not in a.log()
+    assert [item for item, _ in ticks(runtime, job.id)] == list(range(n))
+
+
+def test_stale_job_without_attempts_left_fails(runtime, business):
+    job = enqueue(runtime, "acme_echo", business, {"message": "x"})
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE background_jobs SET status='running', attempts=max_attempts, fence=1, "
+                "heartbeat_at = now() - interval '1 hour' WHERE id = :id"
+            ),
+            {"id": job.id},
+        )
+    report = sweep(runtime)
+    assert report.failed == [job.id]
+    got = control.get_job(runtime, job.id)
+    assert got["status"] == "failed" and "worker lost" in got["error"]
+
+
+def test_one_sweeper_at_a_time(runtime, business):
+    job = enqueue(runtime, "acme_echo", business, {"message": "x"})
+    runtime.redis.flushdb()
+    with runtime.engine.begin() as conn:  # another worker is sweeping
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+        assert sweep(runtime, grace=0).skipped
+    assert sweep(runtime, grace=0).repushed == [job.id]
