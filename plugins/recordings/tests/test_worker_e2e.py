@@ -59,8 +59,6 @@ def test_worker_downloads_a_signed_callback_logging_every_marker(
         recording_sid(1)
     )
 
-    doctor = cli("doctor")
-    assert "service 'recording-worker': 0 pending, running on 1 worker(s)" in doctor.stdout
     assert w.stop() == 0
     assert "Recording worker loop stopped" in w.output
 
@@ -113,7 +111,7 @@ def test_sigkill_mid_download_another_worker_finishes_it(
     assert "retry=1" in picked
     assert "active=1/1" in b.wait_for_line("WORKER_SLOT_ACQUIRED")  # the slot came back
     b.wait_for_line("WORKER_DOWNLOAD_DONE")
-    assert time.monotonic() - killed_at < 10
+    assert time.monotonic() - killed_at < 20  # worker start-up + one 1.5 s lease
     wait_for(lambda: all_downloaded(runtime, [call_sid(1)]))
     assert files(recordings_dir) == [f"{business}/{call_sid(1)}.mp3"]  # no partial file left
     path = recordings_dir / str(business) / f"{call_sid(1)}.mp3"
