@@ -109,6 +109,8 @@ def drift(rt: Runtime) -> list[str]:
     Cheap (catalog reads only, no lock on any table): ``/readyz`` and ``prosaas doctor`` call it.
     Types the constraint allows but no plugin provides are not drift (rows may still use them).
     """
+    from sqlalchemy import text
+
     from prosaas_core.migrate.alembic_ops import (
         current_revisions,
         missing_heads,
@@ -119,6 +121,9 @@ def drift(rt: Runtime) -> list[str]:
     registry = rt.registry
     dirs = registry.migration_dirs()
     with rt.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # Only a hand-written constraint needs a table lock to read; never queue for long.
+            conn.execute(text("SET LOCAL lock_timeout = 2000"))
         current = current_revisions(conn)
         state = read_state(conn)
         conn.rollback()

@@ -10,6 +10,7 @@ rebuilt through Alembic's batch mode. Each change is a numbered row of
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -71,26 +72,56 @@ def parse_allowed(sqltext: str) -> frozenset[str]:
 
 
 def read_state(conn: Connection) -> ConstraintState:
-    """The constraint as the database has it, from the catalogs only: no lock on the table."""
+    """The constraint as the database has it, from the catalogs only: no lock on the table.
+
+    PostgreSQL can only print a CHECK expression (``pg_get_constraintdef``) after locking the
+    table, which would queue behind any DDL. So the swap also stores the allowed set in the
+    constraint's comment, with the md5 of its parsed expression (``conbin``); while that md5
+    still matches, the comment is read. A constraint written by hand falls back to printing it.
+    """
     if conn.dialect.name == "postgresql":
         if conn.execute(text(f"SELECT to_regclass('{TABLE}')")).scalar() is None:
             return ConstraintState(table_exists=False)
         row = conn.execute(
             text(
-                "SELECT pg_get_constraintdef(oid), convalidated FROM pg_constraint"
+                "SELECT oid, convalidated, obj_description(oid, 'pg_constraint'),"
+                " md5(conbin::text) FROM pg_constraint"
                 f" WHERE conrelid = to_regclass('{TABLE}') AND conname = '{NAME}'"
             )
         ).first()
         if row is None:
             return ConstraintState(table_exists=True)
-        return ConstraintState(True, parse_allowed(row[0]), bool(row[1]))
+        oid, validated, comment, digest = row
+        allowed = _from_comment(comment, digest)
+        if allowed is None:
+            definition = conn.execute(
+                text("SELECT pg_get_constraintdef(:oid)"), {"oid": oid}
+            ).scalar()
+            allowed = parse_allowed(definition)
+        return ConstraintState(True, allowed, bool(validated))
     insp = inspect(conn)
     if not insp.has_table(TABLE):
         return ConstraintState(table_exists=False)
-    for ck in insp.get_check_constraints(TABLE):
-        if ck["name"] == NAME:
-            return ConstraintState(True, parse_allowed(ck["sqltext"]), True)
+    for check in insp.get_check_constraints(TABLE):
+        if check["name"] == NAME:
+            return ConstraintState(True, parse_allowed(check["sqltext"]), True)
     return ConstraintState(table_exists=True)
+
+
+def _from_comment(comment: str | None, digest: str) -> frozenset[str] | None:
+    try:
+        data = json.loads(comment or "")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("conbin_md5") != digest:
+        return None
+    return frozenset(data.get("allowed") or ())
+
+
+def comment_sql(plan: Plan, digest: str) -> str:
+    data = {"generated_by": "prosaas", "migration": plan.number, "allowed": plan.allowed}
+    data["conbin_md5"] = digest
+    return f"COMMENT ON CONSTRAINT {NAME} ON {TABLE} IS {quote(json.dumps(data))}"
 
 
 def present_counts(conn: Connection, types: Iterable[str] | None = None) -> dict[str, int]:
@@ -160,9 +191,17 @@ def swap_postgres(conn: Connection, plan: Plan) -> None:
     """DROP + ADD NOT VALID and the history row, in the caller's (short) transaction."""
     if plan.number is None:
         plan.number = next_number(conn) + 1
-    statements = ddl_statements(plan)
-    conn.execute(text(statements[0]))
-    record(conn, plan, ";\n".join(statements) + ";")
+    swap, validate = ddl_statements(plan)
+    conn.execute(text(swap))
+    digest = conn.execute(
+        text(
+            "SELECT md5(conbin::text) FROM pg_constraint"
+            f" WHERE conrelid = to_regclass('{TABLE}') AND conname = '{NAME}'"
+        )
+    ).scalar_one()
+    comment = comment_sql(plan, digest)
+    conn.execute(text(comment))
+    record(conn, plan, f"{swap};\n{comment};\n{validate};")
 
 
 def validate_postgres(conn: Connection) -> None:

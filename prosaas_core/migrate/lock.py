@@ -57,7 +57,7 @@ class MigrationLock:
         start = time.monotonic()
         deadline = start + wait
         last_log = -HOLDER_LOG_INTERVAL
-        for delay in delays():
+        for delay in delays(cap=1.0):
             if self._try():
                 waited = time.monotonic() - start
                 log.info("Acquired migration lock (%s, waited %.1fs)", self.describe(), waited)

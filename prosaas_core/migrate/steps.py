@@ -173,6 +173,7 @@ def _constraint_sql(plan: ck.Plan, last: int, dialect: str) -> str:
     swap, validate = ck.ddl_statements(plan)
     return (
         f"{head}BEGIN;\n{swap};\n"
+        f"-- + COMMENT ON CONSTRAINT {ck.NAME} (the allowed set, read without locking)\n"
         f"-- + history row {n} in prosaas_job_type_migrations\n"
         f"COMMIT;\n{validate};\n"
     )
