@@ -1,0 +1,189 @@
+"""Benchmark: `POST /api/jobs` on `prosaas serve` against a bare Flask endpoint that only
+inserts one row, both on the same stack (gunicorn gthread, same workers/threads, same
+PostgreSQL), driven by the same N concurrent keep-alive clients in the same run.
+
+    python bench/api_enqueue.py [--quick] [--clients N] [--seconds S] [--workers W]
+
+Prints requests/s, p50 and p99 for both and the ratio; the last line is JSON with
+``vs_bare`` (requests/s ratio), ``p50_ms`` and ``p99_ms`` (prosaas), and the bare figures.
+Needs PostgreSQL ($PROSAAS_TEST_PG) and Redis ($PROSAAS_TEST_REDIS, db $PROSAAS_TEST_REDIS_DB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+PG = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("PROSAAS_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("PROSAAS_TEST_REDIS_DB", "3"))
+BIN = Path(sys.executable).parent
+
+
+def bare_app():
+    """The baseline: one INSERT of a job row per request, nothing else."""
+    from flask import Flask, jsonify
+    from sqlalchemy import text
+
+    from prosaas_core.db import make_engine
+
+    engine = make_engine(os.environ["DATABASE_URL"])
+    business_id = int(os.environ["BENCH_BUSINESS_ID"])
+    app = Flask("bare")
+
+    @app.post("/bare")
+    def bare():
+        with engine.begin() as conn:
+            job_id = conn.execute(
+                text(
+                    "INSERT INTO background_jobs (business_id, job_type, queue, status, payload) "
+                    "VALUES (:b, 'acme_echo', 'default', 'queued', '{\"message\": \"x\"}') "
+                    "RETURNING id"
+                ),
+                {"b": business_id},
+            ).scalar_one()
+        return jsonify({"id": job_id, "status": "queued"}), 202
+
+    return app
+
+
+def _load(url: str, headers: dict, body: dict, clients: int, seconds: float) -> dict:
+    import requests
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        s = requests.Session()
+        mine: list[float] = []
+        bad = 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            r = s.post(url, json=body, headers=headers, timeout=30)
+            mine.append(time.perf_counter() - t)
+            bad += r.status_code != 202
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "rps": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_bare:
+        from prosaas_core.cli.serve import run_gunicorn
+
+        run_gunicorn(bare_app, port=args.serve_bare, workers=args.workers, threads=args.threads)
+        return
+    seconds = args.seconds or (8.0 if args.quick else 30.0)
+
+    import redis
+    from sqlalchemy import create_engine, text
+
+    from prosaas_core.api.testing import ServeProcess, business_with_token
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+    name = f"prosaas_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    redis_url = f"{REDIS}/{REDIS_DB}"
+    env = {**os.environ, "DATABASE_URL": f"{PG}/{name}", "REDIS_URL": redis_url}
+    env.pop("RUN_MIGRATIONS", None)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        subprocess.run(
+            [str(BIN / "prosaas"), "db", "upgrade"], env=env, check=True, capture_output=True
+        )
+        rt = Runtime(Settings.from_env(env))
+        business_id, token = business_with_token(rt, "bench")
+        rt.close()
+        env["BENCH_BUSINESS_ID"] = str(business_id)
+        common = ["--workers", str(args.workers), "--threads", str(args.threads)]
+        prosaas = ServeProcess(env, workers=args.workers, threads=args.threads)
+        bare = ServeProcess(env)
+        bare.cmd = [sys.executable, __file__, "--serve-bare", str(bare.port), *common]
+        print(
+            f"api_enqueue: {args.clients} clients, {seconds:g}s each, gunicorn gthread "
+            f"{args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs"
+        )
+        results = {}
+        for label, srv, path, headers, body in (
+            ("bare", bare, "/bare", {}, {}),
+            (
+                "prosaas",
+                prosaas,
+                "/api/jobs",
+                {"Authorization": f"Bearer {token}"},
+                {"job_type": "acme_echo", "payload": {"message": "x"}},
+            ),
+        ):
+            with srv:
+                _load(srv.url + path, headers, body, args.clients, min(2.0, seconds / 4))  # warm-up
+                res = results[label] = _load(srv.url + path, headers, body, args.clients, seconds)
+            r.flushdb()
+            print(
+                f"  {label:8s} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:6.1f} ms  "
+                f"p99 {res['p99_ms']:6.1f} ms  "
+                f"({res['requests']} requests, {res['errors']} not 202)"
+            )
+        ratio = results["prosaas"]["rps"] / results["bare"]["rps"]
+        print(f"  ratio    {ratio:.2f}x the bare endpoint's requests/s (target >= 0.6)")
+        print(
+            json.dumps(
+                {
+                    "vs_bare": round(ratio, 3),
+                    "rps": round(results["prosaas"]["rps"], 1),
+                    "p50_ms": round(results["prosaas"]["p50_ms"], 2),
+                    "p99_ms": round(results["prosaas"]["p99_ms"], 2),
+                    "bare_rps": round(results["bare"]["rps"], 1),
+                    "bare_p50_ms": round(results["bare"]["p50_ms"], 2),
+                    "bare_p99_ms": round(results["bare"]["p99_ms"], 2),
+                    "clients": args.clients,
+                    "seconds": seconds,
+                    "errors": results["prosaas"]["errors"] + results["bare"]["errors"],
+                }
+            )
+        )
+    finally:
+        r.flushdb()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
