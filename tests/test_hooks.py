@@ -37,10 +37,8 @@ def test_hook_prosaas_migrations(runtime):
     assert "acme_ticks" in sa_inspect(runtime.engine).get_table_names()
 
 
-def test_hook_prosaas_cli(env):
-    from conftest import run_cli
-
-    proc = run_cli("acme-hello", env=env)
+def test_hook_prosaas_cli(cli):
+    proc = cli("acme-hello")
     assert proc.returncode == 0 and proc.stdout.strip() == "hello from acme"
 
 
