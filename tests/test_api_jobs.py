@@ -226,3 +226,44 @@ def test_redis_down_still_answers_202_with_the_row_committed(env, runtime, tenan
     assert Queue("default", connection=runtime.redis).count == 0  # the sweeper's job now
     ready = _error(app.test_client().get("/readyz"), 503, "Not ready")
     assert any("redis" in line for line in ready["details"])
+
+
+def test_openapi_documents_every_route_and_job_payload_schemas(client, runtime, tenant):
+    doc = client.get("/api/openapi.json").get_json()
+    assert doc["openapi"] == "3.1.0"
+    rules = {
+        (r.rule, m)
+        for r in client.application.url_map.iter_rules()
+        for m in (r.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    assert len(rules) == sum(len(ops) for ops in doc["paths"].values())
+    ping = doc["paths"]["/api/acme/ping"]["get"]
+    assert ping["summary"] == "Answer pong." and "security" not in ping
+    enqueue = doc["paths"]["/api/jobs"]["post"]
+    variants = enqueue["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert {v["properties"]["job_type"]["const"] for v in variants} == set(
+        runtime.registry.job_types
+    )
+    echo = next(v for v in variants if v["title"] == "acme_echo")
+    ref = echo["properties"]["payload"]["$ref"].rsplit("/", 1)[1]
+    from prosaas_acme.jobs import Echo
+
+    assert doc["components"]["schemas"][ref]["properties"] == Echo.model_json_schema()["properties"]
+    assert enqueue["security"] == [{"bearerAuth": []}]
+    assert doc["paths"]["/api/jobs/{job_id}"]["get"]["parameters"][0]["schema"]["type"] == "integer"
+    # the documented Job shape is what the endpoint returns
+    job_id = client.post(
+        "/api/jobs",
+        json={"job_type": "acme_echo", "payload": {"message": "x"}},
+        headers=bearer(tenant[1]),
+    ).get_json()["id"]
+    shown = client.get(f"/api/jobs/{job_id}", headers=bearer(tenant[1])).get_json()
+    assert set(shown) == set(doc["components"]["schemas"]["Job"]["properties"])
+
+
+def test_metrics_and_health(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json()["status"] == "ready"
+    text_ = client.get("/metrics").get_data(as_text=True)
+    assert 'prosaas_metrics_source_up{source="database"} 1.0' in text_
+    assert 'prosaas_queue_depth{queue="acme"} 0.0' in text_

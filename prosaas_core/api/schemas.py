@@ -63,18 +63,29 @@ class Enqueued(BaseModel):
 
 
 class Job(BaseModel):
+    """A job as ``prosaas jobs show --json`` prints it."""
+
     id: int
     job_type: str
     business_id: int
+    queue: str
     status: JobStatus
     attempts: int
+    max_attempts: int
     processed: int
     total: int | None = None
+    payload: Any = None
     result: Any = None
     error: str | None = None
+    state: Any = None
+    worker: str | None = None
+    cancel_requested: bool
     created_at: str | None = None
+    updated_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    heartbeat_at: str | None = None
+    run_after: str | None = None
 
 
 class JobPage(BaseModel):
