@@ -31,6 +31,7 @@ The rules every helper here keeps:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -351,11 +352,19 @@ def run_selection(
     Each batch is one transaction holding the write and the checkpoint (`commit_state`);
     then ``ctx.checkpoint`` and ``ctx.progress`` are called, and ``ctx.should_stop()`` is
     checked before the next batch. Returns the counts: ``{counted_as: n, "not_found": m,
-    "total": t, "stopped": bool}``; ``not_found`` counts listed ids that are not leads of the
-    business (for a filter it stays 0).
+    "total": t, "stopped": bool, "max_txn_ms": longest batch}``; ``not_found`` counts listed
+    ids that are not leads of the business (for a filter it stays 0).
     """
     batcher = LeadBatcher(ctx.business_id, selection, ctx.state, size or batch_size())
-    if not batcher.started:
+    if batcher.started:
+        ctx.log.info(
+            "Resuming from checkpoint: %d of %d done (tenant=%s, attempt %s)",
+            batcher.done,
+            batcher.total,
+            ctx.business_id,
+            ctx.attempt,
+        )
+    else:
         with ctx.session() as s:
             batcher.start(s)
             commit_state(s, ctx, batcher.state)
@@ -366,6 +375,7 @@ def run_selection(
         if ctx.should_stop():
             stopped = True
             break
+        began = time.perf_counter()
         with ctx.session() as s:
             batch = batcher.next_batch(s)
             if batch is None:
@@ -373,6 +383,9 @@ def run_selection(
             n = apply(s, batch)
             missing = batch.size - n if batch.ids is not None else 0
             state = batcher.advance(batch, **{counted_as: n, "not_found": missing})
+            # the batch's own duration, as of the checkpoint write (the commit follows at once)
+            txn_ms = round((time.perf_counter() - began) * 1000, 1)
+            state["max_txn_ms"] = max(float(state.get("max_txn_ms", 0)), txn_ms)
             commit_state(s, ctx, state)
         batcher.state = state
         ctx.checkpoint(state)
@@ -382,6 +395,7 @@ def run_selection(
         "not_found": int(batcher.state.get("not_found", 0)),
         "total": batcher.total,
         "stopped": stopped,
+        "max_txn_ms": float(batcher.state.get("max_txn_ms", 0)),
     }
 
 

@@ -2,8 +2,8 @@
 Alembic branch, ``receipts``), and the ``delete_receipts_all`` job type that deletes every receipt
 of a business in batches.
 
-A receipt may point at a lead; deleting the lead detaches the receipt (``lead_id`` NULL), as a
-call is detached: a receipt is accounting history, not something the lead owns.
+Receipts belong to the business, not to a lead: no foreign key to ``leads``, so deleting leads
+never touches them (and does not pay a per-row trigger for them).
 """
 
 from __future__ import annotations

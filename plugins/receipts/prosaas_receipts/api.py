@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, jsonify
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from prosaas_core.api import (
-    ApiError,
     authenticated,
     current_business_id,
     current_runtime,
@@ -27,38 +26,22 @@ class NewReceipt(BaseModel):
     amount_cents: int = Field(ge=0)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     description: str | None = Field(default=None, max_length=2000)
-    lead_id: PositiveInt | None = None
 
 
 @bp.post("/api/receipts")
 @authenticated
 def create_receipt():
-    """Record a receipt for the caller's business; ``lead_id`` must be one of its leads."""
+    """Record a receipt for the caller's business."""
     from sqlalchemy import text
 
     r = parse_json(NewReceipt)
-    business_id = current_business_id()
     with current_runtime().session() as s:
-        if (
-            r.lead_id is not None
-            and not s.execute(
-                text("SELECT 1 FROM leads WHERE business_id = :b AND id = :l"),
-                {"b": business_id, "l": r.lead_id},
-            ).first()
-        ):
-            raise ApiError(404, "Not found", f"lead {r.lead_id} not found")
         receipt_id = s.execute(
             text(
-                "INSERT INTO receipts (business_id, lead_id, amount_cents, currency, description)"
-                " VALUES (:b, :l, :a, :c, :d) RETURNING id"
+                "INSERT INTO receipts (business_id, amount_cents, currency, description)"
+                " VALUES (:b, :a, :c, :d) RETURNING id"
             ),
-            {
-                "b": business_id,
-                "l": r.lead_id,
-                "a": r.amount_cents,
-                "c": r.currency,
-                "d": r.description,
-            },
+            {"b": current_business_id(), "a": r.amount_cents, "c": r.currency, "d": r.description},
         ).scalar_one()
     resp = jsonify({"id": receipt_id, **r.model_dump()})
     resp.status_code = 201

@@ -38,6 +38,14 @@ def delete_receipts_all(ctx) -> dict:
             commit_state(s, ctx, state)
         ctx.checkpoint(state)
         ctx.log.info("Deleting all %d receipts (tenant=%s)", state["total"], b)
+    else:
+        ctx.log.info(
+            "Resuming from checkpoint: %d of %d receipts deleted (tenant=%s, attempt %s)",
+            state["deleted"],
+            state["total"],
+            b,
+            ctx.attempt,
+        )
     ctx.progress(state["deleted"], state["total"])
     stopped = False
     while True:

@@ -24,7 +24,6 @@ def upgrade() -> None:
         "receipts",
         sa.Column("id", Id, nullable=False),
         sa.Column("business_id", sa.BigInteger(), nullable=False),
-        sa.Column("lead_id", sa.BigInteger(), nullable=True),
         sa.Column("amount_cents", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.String(3), server_default="USD", nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
@@ -37,18 +36,12 @@ def upgrade() -> None:
             name="fk_receipts_business_id_businesses",
             ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(
-            ["lead_id"], ["leads.id"], name="fk_receipts_lead_id_leads", ondelete="SET NULL"
-        ),
         sa.PrimaryKeyConstraint("id", name="pk_receipts"),
     )
     # the delete job pages through one business's receipts by id
     op.create_index("ix_receipts_business_id_id", "receipts", ["business_id", "id"])
-    # ON DELETE SET NULL from leads must find a lead's receipts without a scan
-    op.create_index("ix_receipts_lead_id", "receipts", ["lead_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_receipts_lead_id", table_name="receipts")
     op.drop_index("ix_receipts_business_id_id", table_name="receipts")
     op.drop_table("receipts")
