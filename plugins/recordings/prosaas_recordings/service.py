@@ -2,9 +2,13 @@
 
 One loop per worker process (a thread started by ``prosaas worker``):
 
-* claim: lock due tasks (``FOR UPDATE SKIP LOCKED``), take a per-business slot in Redis for
-  each, mark those running under a lease, hand them to the download pool (``worker_threads``
-  at most: the per-worker cap);
+* claim: lock due tasks (``FOR UPDATE SKIP LOCKED``, oldest of each business first), mark
+  them running under a lease and queue them on the download pool (``worker_threads``
+  downloads at once: the per-worker cap; twice that claimed, so the next task is at hand);
+* each download thread then takes one of its business's slots in Redis, shared by all
+  workers: it waits for one (woken at once by a release in this worker, polling for the
+  others) and gives the task back if none comes within two leases. Claiming ahead keeps the
+  database round trips off the path between a slot coming free and the next download;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
   was lost is stopped and its task given back;
 * on ``stop_event``: stop the downloads, give their tasks back (claimable at once), release
@@ -16,9 +20,11 @@ The runbook greps the log lines below; keep their markers and fields.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ from prosaas_recordings.slots import Slot, SlotManager
 
 STOP_GRACE = 2.0  # seconds in-flight downloads get to notice a stop before being handed back
 SWEEP_EVERY = 60.0
+SLOT_POLL = 0.02  # seconds between tries for a slot another worker holds
 
 
 @dataclass
@@ -39,10 +46,10 @@ class InFlight:
     """A claimed task being downloaded, with its slot and the way to stop it."""
 
     task: store.Task
-    slot: Slot
+    slot: Slot | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     abort_reason: str = "shutdown"
-    settled: bool = False  # its task and slot were handed back (once only)
+    slot_released: bool = False
 
     def stop(self, reason: str) -> None:
         if not self.abort.is_set():
@@ -71,6 +78,7 @@ class RecordingWorker:
         self.inflight: dict[int, InFlight] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
+        self.slot_freed = threading.Condition()
         self.pool = ThreadPoolExecutor(cfg.worker_threads, thread_name_prefix="recording")
         self.local = threading.local()
         self.transcribe = _transcriber(ctx)
@@ -104,46 +112,42 @@ class RecordingWorker:
             self.shutdown()
 
     def claim(self) -> int:
-        """Claim as many due tasks as there are free threads and free slots; start them."""
+        """Claim due tasks for the free (and soon free) threads, at most twice a business's slot
+        count of each business in this worker; queue them on the pool."""
+        # Claim up to twice what runs at once, so a freed thread or slot finds its next task
+        # already here instead of waiting for a database round trip.
+        limit = 2 * self.cfg.slots_per_business
         with self.lock:
-            free = self.cfg.worker_threads - len(self.inflight)
+            free = 2 * self.cfg.worker_threads - len(self.inflight)
+            mine = Counter(i.task.business_id for i in self.inflight.values())
         if free <= 0:
             return 0
-        claimed: list[tuple[store.Task, Slot]] = []
-        try:
-            with self.ctx.session() as s:
-                rows = store.lock_due(
-                    s, per_business=self.cfg.slots_per_business, limit=min(200, free * 4)
-                )
-                for row in rows:
-                    if len(claimed) >= free:
-                        break
-                    slot = self.slots.acquire(row.business_id)
-                    if slot is None:
-                        continue  # the business is at its limit across all workers
-                    task = store.mark_running(
-                        s, row, worker=self.worker_id, lease=self.cfg.lease_seconds
-                    )
-                    claimed.append((task, slot))
-        except BaseException:
-            for _, slot in claimed:
-                self.slots.release(slot)
-            raise
-        for task, slot in claimed:
+        with self.ctx.session() as s:
+            rows = store.lock_due(
+                s,
+                per_business=limit,
+                limit=free + sum(mine.values()),
+                skip_businesses=[b for b, n in mine.items() if n >= limit],
+            )
+            chosen = []
+            for row in rows:
+                if len(chosen) < free and mine[row.business_id] < limit:
+                    mine[row.business_id] += 1
+                    chosen.append(row)
+            tasks = store.mark_running(
+                s, chosen, worker=self.worker_id, lease=self.cfg.lease_seconds
+            )
+        for task in tasks:
             self.log.info(
                 "WORKER_PICKED job_type=download_only call_sid=%s business_id=%s "
                 "recording_sid=%s retry=%d",
                 task.call_sid, task.business_id, task.recording_sid, task.attempts - 1,
             )  # fmt: skip
-            self.log.info(
-                "WORKER_SLOT_ACQUIRED call_sid=%s business_id=%s active=%d/%d",
-                task.call_sid, task.business_id, slot.active, self.cfg.slots_per_business,
-            )  # fmt: skip
-            inf = InFlight(task, slot)
+            inf = InFlight(task)
             with self.lock:
                 self.inflight[task.id] = inf
             self.pool.submit(self.process, inf)
-        return len(claimed)
+        return len(tasks)
 
     def renew(self) -> None:
         """Extend task leases and slots of in-flight downloads; stop those that were lost."""
@@ -157,7 +161,7 @@ class RecordingWorker:
             if inf.task.id in lost:
                 self.log.warning("WORKER_LEASE_LOST call_sid=%s", inf.task.call_sid)
                 inf.stop("lease_lost")
-            elif not self.slots.renew(inf.slot):
+            elif inf.slot is not None and not self.slots.renew(inf.slot):
                 self.log.warning(
                     "WORKER_SLOT_LOST call_sid=%s business_id=%s",
                     inf.task.call_sid, inf.task.business_id,
@@ -169,8 +173,17 @@ class RecordingWorker:
     def process(self, inf: InFlight) -> None:
         task, cfg = inf.task, self.cfg
         dest = cfg.call_path(task.business_id, task.call_sid)
-        reason, size = "error", 0
+        reason, size, recorded = "error", 0, False
         try:
+            inf.slot = self._wait_for_slot(inf)
+            if inf.slot is None:
+                reason = "no_slot"
+                self._put_back(inf, delay=cfg.poll_interval)
+                return
+            self.log.info(
+                "WORKER_SLOT_ACQUIRED call_sid=%s business_id=%s active=%d/%d",
+                task.call_sid, task.business_id, inf.slot.active, cfg.slots_per_business,
+            )  # fmt: skip
             tmp = self._partial(task)
             self.log.info(
                 "DOWNLOAD_START call_sid=%s recording_sid=%s attempt=%d",
@@ -186,17 +199,17 @@ class RecordingWorker:
                 abort=inf.abort,
                 http=self._http(),
             )
+            self.log.info(
+                "WORKER_DOWNLOAD_DONE call_sid=%s file=%s bytes=%d duration_ms=%d",
+                task.call_sid, dest.name, size, (time.monotonic() - started) * 1000,
+            )  # fmt: skip
+            reason = "success"
+            # The slot bounds concurrent downloads from Twilio: free it before the bookkeeping.
+            self._release(inf, reason)
             with self.ctx.session() as s:
-                done = store.complete(s, task, path=str(dest), size=size)
-            if done:
-                reason = "success"
-                self.log.info(
-                    "WORKER_DOWNLOAD_DONE call_sid=%s file=%s bytes=%d duration_ms=%d",
-                    task.call_sid, dest.name, size, (time.monotonic() - started) * 1000,
-                )  # fmt: skip
-            else:
-                reason = "lease_lost"
-                self.log.warning("WORKER_LEASE_LOST call_sid=%s (done elsewhere)", task.call_sid)
+                recorded = store.complete(s, task, path=str(dest), size=size)
+            if not recorded:
+                self.log.warning("WORKER_LEASE_LOST call_sid=%s (claimed again)", task.call_sid)
         except DownloadAborted:
             reason = self._aborted(inf)
         except DownloadError as exc:
@@ -206,11 +219,25 @@ class RecordingWorker:
                 self._failed(task, exc.reason, retryable=exc.retryable)
         except Exception as exc:  # a bug or a database error: retried like a transient failure
             self.log.exception("DOWNLOAD_ERROR call_sid=%s", task.call_sid)
+            reason = "error"
             self._failed(task, f"{type(exc).__name__}: {exc}"[:500], retryable=True)
         finally:
-            self._settle(inf, reason)
-        if reason == "success" and self.transcribe is not None:
+            self._release(inf, reason)
+            self._finish(inf)
+        if recorded and self.transcribe is not None:
             self._transcribe(task, dest, size)
+
+    def _wait_for_slot(self, inf: InFlight) -> Slot | None:
+        """One of the business's slots, or None after two leases without one."""
+        deadline = time.monotonic() + 2 * self.cfg.lease_seconds
+        while True:
+            if inf.abort.is_set():
+                raise DownloadAborted()
+            slot = self.slots.acquire(inf.task.business_id)
+            if slot is not None or time.monotonic() > deadline:
+                return slot
+            with self.slot_freed:  # a release in this worker wakes us at once
+                self.slot_freed.wait(SLOT_POLL * (0.5 + random.random()))
 
     def _failed(self, task: store.Task, error: str, *, retryable: bool) -> None:
         with self.ctx.session() as s:
@@ -234,17 +261,16 @@ class RecordingWorker:
             self._put_back(inf)
         return inf.abort_reason
 
-    def _put_back(self, inf: InFlight) -> None:
+    def _put_back(self, inf: InFlight, *, delay: float = 0.0) -> None:
         with self.ctx.session() as s:
-            store.put_back(s, inf.task)
+            store.put_back(s, inf.task, delay=delay)
 
-    def _settle(self, inf: InFlight, reason: str) -> None:
-        """Release the slot and forget the task, exactly once (the loop may do it at stop)."""
+    def _release(self, inf: InFlight, reason: str) -> None:
+        """Release the download's slot, exactly once (the loop may do it at stop)."""
         with self.lock:
-            if inf.settled:
+            if inf.slot is None or inf.slot_released:
                 return
-            inf.settled = True
-            self.inflight.pop(inf.task.id, None)
+            inf.slot_released = True
         task = inf.task
         self.log.info(
             "WORKER_RELEASE_SLOT call_sid=%s business_id=%s reason=%s",
@@ -259,6 +285,13 @@ class RecordingWorker:
             "RECORDING_SLOT_RELEASED call_sid=%s business_id=%s reason=%s active_after=%d/%d",
             task.call_sid, task.business_id, reason, active, self.cfg.slots_per_business,
         )  # fmt: skip
+        with self.slot_freed:
+            self.slot_freed.notify_all()
+
+    def _finish(self, inf: InFlight) -> None:
+        """The download's thread is free again."""
+        with self.lock:
+            self.inflight.pop(inf.task.id, None)
         self.wake.set()
 
     def _transcribe(self, task: store.Task, path: Path, size: int) -> None:
@@ -329,7 +362,8 @@ class RecordingWorker:
             try:
                 self._put_back(inf)
             finally:
-                self._settle(inf, "shutdown")
+                self._release(inf, "shutdown")
+                self._finish(inf)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.log.info("Recording worker loop stopped (%d downloads handed back)", len(infs))
 

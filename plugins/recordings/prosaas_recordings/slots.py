@@ -50,7 +50,9 @@ return {removed, redis.call('ZCARD', KEYS[1])}
 _ACTIVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', key, '(' .. now, '+inf') end
+return out
 """
 
 
@@ -94,4 +96,11 @@ class SlotManager:
 
     def active(self, business_id: int) -> int:
         """Slots currently held (unexpired) for `business_id`."""
-        return int(self._active(keys=[self.key(business_id)]))
+        return self.active_many([business_id])[business_id]
+
+    def active_many(self, business_ids: list[int]) -> dict[int, int]:
+        """Slots currently held for each of `business_ids`, in one round trip."""
+        if not business_ids:
+            return {}
+        counts = self._active(keys=[self.key(b) for b in business_ids])
+        return {b: int(n) for b, n in zip(business_ids, counts, strict=True)}

@@ -7,6 +7,7 @@ expired) or the task was put back, the old worker's writes match no row and chan
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,12 +87,15 @@ def _due(ts: datetime):
     )
 
 
-def lock_due(session: Session, *, per_business: int, limit: int) -> list[Any]:
-    """Lock up to `limit` due tasks, at most `per_business` of each business, oldest first.
+def lock_due(
+    session: Session, *, per_business: int, limit: int, skip_businesses: Collection[int] = ()
+) -> list[Any]:
+    """Lock up to `limit` due tasks, at most `per_business` of each business, taking the oldest
+    of every business before the second of any (round-robin), none of `skip_businesses`.
 
     ``FOR UPDATE SKIP LOCKED`` on PostgreSQL: rows another worker is claiming right now are
     skipped, never waited for and never taken twice. The locks last until the caller's
-    transaction ends; `mark_running` turns the chosen rows into claims within it.
+    transaction ends; `mark_running` turns the rows into claims within it.
     """
     ts = now()
     rank = (
@@ -99,43 +103,52 @@ def lock_due(session: Session, *, per_business: int, limit: int) -> list[Any]:
         .over(partition_by=T.c.business_id, order_by=(T.c.run_after, T.c.id))
         .label("rank")
     )
-    ranked = select(T.c.id, rank).where(_due(ts)).subquery()
-    ids = select(ranked.c.id).where(ranked.c.rank <= per_business)
+    due = [_due(ts)]
+    if skip_businesses:
+        due.append(T.c.business_id.not_in(list(skip_businesses)))
+    ranked = select(T.c.id, rank).where(*due).subquery()
     stmt = (
         select(T)
-        .where(T.c.id.in_(ids), _due(ts))
-        .order_by(T.c.run_after, T.c.id)
+        .join(ranked, ranked.c.id == T.c.id)
+        .where(ranked.c.rank <= per_business, _due(ts))
+        .order_by(ranked.c.rank, T.c.run_after, T.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=T)
     )
     return list(session.execute(stmt))
 
 
-def mark_running(session: Session, row: Any, *, worker: str, lease: float) -> Task:
-    """Claim a locked row: running, leased to `worker`, fence and attempts bumped."""
+def mark_running(session: Session, rows: list[Any], *, worker: str, lease: float) -> list[Task]:
+    """Claim locked rows in one statement: running, leased to `worker`, fence and attempts
+    bumped (the rows are locked by this transaction, so ``fence + 1`` is what we return)."""
+    if not rows:
+        return []
     ts = now()
     session.execute(
         update(T)
-        .where(T.c.id == row.id)
+        .where(T.c.id.in_([r.id for r in rows]))
         .values(
             status="running",
             worker=worker,
             lease_until=ts + timedelta(seconds=lease),
-            fence=row.fence + 1,
-            attempts=row.attempts + 1,
+            fence=T.c.fence + 1,
+            attempts=T.c.attempts + 1,
             updated_at=ts,
         )
     )
-    return Task(
-        id=row.id,
-        business_id=row.business_id,
-        call_sid=row.call_sid,
-        recording_sid=row.recording_sid,
-        recording_url=row.recording_url,
-        duration=row.duration,
-        attempts=row.attempts + 1,
-        fence=row.fence + 1,
-    )
+    return [
+        Task(
+            id=row.id,
+            business_id=row.business_id,
+            call_sid=row.call_sid,
+            recording_sid=row.recording_sid,
+            recording_url=row.recording_url,
+            duration=row.duration,
+            attempts=row.attempts + 1,
+            fence=row.fence + 1,
+        )
+        for row in rows
+    ]
 
 
 def _mine(task: Task):
@@ -226,15 +239,15 @@ def fail(session: Session, task: Task, *, error: str) -> bool:
     return True
 
 
-def put_back(session: Session, task: Task) -> bool:
-    """Give an interrupted task back, due now, without counting the attempt (shutdown)."""
+def put_back(session: Session, task: Task, *, delay: float = 0.0) -> bool:
+    """Give a task back without counting the attempt (shutdown, no slot in time)."""
     ts = now()
     res = session.execute(
         update(T)
         .where(_mine(task))
         .values(
             status="queued",
-            run_after=ts,
+            run_after=ts + timedelta(seconds=delay),
             lease_until=None,
             attempts=T.c.attempts - 1,
             updated_at=ts,

@@ -60,7 +60,10 @@ class StubTwilio:
         self.max_active: dict[int, int] = defaultdict(int)
         self.served: dict[str, int] = defaultdict(int)
         self.unauthorized = 0
+        self.last_served = 0.0  # time.monotonic() of the last complete transfer
         self.released = threading.Event()  # set on stop: hanging handlers return
+        # A listen backlog of 5 (the default) drops SYNs under bursts: 1 s connect stalls.
+        ThreadingHTTPServer.request_queue_size = 128
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -117,6 +120,7 @@ class StubTwilio:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes
 
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
@@ -169,6 +173,7 @@ class StubTwilio:
                 self.wfile.write(body)
                 with stub.lock:
                     stub.served[sid] += 1
+                    stub.last_served = time.monotonic()
 
         return Handler
 

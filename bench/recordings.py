@@ -1,0 +1,209 @@
+"""Recording downloads: throughput against the limit the per-business slots allow.
+
+300 recordings over 6 businesses (``--quick``: 120), served by a local HTTP server standing in
+for Twilio that takes 100 ms per file, downloaded by real ``prosaas worker`` processes (2 by
+default) with 3 slots per business. The slots allow at most 6 x 3 = 18 downloads at once, so
+the limit is 18 / 0.1 s = 180 downloads/s; the baseline in the same run is one sequential
+downloader (what a single consumer thread would do: about 1 / latency).
+
+Reports downloads/s (first request to last byte at the server), its ratio to the limit and the
+highest concurrency per business the server saw. Target: >= 0.8 x the limit, never above the
+slot limit. The last line is JSON.
+
+Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
+Redis ($RECORDINGS_BENCH_REDIS_URL, default redis://127.0.0.1:6379/13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import requests
+from prosaas_recordings import store
+from prosaas_recordings.tables import calls, recording_tasks
+from prosaas_recordings.testing import (
+    PROSAAS,
+    TEST_ACCOUNT_SID,
+    TEST_AUTH_TOKEN,
+    StubTwilio,
+    WorkerProcess,
+    wait_for,
+)
+from sqlalchemy import create_engine, func, insert, select, text
+
+from prosaas_core import Runtime, Settings
+
+PG = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("RECORDINGS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def create_db() -> str:
+    name = f"prosaas_bench_rec_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{PG}/{name}"
+
+
+def drop_db(url: str) -> None:
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sequential_baseline(stub: StubTwilio, n: int) -> float:
+    """Downloads/s of one thread fetching one file after another."""
+    http = requests.Session()
+    started = time.monotonic()
+    for i in range(n):
+        resp = http.get(
+            stub.url(0, f"REbase{i}") + ".mp3", auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
+        )
+        resp.raise_for_status()
+    return n / (time.monotonic() - started)
+
+
+def seed(rt: Runtime, stub: StubTwilio, n: int, businesses: int) -> list[int]:
+    """Businesses, calls and n queued download tasks, round-robin over the businesses."""
+    from prosaas_core.models import Business
+
+    with rt.session() as s:
+        ids = []
+        for b in range(businesses):
+            s.add(biz := Business(name=f"bench {b}"))
+            s.flush()
+            ids.append(biz.id)
+        for i in range(n):
+            biz = ids[i % businesses]
+            call, rec = f"CA{i:032x}", f"RE{i:032x}"
+            s.execute(insert(calls).values(business_id=biz, call_sid=call))
+            store.create_task(
+                s,
+                business_id=biz,
+                call_sid=call,
+                recording_sid=rec,
+                recording_url=stub.url(biz, rec),
+                duration=30,
+            )
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="120 recordings")
+    ap.add_argument("--recordings", type=int, default=None)
+    ap.add_argument("--businesses", type=int, default=6)
+    ap.add_argument("--latency", type=float, default=0.1)
+    ap.add_argument("--slots", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=16, help="download threads per worker")
+    args = ap.parse_args()
+    n = args.recordings or (120 if args.quick else 300)
+    limit = args.businesses * args.slots / args.latency
+
+    r = redis.Redis.from_url(REDIS_URL)
+    for key in r.scan_iter("prosaas:recordings:slots:*"):
+        r.delete(key)
+    db = create_db()
+    tmp = Path(tempfile.mkdtemp(prefix="prosaas-bench-rec-"))
+    stub = StubTwilio(size=16 * 1024, latency=args.latency).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROSAAS_")}
+    env.update(
+        DATABASE_URL=db,
+        REDIS_URL=REDIS_URL,
+        PYTHONUNBUFFERED="1",
+        TWILIO_ACCOUNT_SID=TEST_ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=TEST_AUTH_TOKEN,
+        RECORDINGS_DIR=str(tmp / "recordings"),
+        RECORDINGS_ALLOWED_HOSTS=stub.host,
+        RECORDINGS_ALLOW_HTTP="1",
+        RECORDINGS_SLOTS_PER_BUSINESS=str(args.slots),
+        RECORDINGS_WORKER_THREADS=str(args.threads),
+        RECORDINGS_POLL_INTERVAL="0.05",
+        PROSAAS_DISABLE_SERVICES="acme-ticker",
+    )
+    workers: list[WorkerProcess] = []
+    rt = Runtime(Settings.from_env(env))
+    try:
+        import subprocess
+
+        subprocess.run([PROSAAS, "db", "upgrade"], env=env, check=True, capture_output=True)
+        baseline = sequential_baseline(stub, 20)
+        print(f"sequential baseline (1 thread, {args.latency * 1000:.0f} ms/file): "
+              f"{baseline:.1f} downloads/s")  # fmt: skip
+        workers = [WorkerProcess(env) for _ in range(args.workers)]
+        for w in workers:
+            w.wait_for_line("Recording worker loop started", timeout=60)
+        seed(rt, stub, n, args.businesses)
+
+        def done() -> bool:
+            with rt.session() as s:
+                left = s.execute(
+                    select(func.count())
+                    .select_from(recording_tasks)
+                    .where(recording_tasks.c.status != "done")
+                ).scalar_one()
+            return left == 0
+
+        wait_for(done, timeout=120, step=0.05)
+        cpu = sum(_cpu_seconds(w.proc.pid) for w in workers)
+        first = min(
+            t[0] for sid, t in stub.request_times.items() if t and not sid.startswith("REbase")
+        )
+        last = stub.last_served
+        rate = n / (last - first)
+        served = sum(stub.served.values()) - 20
+        max_conc = max(stub.max_active[b] for b in stub.max_active if b != 0)
+        print(f"{n} recordings, {args.businesses} businesses, {args.slots} slots each, "
+              f"{args.workers} workers x {args.threads} threads")  # fmt: skip
+        print(f"downloads: {rate:.1f}/s; limit (concurrency / latency): {limit:.0f}/s; "
+              f"vs limit: {rate / limit:.2f}x; vs sequential: {rate / baseline:.1f}x")  # fmt: skip
+        print(f"worker CPU: {cpu:.2f} s in total, {cpu / n * 1000:.1f} ms per download "
+              f"(start-up included)")  # fmt: skip
+        print(f"max concurrency per business seen by the server: {max_conc} "
+              f"(slot limit {args.slots}); requests served: {served}")  # fmt: skip
+        result = {
+            "recordings": n,
+            "businesses": args.businesses,
+            "latency_s": args.latency,
+            "slots_per_business": args.slots,
+            "workers": args.workers,
+            "downloads_per_s": round(rate, 1),
+            "limit_per_s": round(limit, 1),
+            "vs_limit": round(rate / limit, 3),
+            "sequential_baseline_per_s": round(baseline, 1),
+            "max_concurrency_per_business": max_conc,
+            "served": served,
+            "worker_cpu_ms_per_download": round(cpu / n * 1000, 1),
+            "ok": rate / limit >= 0.8 and max_conc <= args.slots and served == n,
+        }
+    finally:
+        for i, w in enumerate(workers):
+            w.stop()
+            if os.environ.get("BENCH_LOG_DIR"):
+                Path(os.environ["BENCH_LOG_DIR"], f"worker{i}.log").write_text(w.output)
+        stub.stop()
+        rt.close()
+        drop_db(db)
+    print(json.dumps(result))
+    sys.exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
