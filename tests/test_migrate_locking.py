@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from conftest import PROSAAS
+from prosaas_core import migrate
 from prosaas_core.migrate import constraint as ck
 from prosaas_core.migrate.alembic_ops import missing_heads
 from prosaas_core.migrate.lock import lock_key
@@ -43,6 +44,15 @@ def popen(env: dict, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def upgrade_in_process(env: dict, **extra: str) -> None:
+    """Set-up that is not under test: migrate without paying for a process start."""
+    rt = Runtime(Settings.from_env({**env, **extra}))
+    try:
+        migrate.upgrade(rt)
+    finally:
+        rt.close()
 
 
 def advisory_holders(engine) -> list[int]:
@@ -116,7 +126,7 @@ def test_held_lock_waits_logs_holder_and_exits_3(env, admin, cli):
         assert proc.returncode == EXIT_LOCK_TIMEOUT
         assert "schema is behind this code" in proc.stderr
     # Lock released with the holder's session: upgrade runs.
-    cli("db", "upgrade", check=True)
+    upgrade_in_process(env)
     with admin.connect() as holder:
         holder.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(db)})
         holder.commit()
@@ -158,7 +168,7 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float, sink: li
 
 
 def test_sigkill_while_retrying_ddl_leaves_nothing_locked(env, admin, cli):
-    cli("db", "upgrade", check=True, extra_env={"PROSAAS_DISABLE_PLUGINS": "acme"})
+    upgrade_in_process(env, PROSAAS_DISABLE_PLUGINS="acme")
     with admin.connect() as blocker:
         blocker.execute(text("SELECT count(*) FROM background_jobs"))  # ACCESS SHARE, held
         proc = popen({**env, "PROSAAS_MIGRATION_LOCK_TIMEOUT_MS": "100"})
@@ -197,7 +207,7 @@ def test_sigkill_at_random_moments_then_rerun_completes(env, admin, cli):
 def test_long_transaction_ddl_retries_and_writers_are_not_queued(env, admin, cli):
     """A transaction holding a lock on background_jobs: the constraint DDL gives up after
     lock_timeout and retries, so INSERTs queue behind it for at most about that long."""
-    cli("db", "upgrade", check=True)
+    upgrade_in_process(env)
     with admin.begin() as conn:
         bid = conn.execute(text("INSERT INTO businesses (name) VALUES ('b') RETURNING id")).scalar()
         conn.execute(
@@ -254,7 +264,7 @@ def test_long_transaction_ddl_retries_and_writers_are_not_queued(env, admin, cli
 
 
 def test_upgrade_with_nothing_to_do_takes_no_lock_on_background_jobs(env, admin, cli):
-    cli("db", "upgrade", check=True)
+    upgrade_in_process(env)
     with admin.connect() as blocker:
         blocker.execute(text("LOCK TABLE background_jobs IN ACCESS EXCLUSIVE MODE"))
         started = time.monotonic()
@@ -274,7 +284,7 @@ def test_upgrade_with_nothing_to_do_takes_no_lock_on_background_jobs(env, admin,
 
 
 def test_busy_table_past_the_ddl_budget_exits_4(env, admin, cli):
-    cli("db", "upgrade", check=True, extra_env={"PROSAAS_DISABLE_PLUGINS": "acme"})
+    upgrade_in_process(env, PROSAAS_DISABLE_PLUGINS="acme")
     with admin.connect() as blocker:
         blocker.execute(text("SELECT count(*) FROM background_jobs"))
         proc = cli(

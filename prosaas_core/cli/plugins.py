@@ -19,7 +19,8 @@ def describe(rt: Runtime) -> dict[str, Any]:
     dists = plugin_distributions(pm)
     blueprints = blueprints_by_plugin(pm)
     plugins = []
-    for name in sorted(n for n, _ in pm.list_name_plugin()):
+    # Blocked (disabled) names are listed by pluggy with a None plugin: skip them here.
+    for name in sorted(n for n, p in pm.list_name_plugin() if p is not None):
         dist, version = dists.get(name, (None, None))
         plugins.append(
             {
