@@ -79,6 +79,28 @@ def sequential_baseline(stub: StubTwilio, n: int) -> float:
     return n / (time.monotonic() - started)
 
 
+def transport_ceiling(stub: StubTwilio, n: int, concurrency: int) -> float:
+    """Downloads/s of `concurrency` bare threads (no database, Redis or files): what this
+    machine's HTTP stack and the stub sustain right now, the practical ceiling."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+
+    def get(i: int) -> None:
+        http = getattr(local, "http", None) or requests.Session()
+        local.http = http
+        resp = http.get(
+            stub.url(0, f"REceil{i}") + ".mp3", auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
+        )
+        resp.raise_for_status()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(get, range(n)))
+    return n / (time.monotonic() - started)
+
+
 def seed(rt: Runtime, stub: StubTwilio, n: int, businesses: int) -> list[int]:
     """Businesses, calls and n queued download tasks, round-robin over the businesses."""
     from prosaas_core.models import Business
@@ -147,6 +169,9 @@ def main() -> None:
         baseline = sequential_baseline(stub, 20)
         print(f"sequential baseline (1 thread, {args.latency * 1000:.0f} ms/file): "
               f"{baseline:.1f} downloads/s")  # fmt: skip
+        ceiling = transport_ceiling(stub, n, args.businesses * args.slots)
+        print(f"transport ceiling ({args.businesses * args.slots} bare threads, no DB/Redis/files):"
+              f" {ceiling:.1f} downloads/s = {ceiling / limit:.2f}x the limit")  # fmt: skip
         workers = [WorkerProcess(env) for _ in range(args.workers)]
         for w in workers:
             w.wait_for_line("Recording worker loop started", timeout=60)
@@ -164,16 +189,19 @@ def main() -> None:
         wait_for(done, timeout=120, step=0.05)
         cpu = sum(_cpu_seconds(w.proc.pid) for w in workers)
         first = min(
-            t[0] for sid, t in stub.request_times.items() if t and not sid.startswith("REbase")
+            t[0]
+            for sid, t in stub.request_times.items()
+            if t and not sid.startswith(("REbase", "REceil"))
         )
         last = stub.last_served
         rate = n / (last - first)
-        served = sum(stub.served.values()) - 20
+        served = sum(v for sid, v in stub.served.items() if sid.startswith("RE0"))
         max_conc = max(stub.max_active[b] for b in stub.max_active if b != 0)
         print(f"{n} recordings, {args.businesses} businesses, {args.slots} slots each, "
               f"{args.workers} workers x {args.threads} threads")  # fmt: skip
         print(f"downloads: {rate:.1f}/s; limit (concurrency / latency): {limit:.0f}/s; "
-              f"vs limit: {rate / limit:.2f}x; vs sequential: {rate / baseline:.1f}x")  # fmt: skip
+              f"vs limit: {rate / limit:.2f}x; vs ceiling: {rate / ceiling:.2f}x; "
+              f"vs sequential: {rate / baseline:.1f}x")  # fmt: skip
         print(f"worker CPU: {cpu:.2f} s in total, {cpu / n * 1000:.1f} ms per download "
               f"(start-up included)")  # fmt: skip
         print(f"max concurrency per business seen by the server: {max_conc} "
@@ -188,6 +216,8 @@ def main() -> None:
             "limit_per_s": round(limit, 1),
             "vs_limit": round(rate / limit, 3),
             "sequential_baseline_per_s": round(baseline, 1),
+            "transport_ceiling_per_s": round(ceiling, 1),
+            "vs_ceiling": round(rate / ceiling, 3),
             "max_concurrency_per_business": max_conc,
             "served": served,
             "worker_cpu_ms_per_download": round(cpu / n * 1000, 1),
