@@ -120,3 +120,16 @@ def test_one_sweeper_at_a_time(runtime, business):
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
         assert sweep(runtime, grace=0).skipped
     assert sweep(runtime, grace=0).repushed == [job.id]
+
+
+def test_job_accepted_while_redis_is_down_runs_later(runtime, business, env, start_worker):
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
+    job = enqueue(down, "acme_echo", business, {"message": "kept"})
+    assert job.created and not job.pushed
+    assert control.get_job(runtime, job.id)["status"] == "queued"
+    w = start_worker("--burst")
+    assert w.wait(60) == 0
+    assert control.get_job(runtime, job.id)["result"] == {"echo": "kept", "attempt": 1}

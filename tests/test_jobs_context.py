@@ -1,0 +1,63 @@
+"""JobContext writes: fenced, and progress throttled to a few writes a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import event
+
+from prosaas_core.jobs import store
+from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core.jobs.sweeper import sweep
+
+
+def _context(runtime, business) -> JobContext:
+    job = enqueue(runtime, "acme_echo", business, {"message": "x"})
+    with runtime.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        claim = store.claim(conn, job.id, "test-worker")
+    assert claim is not None and claim.attempt == 1 and claim.fence == 1
+
+    def connect():
+        return runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    return JobContext(runtime, claim, {"message": "x"}, connect=connect, shutdown=threading.Event())
+
+
+def test_progress_is_throttled(runtime, business):
+    ctx = _context(runtime, business)
+    updates = []
+
+    @event.listens_for(runtime.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, *args):
+        if statement.startswith("UPDATE background_jobs"):
+            updates.append(statement)
+
+    start = time.monotonic()
+    for i in range(5000):
+        ctx.progress(i, 5000)
+    elapsed = time.monotonic() - start
+    assert len(updates) <= 1 + elapsed / 0.25 + 1
+    ctx.checkpoint({"next": 4999})  # a checkpoint is written at once, with the pending progress
+    with runtime.session() as s:
+        from prosaas_core.models import BackgroundJob
+
+        row = s.get(BackgroundJob, ctx.job_id)
+        assert (row.processed, row.total, row.state) == (4999, 5000, {"next": 4999})
+
+
+def test_writes_of_a_rescued_attempt_are_refused(runtime, business):
+    ctx = _context(runtime, business)
+    with runtime.engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("UPDATE background_jobs SET heartbeat_at = now() - interval '1 hour'"))
+    assert sweep(runtime).rescued == [ctx.job_id]
+    with pytest.raises(JobLost):
+        ctx.checkpoint({"next": 1})
+    assert ctx.should_stop()
+    with runtime.engine.connect() as conn:
+        assert not store.finish(conn, ctx.job_id, ctx.fence, "succeeded", result={"late": 1})
