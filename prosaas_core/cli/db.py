@@ -8,6 +8,7 @@ transactions for the whole DDL budget (PROSAAS_MIGRATION_DDL_BUDGET).
 from __future__ import annotations
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from prosaas_core.cli.common import UserError, echo_json, pass_runtime
 from prosaas_core.runtime import Runtime
@@ -50,6 +51,8 @@ def upgrade(rt: Runtime, lock_wait: float | None, skip_if_locked: bool) -> None:
         raise UserError(str(exc), exit_code=EXIT_LOCK_TIMEOUT) from None
     except migrate.DdlLockBudgetExceeded as exc:
         raise UserError(str(exc), exit_code=EXIT_DDL_BUDGET) from None
+    except OperationalError as exc:
+        raise UserError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
     if result.skipped:
         click.echo("skipped: another migrator holds the lock and the schema is already current")
     elif result.changed:
@@ -70,7 +73,10 @@ def check(rt: Runtime) -> None:
     per difference."""
     from prosaas_core import migrate
 
-    lines = migrate.drift(rt)
+    try:
+        lines = migrate.drift(rt)
+    except OperationalError as exc:
+        raise UserError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
     if lines:
         for line in lines:
             click.echo(line)
