@@ -38,7 +38,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -158,10 +169,19 @@ def batch_size(default: int = DEFAULT_BATCH_SIZE) -> int:
     return n
 
 
-def _utc(value: datetime, dialect: str) -> datetime:
+def _created(op: str, value: datetime, dialect: str) -> ColumnElement[bool]:
+    """``created_at <op> value``, `value` taken as UTC when it has no zone."""
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    # SQLite stores naive UTC text; comparing with an aware value would compare "+00:00" text
-    return value.replace(tzinfo=None) if dialect == "sqlite" else value
+    column: Any = _LEADS.c.created_at
+    bound: Any = value
+    if dialect == "sqlite":
+        # SQLite keeps text ("YYYY-MM-DD HH:MM:SS", as CURRENT_TIMESTAMP writes it): compare
+        # text with text in that same shape, or equal instants would compare unequal
+        column = type_coerce(column, String)
+        bound = value.strftime("%Y-%m-%d %H:%M:%S") + (
+            f".{value.microsecond:06d}" if value.microsecond else ""
+        )
+    return column < bound if op == "<" else column >= bound
 
 
 def _filter_clauses(f: LeadFilter, dialect: str) -> list[ColumnElement[bool]]:
@@ -175,9 +195,9 @@ def _filter_clauses(f: LeadFilter, dialect: str) -> list[ColumnElement[bool]]:
     if f.import_id is not None:
         out.append(c.import_id == f.import_id)
     if f.created_before is not None:
-        out.append(c.created_at < _utc(f.created_before, dialect))
+        out.append(_created("<", f.created_before, dialect))
     if f.created_after is not None:
-        out.append(c.created_at >= _utc(f.created_after, dialect))
+        out.append(_created(">=", f.created_after, dialect))
     return out
 
 

@@ -164,9 +164,12 @@ def test_every_job_type_end_to_end_with_exact_counts_and_no_cross_tenant_effect(
     for t, n in ((a, 7), (b, 3)):
         for i in range(n):
             t.post("/api/receipts", {"amount_cents": 100 + i}, status=201)
+    old = a_new[400:500]
+    sql(runtime, "UPDATE leads SET created_at = '2020-06-01' WHERE id = ANY(:ids)", ids=old)
+    sql(runtime, "UPDATE leads SET created_at = '2020-06-01' WHERE id = ANY(:ids)", ids=b_all)
     b_before = snapshot(runtime, b.id)
 
-    # four jobs of A over disjoint leads, run by one worker (one queue, in order)
+    # jobs of A over disjoint leads, run by one worker (one queue, in order)
     update = a.post(
         "/api/leads/bulk-update",
         {"filter": {"status": "open"}, "set": {"status": "won", "tags": ["vip"], "owner": "ann"}},
@@ -178,6 +181,13 @@ def test_every_job_type_end_to_end_with_exact_counts_and_no_cross_tenant_effect(
     # an update naming only B's leads updates nothing and reports them as not found
     b_ids_update = a.post(
         "/api/leads/bulk-update", {"lead_ids": b_all, "set": {"notes": "A was here"}}
+    )
+    by_date = a.post(
+        "/api/leads/bulk-update",
+        {
+            "filter": {"created_before": "2021-01-01T00:00:00Z", "created_after": "2020-01-01"},
+            "set": {"notes": "old lead"},
+        },
     )
     by_import = a.post(f"/api/imports/{imp_a}/delete")
     assert a.post(f"/api/imports/{imp_b}/delete", status=404)["error"] == "Not found"
@@ -193,6 +203,9 @@ def test_every_job_type_end_to_end_with_exact_counts_and_no_cross_tenant_effect(
         0,
         1000,
     )
+    res = a.job(by_date["id"])
+    assert (res["status"], res["result"]["updated"]) == ("succeeded", 100)
+    assert lead_ids(runtime, a.id, notes="old lead") == old
     res = a.job(by_ids["id"])
     assert res["status"] == "succeeded"
     assert (res["result"]["deleted"], res["result"]["not_found"]) == (250, 302)
