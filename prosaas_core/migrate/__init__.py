@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("prosaas.migrate")
+# Alembic 1.20 logs one INFO line per built-in plugin when it is imported: noise in every
+# command. Set before anything here imports Alembic.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 @dataclass

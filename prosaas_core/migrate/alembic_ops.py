@@ -8,7 +8,6 @@ the revisions this code knows, so removing a plugin never makes ``db upgrade`` f
 from __future__ import annotations
 
 import io
-import logging
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -18,9 +17,6 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
-
-# Alembic 1.20 logs one INFO line per built-in plugin on first use: noise in every command.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 VERSION_TABLE = "alembic_version"
 CORE_DIR = Path(__file__).resolve().parent.parent / "migrations"
