@@ -157,3 +157,32 @@ def test_parse_and_render_round_trip():
     pg = "CHECK (((job_type)::text = ANY ((ARRAY['x'::character varying, 'y'::character varying])"
     assert ck.parse_allowed(pg) == {"x", "y"}
     assert ck.check_sql([]) == "1 = 0"
+
+
+def test_hand_written_legacy_constraint_is_taken_over(env, pg_url):
+    """The post-mortem: a hand-written chk_job_type allowing only 'delete_receipts_all'."""
+    rt = runtime_with(env)
+    migrate.upgrade(rt)
+    with rt.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE background_jobs DROP CONSTRAINT chk_job_type"))
+        conn.execute(
+            text(
+                "ALTER TABLE background_jobs ADD CONSTRAINT chk_job_type"
+                " CHECK (job_type IN ('delete_receipts_all'))"
+            )
+        )
+        bid = conn.execute(text("INSERT INTO businesses (name) VALUES ('b') RETURNING id")).scalar()
+        insert_job(conn, "delete_receipts_all", bid)
+    rt.close()
+    rt = runtime_with(env, make_plugin("leads", "delete_leads", "update_leads"))
+    assert migrate.drift(rt) == [
+        f"job type '{t}' is installed but not allowed by chk_job_type: run `prosaas db upgrade`"
+        for t in ("delete_leads", "update_leads")
+    ]
+    result = migrate.upgrade(rt)
+    assert result.orphans == {"delete_receipts_all": 1}
+    assert constraint_def(pg_url) == ({"delete_leads", "update_leads", "delete_receipts_all"}, True)
+    with rt.engine.begin() as conn:
+        insert_job(conn, "delete_leads", bid)
+    assert migrate.drift(rt) == []
+    rt.close()

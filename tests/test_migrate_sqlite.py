@@ -114,3 +114,27 @@ def test_held_file_lock_exits_3_and_names_holder(sq):
     finally:
         os.close(fd)
     assert run(sq, "db", "upgrade").returncode == 0
+
+
+def test_sigkill_at_random_moments_then_rerun_completes(sq):
+    import random
+    import signal
+    import time
+
+    rng = random.Random(11)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [PROSAAS, "db", "upgrade"],
+            env={**sq["env"], "PROSAAS_DISABLE_PLUGINS": "acme"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.6, 1.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    proc = run(sq, "db", "upgrade", "--lock-wait", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert run(sq, "db", "check").returncode == 0
+    with sqlite3.connect(sq["path"]) as conn:
+        numbers = [n for (n,) in conn.execute("SELECT number FROM prosaas_job_type_migrations")]
+    assert numbers == list(range(1, len(numbers) + 1)) and 1 <= len(numbers) <= 2

@@ -139,8 +139,9 @@ class PostgresLock(MigrationLock):
                 self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                 self.held = False
                 log.info("Released migration lock")
+        except Exception as exc:  # a dead connection: the server already dropped the lock
+            log.warning("Migration lock connection lost (%s); the lock went with it", exc)
         finally:
-            # Closing the connection releases the lock even if the unlock above failed.
             self.conn.close()
 
 
