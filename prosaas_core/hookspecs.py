@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
     import flask
+    import pluggy
 
     from prosaas_core.registry import JobType, Service
 
@@ -23,6 +24,23 @@ PROJECT = "prosaas"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(historic=True)
+def prosaas_addhooks(pm: pluggy.PluginManager) -> None:
+    """Add the plugin's own hook specifications to the plugin manager `pm`.
+
+    Called once for every plugin as it is registered, before prosaas checks that each
+    implemented hook has a specification, so another plugin may implement the new hooks
+    whatever order the plugins load in.
+
+    Example::
+
+        @hookimpl
+        def prosaas_addhooks(pm):
+            from acme_plugin import hookspecs
+            pm.add_hookspecs(hookspecs)
+    """
 
 
 @hookspec

@@ -32,12 +32,15 @@ def get_plugin_manager(
 ) -> PluginManager:
     """Build a fresh plugin manager.
 
-    Each entry point of group ``prosaas`` is loaded on its own: one that fails to import, or
-    that implements a hook prosaas does not specify (a typo), is logged by name, recorded in
-    ``pm.failures`` and skipped, so one broken plugin never takes the program down. Tests pass
-    ``load_entrypoints=False`` and register their own plugins with ``pm.register(obj, name=...)``.
+    Each entry point of group ``prosaas`` is loaded on its own: one that fails to import is
+    logged by name, recorded in ``pm.failures`` and skipped, so one broken plugin never takes
+    the program down. Once all are loaded (so a plugin may implement a hook another plugin
+    adds through ``prosaas_addhooks``), a plugin implementing a hook nobody specifies (a typo)
+    is rejected the same way. Tests pass ``load_entrypoints=False`` and register their own
+    plugins with ``pm.register(obj, name=...)``.
     """
     pm = PluginManager()
+    pm.hook.prosaas_addhooks.call_historic(kwargs={"pm": pm})
     for name in disable:
         pm.set_blocked(name)
         pm.disabled.add(name)
@@ -46,21 +49,30 @@ def get_plugin_manager(
             if pm.is_blocked(ep.name):
                 log.info("Plugin %r disabled by PROSAAS_DISABLE_PLUGINS", ep.name)
                 continue
-            _load_one(pm, ep.name)
+            try:
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            except Exception as exc:  # any import-time failure of third-party code
+                _reject(pm, ep.name, exc)
+        _reject_unspecified_hooks(pm)
     return pm
 
 
-def _load_one(pm: PluginManager, name: str) -> None:
-    try:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-        pm.check_pending()
-    except Exception as exc:  # any import-time failure of third-party code
-        plugin = pm.get_plugin(name)
-        if plugin is not None:
-            pm.unregister(plugin)
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        pm.failures[name] = reason
-        log.error("Plugin %r failed to load and was skipped: %s", name, reason)
+def _reject_unspecified_hooks(pm: PluginManager) -> None:
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            _reject(pm, pm.get_name(exc.plugin) or repr(exc.plugin), exc)
+
+
+def _reject(pm: PluginManager, name: str, exc: Exception) -> None:
+    plugin = pm.get_plugin(name)
+    if plugin is not None:
+        pm.unregister(plugin)
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    pm.failures[name] = reason
+    log.error("Plugin %r failed to load and was skipped: %s", name, reason)
 
 
 def plugin_distributions(pm: pluggy.PluginManager) -> dict[str, tuple[str, str]]:

@@ -58,3 +58,35 @@ def test_every_hook_has_a_test_of_its_own():
     here = Path(__file__).read_text()
     untested = [n for n in HOOKS if f"def test_hook_{n}(" not in here]
     assert not untested, f"add a test_hook_<name> test for: {untested}"
+
+
+def test_hook_prosaas_addhooks():
+    """A plugin implementing a hook another plugin adds loads whatever the registration order."""
+    import pluggy
+
+    from prosaas_core import hookimpl
+    from prosaas_core.plugins import _reject_unspecified_hooks, get_plugin_manager
+
+    spec = pluggy.HookspecMarker("prosaas")
+
+    class Specs:
+        @spec(firstresult=True)
+        def acme_greet(self, who):
+            """Greet someone."""
+
+    class Implementer:
+        @hookimpl
+        def acme_greet(self, who):
+            return f"hello {who}"
+
+    class Adder:
+        @hookimpl
+        def prosaas_addhooks(self, pm):
+            pm.add_hookspecs(Specs)
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(Implementer(), name="implementer")  # registered before the spec exists
+    pm.register(Adder(), name="adder")
+    _reject_unspecified_hooks(pm)
+    assert pm.failures == {}
+    assert pm.hook.acme_greet(who="ops") == "hello ops"

@@ -18,6 +18,8 @@ def get_runtime() -> Runtime:
     root = ctx.find_root()
     if not isinstance(root.obj, Runtime):
         root.obj = Runtime()
+    if not root.meta.get("prosaas.close_registered"):
+        root.meta["prosaas.close_registered"] = True
         root.call_on_close(root.obj.close)
     return root.obj
 

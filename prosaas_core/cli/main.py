@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 from typing import Any
 
@@ -74,11 +73,7 @@ def cli(verbose: bool) -> None:
     )
 
 
-def _add_plugin_commands(group: click.Group) -> None:
-    from prosaas_core.plugins import get_plugin_manager
-    from prosaas_core.settings import parse_names
-
-    pm = get_plugin_manager(parse_names(os.environ.get("PROSAAS_DISABLE_PLUGINS")))
+def _add_plugin_commands(group: click.Group, pm: Any) -> None:
     for impl in pm.hook.prosaas_cli.get_hookimpls():
         try:
             impl.function(cli=group)
@@ -87,10 +82,24 @@ def _add_plugin_commands(group: click.Group) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: plugin commands added, prosaas errors shown as one line."""
-    _add_plugin_commands(cli)
+    """Console entry point: plugin commands added, prosaas errors shown as one line.
+
+    The plugin manager is built once here and shared by every command through the runtime.
+    """
+    from prosaas_core.plugins import get_plugin_manager
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
     try:
-        return cli.main(args=argv, prog_name="prosaas", standalone_mode=True)
+        settings = Settings.from_env()
+    except ProsaasError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    pm = get_plugin_manager(settings.disable_plugins)
+    _add_plugin_commands(cli, pm)
+    runtime = Runtime(settings, pm=pm)
+    try:
+        return cli.main(args=argv, prog_name="prosaas", standalone_mode=True, obj=runtime)
     except ProsaasError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

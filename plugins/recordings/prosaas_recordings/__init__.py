@@ -25,6 +25,13 @@ def _pending(ctx) -> int:
 
 
 @hookimpl
+def prosaas_addhooks(pm):
+    from prosaas_recordings import hookspecs
+
+    pm.add_hookspecs(hookspecs)
+
+
+@hookimpl
 def prosaas_services():
     return [Service("recording-worker", _run, pending=_pending)]
 

@@ -4,14 +4,13 @@ No implementation ships with prosaas. A transcription plugin implements it::
 
     from prosaas_core import hookimpl
 
-    @hookimpl(optionalhook=True)
+    @hookimpl
     def prosaas_transcribe(path, call):
         return my_asr.transcribe(path)
 
-``optionalhook=True`` lets the implementing plugin load whatever the order in which entry
-points are loaded: the specification is added to the plugin manager when the recordings
-service or API first needs it (``ensure_hookspecs``), and pluggy then checks the
-implementation's argument names against it.
+The recordings plugin adds this specification through ``prosaas_addhooks``, before prosaas
+checks hook names, so the implementing plugin loads whatever the order of entry points.
+``ensure_hookspecs`` covers plugin managers built without that hook having run.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ class Transcriber:
     def __init__(self):
         self.seen = []
 
-    @hookimpl(optionalhook=True)
+    @hookimpl
     def prosaas_transcribe(self, path, call):
         self.seen.append((path.read_bytes()[:4], dict(call)))
         return f"transcript of {call['call_sid']}"
