@@ -3,10 +3,10 @@
 Every plugin that acts on a set of leads (bulk delete, bulk update, and later broadcasts and
 outbound calls) takes the same selection and walks it the same way::
 
-    from prosaas_core.leads import LeadSelection, run_selection, delete_batch
+    from prosaas_core.leads import deleting, run_selection
 
     def handler(ctx):
-        return run_selection(ctx, ctx.payload, delete_batch, counted_as="deleted")
+        return run_selection(ctx, ctx.payload, deleting(), counted_as="deleted")
 
 A selection is exactly one of:
 
@@ -67,8 +67,9 @@ __all__ = [
     "LostJobError",
     "batch_size",
     "commit_state",
-    "delete_batch",
-    "update_batch",
+    "LeadWrite",
+    "deleting",
+    "updating",
     "run_selection",
     "import_exists",
 ]
@@ -83,6 +84,10 @@ BATCH_SIZE_ENV = "PROSAAS_LEADS_BATCH_SIZE"
 
 _LEADS = Lead.__table__
 _JOBS = BackgroundJob.__table__
+
+#: A write over a batch: given the batch's WHERE clause (always scoped to the business), the
+#: DELETE or UPDATE statement on ``leads``. Build one with `deleting()` or `updating(values)`.
+LeadWrite = Callable[[ColumnElement[bool]], Any]
 
 
 class LeadFilter(BaseModel):
@@ -302,6 +307,20 @@ class LeadBatcher:
             return None
         return Batch(self.business_id, int(n), after=last, upto=int(hi), conditions=conditions)
 
+    def step(self, session: Session, write: LeadWrite) -> tuple[Batch | None, int]:
+        """Take the next batch and apply `write` to it, in `session`'s transaction: the batch
+        (None when the selection is exhausted) and how many leads the write touched.
+
+        Two statements: the page (its size and highest id) and the write over the id range
+        ``(last, highest]``, which PostgreSQL reads as one index range. (Measured: one fused
+        statement, page + write in a CTE, was no faster: ``id IN (page)`` probes the index row
+        by row.)"""
+        batch = self.next_batch(session)
+        if batch is None:
+            return None, 0
+        dialect = session.get_bind().dialect.name
+        return batch, session.execute(write(batch.where(dialect))).rowcount
+
     def advance(self, batch: Batch, **counts: int) -> dict[str, Any]:
         """The state after `batch`, with `counts` added to the running totals."""
         state = dict(self.state)
@@ -345,29 +364,26 @@ def commit_state(session: Session, ctx: Any, state: dict[str, Any]) -> None:
         raise LostJobError(f"job {ctx.job_id} is no longer running as attempt {ctx.attempt}")
 
 
-def delete_batch(session: Session, batch: Batch) -> int:
-    """Delete the batch's leads; returns how many were deleted. Their calls keep their
-    history with ``lead_id`` NULL (the foreign key is ON DELETE SET NULL)."""
-    dialect = session.get_bind().dialect.name
-    return session.execute(sql_delete(_LEADS).where(batch.where(dialect))).rowcount
+def deleting() -> LeadWrite:
+    """Delete the batch's leads. Their calls keep their history with ``lead_id`` NULL (the
+    foreign key is ON DELETE SET NULL)."""
+    return lambda where: sql_delete(_LEADS).where(where)
 
 
-def update_batch(session: Session, batch: Batch, values: dict[str, Any]) -> int:
-    """Set `values` on the batch's leads (and ``updated_at``); returns how many matched."""
-    dialect = session.get_bind().dialect.name
-    stmt = update(_LEADS).where(batch.where(dialect)).values(**values, updated_at=func.now())
-    return session.execute(stmt).rowcount
+def updating(values: dict[str, Any]) -> LeadWrite:
+    """Set `values` (and ``updated_at``) on the batch's leads."""
+    return lambda where: update(_LEADS).where(where).values(**values, updated_at=func.now())
 
 
 def run_selection(
     ctx: Any,
     selection: LeadSelection,
-    apply: Callable[[Session, Batch], int],
+    write: LeadWrite,
     *,
     counted_as: str,
     size: int | None = None,
 ) -> dict[str, Any]:
-    """Run `apply` over `selection` for ``ctx.business_id``, batch by batch.
+    """Apply `write` to `selection` for ``ctx.business_id``, batch by batch.
 
     Each batch is one transaction holding the write and the checkpoint (`commit_state`);
     then ``ctx.checkpoint`` and ``ctx.progress`` are called, and ``ctx.should_stop()`` is
@@ -397,10 +413,9 @@ def run_selection(
             break
         began = time.perf_counter()
         with ctx.session() as s:
-            batch = batcher.next_batch(s)
+            batch, n = batcher.step(s, write)
             if batch is None:
                 break
-            n = apply(s, batch)
             missing = batch.size - n if batch.ids is not None else 0
             state = batcher.advance(batch, **{counted_as: n, "not_found": missing})
             # the batch's own duration, as of the checkpoint write (the commit follows at once)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from prosaas_core.leads import LeadFilter, LeadSelection, delete_batch, run_selection
+from prosaas_core.leads import LeadFilter, LeadSelection, deleting, run_selection
 
 
 class DeleteLeads(LeadSelection):
@@ -43,7 +43,7 @@ def delete_leads(ctx) -> dict:
     ctx.log.info(
         "Deleting %s (tenant=%s, attempt %s)", selection.describe(), ctx.business_id, ctx.attempt
     )
-    counts = run_selection(ctx, selection.as_selection(), delete_batch, counted_as="deleted")
+    counts = run_selection(ctx, selection.as_selection(), deleting(), counted_as="deleted")
     return _finish(ctx, counts)
 
 
@@ -52,5 +52,5 @@ def delete_imported_leads(ctx) -> dict:
     import_id = ctx.payload.import_id
     ctx.log.info("Deleting leads of import %s (tenant=%s)", import_id, ctx.business_id)
     selection = LeadSelection(filter=LeadFilter(import_id=import_id))
-    counts = run_selection(ctx, selection, delete_batch, counted_as="deleted")
+    counts = run_selection(ctx, selection, deleting(), counted_as="deleted")
     return {"import_id": import_id, **_finish(ctx, counts)}

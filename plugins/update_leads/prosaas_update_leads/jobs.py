@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from prosaas_core.leads import LeadSelection, run_selection, update_batch
+from prosaas_core.leads import LeadSelection, run_selection, updating
 
 #: The fields a bulk update may set, with the values each accepts.
 ALLOWED: dict[str, TypeAdapter] = {
@@ -61,12 +61,7 @@ def update_leads(ctx) -> dict:
         ctx.business_id,
         ctx.attempt,
     )
-    counts = run_selection(
-        ctx,
-        payload.as_selection(),
-        lambda s, batch: update_batch(s, batch, values),
-        counted_as="updated",
-    )
+    counts = run_selection(ctx, payload.as_selection(), updating(values), counted_as="updated")
     if counts["stopped"]:
         ctx.log.info(
             "Bulk update stopped: %d of %d leads updated so far (tenant=%s)",
