@@ -20,6 +20,9 @@ demo: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: install
+	for b in bench/[a-z]*.py; do $(BIN)/python $$b --quick || exit 1; done
+
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

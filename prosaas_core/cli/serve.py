@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import click
-
-DEFAULT_WORKERS = int(os.environ.get("WEB_CONCURRENCY") or 2)
 
 
 def run_gunicorn(
@@ -16,7 +13,7 @@ def run_gunicorn(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = 2,
     threads: int = 4,
     timeout: int = 60,
     access_log: bool = False,
@@ -68,10 +65,11 @@ def run_gunicorn(
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--workers",
-    default=DEFAULT_WORKERS,
+    default=2,
     show_default=True,
+    envvar="WEB_CONCURRENCY",
     type=click.IntRange(1, 256),
-    help="Worker processes (default: $WEB_CONCURRENCY or 2).",
+    help="Worker processes (env: WEB_CONCURRENCY).",
 )
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--timeout", default=60, show_default=True, type=click.IntRange(1, 3600))
