@@ -5,15 +5,17 @@
 
 - the job, through ``prosaas worker --burst`` (rows/s from the job row's started/finished times;
   the longest transaction is the handler's own measure, ``result.max_txn_ms``);
-- a hand-written keyset loop at the same batch size: ``SELECT id ... WHERE business_id=:b AND
-  id > :last ORDER BY id LIMIT :n``, ``DELETE|UPDATE ... WHERE id = ANY(...)``, commit per batch;
+- a hand-written keyset loop at the same batch size (the job's mean one: the job sizes its
+  batches to ~50 ms transactions unless ``--batch N`` fixes the size for both):
+  ``SELECT id ... WHERE business_id=:b AND id > :last ORDER BY id LIMIT :n``,
+  ``DELETE|UPDATE ... WHERE id = ANY(...)``, commit per batch;
 - one single ``DELETE|UPDATE ... WHERE business_id=:b``: the physical limit.
 
 Every run starts from the same reloaded, vacuumed table; each way runs ``--repeat`` times,
 interleaved with the others, and its best rate is kept (the job's worst transaction is kept).
 The worker's peak RSS (wait4) is measured for the full jobs and for a job over a tenth of the
 rows: flat memory means the two match. ``--quick``: 40,000 leads. ``--sweep 250,1000,...``:
-delete-job rows/s per batch size (how the default batch size was chosen). The last line printed
+delete-job rows/s per fixed batch size. The last line printed
 is one JSON object.
 
     python bench/bulk_leads.py [--quick] [--batch N] [--sweep SIZES]
@@ -41,8 +43,8 @@ SET = {"status": "contacted", "owner": "bench"}
 
 
 class Bench:
-    def __init__(self, rows: int, batch: int) -> None:
-        self.rows, self.batch = rows, batch
+    def __init__(self, rows: int, batch: int | None) -> None:
+        self.rows = rows
         self.db = f"prosaas_bench_{uuid.uuid4().hex[:8]}"
         self.url = f"{PG}/{self.db}"
         admin = psycopg2.connect(f"{PG}/postgres")
@@ -54,8 +56,9 @@ class Bench:
             **{k: v for k, v in os.environ.items() if not k.startswith("PROSAAS_")},
             "DATABASE_URL": self.url,
             "REDIS_URL": REDIS,
-            "PROSAAS_LEADS_BATCH_SIZE": str(batch),
         }
+        if batch:  # a fixed size for the job too; otherwise it sizes its batches itself
+            self.env["PROSAAS_LEADS_BATCH_SIZE"] = str(batch)
         redis.Redis.from_url(REDIS).flushdb()
 
     def close(self) -> None:
@@ -162,11 +165,12 @@ class Bench:
             "seconds": seconds,
             "rows_per_s": n / seconds,
             "max_txn_ms": result["max_txn_ms"],
+            "batch": result["mean_batch_size"],
             "rss_mb": usage.ru_maxrss / 1024,
         }
 
-    def keyset(self, kind: str) -> dict:
-        """The hand-written keyset loop at the same batch size, commit per batch."""
+    def keyset(self, kind: str, batch: int) -> dict:
+        """The hand-written keyset loop at the job's batch size, commit per batch."""
         cur = self.conn.cursor()
         self.conn.autocommit = False
         last, total, longest = 0, 0, 0.0
@@ -175,7 +179,7 @@ class Bench:
             t0 = time.perf_counter()
             cur.execute(
                 "SELECT id FROM leads WHERE business_id = %s AND id > %s ORDER BY id LIMIT %s",
-                (self.target, last, self.batch),
+                (self.target, last, batch),
             )
             ids = [r[0] for r in cur.fetchall()]
             if not ids:
@@ -226,7 +230,8 @@ class Bench:
 
 
 def line(name: str, r: dict) -> None:
-    extra = f"  worker peak RSS {r['rss_mb']:.0f} MB" if "rss_mb" in r else ""
+    extra = f"  batch {r['batch']}" if "batch" in r else ""
+    extra += f"  worker peak RSS {r['rss_mb']:.0f} MB" if "rss_mb" in r else ""
     print(
         f"  {name:<14} {r['rows']:>8} rows in {r['seconds']:7.3f} s = {r['rows_per_s']:>9.0f} "
         f"rows/s  longest txn {r['max_txn_ms']:8.1f} ms{extra}",
@@ -243,7 +248,13 @@ def run(b: Bench, kind: str, repeat: int) -> dict:
     for _ in range(repeat):
         for way in ("job", "keyset", "single"):
             b.reload()
-            r = b.job(job_type, payload) if way == "job" else getattr(b, way)(kind)
+            if way == "job":
+                r = b.job(job_type, payload)
+                batch = r["batch"]  # the keyset loop runs at the job's (mean) batch size
+            elif way == "keyset":
+                r = b.keyset(kind, batch)
+            else:
+                r = b.single(kind)
             assert r["rows"] == b.per_business, (way, r["rows"], b.per_business)
             assert b.others_intact(), f"{kind} {way} touched another business"
             line(f"{kind} {way}", r)
@@ -267,16 +278,16 @@ def main() -> None:
         "--repeat", type=int, default=None, help="runs of each way (default 2; 1 quick)"
     )
     args = ap.parse_args()
-    from prosaas_core.leads import DEFAULT_BATCH_SIZE
+    from prosaas_core.leads import DEFAULT_BATCH_SIZE, TARGET_TXN_MS
 
     rows = 40_000 if args.quick else 400_000
-    batch = args.batch or DEFAULT_BATCH_SIZE
-    b = Bench(rows, batch)
+    b = Bench(rows, args.batch)
     try:
         b.setup()
         print(
             f"bulk_leads: {rows} leads over {BUSINESSES} businesses (interleaved), "
-            f"{b.per_business} in the target business, batch size {batch}",
+            f"{b.per_business} in the target business, batch size "
+            f"{args.batch or f'adaptive (first {DEFAULT_BATCH_SIZE}, ~{TARGET_TXN_MS:.0f} ms)'}",
             flush=True,
         )
         if args.sweep:
@@ -285,7 +296,10 @@ def main() -> None:
                 b.reload()
                 r = b.job("delete_leads", {"all": True})
                 line(f"batch {size}", r)
-            b.env["PROSAAS_LEADS_BATCH_SIZE"] = str(batch)
+            if args.batch:
+                b.env["PROSAAS_LEADS_BATCH_SIZE"] = str(args.batch)
+            else:
+                b.env.pop("PROSAAS_LEADS_BATCH_SIZE")
         repeat = args.repeat or (1 if args.quick else 2)
         delete = run(b, "delete", repeat)
         update = run(b, "update", repeat)
@@ -300,7 +314,8 @@ def main() -> None:
 
     summary = {
         "rows": rows,
-        "batch_size": batch,
+        "delete_batch_size": delete["job"]["batch"],
+        "update_batch_size": update["job"]["batch"],
         "delete_rows_per_s": round(delete["job"]["rows_per_s"]),
         "delete_keyset_rows_per_s": round(delete["keyset"]["rows_per_s"]),
         "delete_single_rows_per_s": round(delete["single"]["rows_per_s"]),

@@ -41,3 +41,14 @@ def test_limits_and_unknown_fields():
     assert "colour" in _error({"filter": {"colour": "red"}})
     assert "everything" in _error({"everything": True})
     assert "created_before" in _error({"filter": {"created_before": "yesterday"}})
+
+
+def test_batch_sizes_adapt_toward_the_target_transaction_time():
+    from prosaas_core.leads import MAX_BATCH_SIZE, MIN_BATCH_SIZE, TARGET_TXN_MS, next_batch_size
+
+    assert next_batch_size(1000, TARGET_TXN_MS) == 1000
+    assert next_batch_size(1000, TARGET_TXN_MS * 1.25) == 800
+    assert next_batch_size(1000, TARGET_TXN_MS / 10) == 2000  # at most doubled per step
+    assert next_batch_size(1000, TARGET_TXN_MS * 10) == 500  # at most halved per step
+    assert next_batch_size(MIN_BATCH_SIZE, 10_000) == MIN_BATCH_SIZE
+    assert next_batch_size(MAX_BATCH_SIZE, 0.0) == MAX_BATCH_SIZE
