@@ -20,7 +20,9 @@ The rules every helper here keeps:
 
 - **Tenant-scoped in SQL**: every statement carries ``business_id = :business_id``.
 - **Keyset batches**: ``id > :last ORDER BY id LIMIT :n`` on the ``(business_id, id)`` index, so
-  each batch costs the same however far the job has gone and memory stays flat.
+  each batch costs the same however far the job has gone and memory stays flat. Batches are
+  sized as the job runs to take about `TARGET_TXN_MS` each (``$PROSAAS_LEADS_BATCH_SIZE``
+  fixes the size instead).
 - **One short transaction per batch**, and the job's checkpoint is written *in that same
   transaction* (`commit_state`): a worker killed at any instant leaves either the batch and its
   checkpoint, or neither, so a resumed job never counts or applies a batch twice. The write is
