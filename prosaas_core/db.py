@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
+
+#: A pooled connection idle at least this long is pinged before it is handed out again.
+PING_IDLE_SECONDS = 1.0
 
 
 def is_sqlite(url: str) -> bool:
@@ -23,8 +27,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, application_name: str = "prosaas", **kwargs) -> Engine:
-    """An engine for `url`, tuned for the dialect (SQLite: WAL and foreign keys on)."""
+def make_engine(
+    url: str,
+    *,
+    application_name: str = "prosaas",
+    ping_idle_seconds: float | None = PING_IDLE_SECONDS,
+    **kwargs,
+) -> Engine:
+    """An engine for `url`, tuned for the dialect (SQLite: WAL and foreign keys on).
+
+    PostgreSQL connections are pinged on checkout only when they sat idle in the pool for
+    `ping_idle_seconds` or more (see `_ping_when_idle`); pass ``pool_pre_ping=True`` to ping on
+    every checkout instead, or ``ping_idle_seconds=None`` for no ping at all."""
     url = normalize_url(url)
     if is_sqlite(url):
         engine = create_engine(
@@ -42,8 +56,64 @@ def make_engine(url: str, *, application_name: str = "prosaas", **kwargs) -> Eng
         return engine
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("application_name", application_name)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    if ping_idle_seconds is not None and not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine, ping_idle_seconds)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling, paid only where it helps.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a ``SELECT 1`` round trip on every checkout, i.e. on
+    every request. A connection that went stale (server restarted, idle timeout, failover)
+    almost always did so while it sat unused, so only a connection idle for `idle_seconds` is
+    pinged. A failed ping invalidates the whole pool, exactly as ``pool_pre_ping`` does, and the
+    pool hands out a fresh connection instead. A connection that breaks while in busy use makes
+    its statement fail (with or without a ping); SQLAlchemy then invalidates the pool too, so
+    the next checkouts reconnect.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checkin(_dbapi_conn, record) -> None:
+        if record is not None:
+            record.info["prosaas_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_conn, record, _proxy) -> None:
+        since = record.info.get("prosaas_idle_since")  # absent on a fresh connection
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_conn, None):
+                raise exc.InvalidatePoolError(f"idle connection failed its ping: {err}") from err
+            raise
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection on which each statement commits on its own.
+
+    For hot single-statement reads and writes: no ``BEGIN``/``COMMIT`` round trips. The driver's
+    ``autocommit`` attribute is switched on for the block and off again before the connection
+    goes back to the pool; SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` option would do the
+    same but costs psycopg2 a server round trip per checkout (``set_isolation_level``). On
+    SQLite the block runs in one transaction instead, committed when it succeeds."""
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        dbapi_conn = conn.connection.dbapi_connection
+        dbapi_conn.autocommit = True  # type: ignore[union-attr]
+        try:
+            yield conn
+        finally:
+            if not dbapi_conn.closed:  # type: ignore[union-attr]
+                dbapi_conn.autocommit = False  # type: ignore[union-attr]
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -8,7 +8,9 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request, url_for
 
+from prosaas_core.db import autocommit
 from prosaas_core.runtime import Runtime
+from prosaas_core.tokens import lookup_token
 
 
 class ApiError(Exception):
@@ -55,19 +57,11 @@ def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _resolve(token: str) -> int | None:
-    """The token's business, read on an autocommit connection: one indexed SELECT, without
-    the BEGIN/COMMIT round trips of a transaction (this runs on every request). Nothing is
+    """The token's business: one indexed SELECT on an autocommit connection, without the
+    BEGIN/COMMIT round trips of a transaction (this runs on every request). Nothing is
     cached, so a revoked token fails on the very next request."""
-    from sqlalchemy.orm import Session
-
-    from prosaas_core.tokens import resolve_token
-
-    engine = current_runtime().engine
-    with engine.connect() as conn:
-        if engine.dialect.name != "sqlite":  # SQLite's driver manages its own transactions
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        with Session(bind=conn) as session:
-            return resolve_token(session, token)
+    with autocommit(current_runtime().engine) as conn:
+        return lookup_token(conn, token)
 
 
 def parse_json(model: type | None = None) -> Any:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from prosaas_core.db import autocommit
 from prosaas_core.errors import MigrationRequiredError, NotFoundError, PayloadError
 from prosaas_core.jobs.transport import push
-from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob, Business
+from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob
 
 if TYPE_CHECKING:
     from prosaas_core.registry import JobType
@@ -62,6 +63,17 @@ def _is_job_type_violation(exc: IntegrityError) -> bool:
     return "chk_job_type" in str(exc.orig)
 
 
+def _is_business_violation(exc: IntegrityError) -> bool:
+    """The business_id foreign key (the table's only one) refused the row: no such business."""
+    return getattr(exc.orig, "pgcode", None) == "23503" or "FOREIGN KEY" in str(exc.orig).upper()
+
+
+_JOBS = BackgroundJob.__table__
+# Columns not given here (attempts, processed, fence, cancel_requested, timestamps) take their
+# server defaults.
+_INSERT = _JOBS.insert().returning(_JOBS.c.id)
+
+
 def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -> Enqueued:
     """Validate and persist a job, then push it to its queue.
 
@@ -71,26 +83,20 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
     jt = rt.registry.job_type(job_type)
     data = validate_payload(jt, payload)
     unique_key = jt.name if jt.unique_per_business else None
+    row = {
+        "business_id": business_id,
+        "job_type": jt.name,
+        "queue": jt.queue,
+        "status": "queued",
+        "payload": data,
+        "max_attempts": jt.max_attempts,
+        "unique_key": unique_key,
+    }
     try:
-        with rt.session() as s:
-            if s.get(Business, business_id) is None:
-                raise NotFoundError(f"business {business_id} not found")
-            row = BackgroundJob(
-                business_id=business_id,
-                job_type=jt.name,
-                queue=jt.queue,
-                status="queued",
-                payload=data,
-                max_attempts=jt.max_attempts,
-                unique_key=unique_key,
-                attempts=0,
-                processed=0,
-                fence=0,
-                cancel_requested=False,
-            )
-            s.add(row)
-            s.flush()
-            job_id = row.id
+        # One INSERT ... RETURNING that commits on its own: the row is durable before the push,
+        # and a refused row (foreign key, chk_job_type, unique index) leaves nothing behind.
+        with autocommit(rt.engine) as conn:
+            job_id = conn.execute(_INSERT, row).scalar_one()
     except IntegrityError as exc:
         if _is_job_type_violation(exc):
             log.error(
@@ -99,6 +105,8 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
                 jt.name,
             )
             raise MigrationRequiredError(jt.name) from None
+        if _is_business_violation(exc):
+            raise NotFoundError(f"business {business_id} not found") from None
         if unique_key is None:
             raise
         existing = _active_unique(rt, business_id, unique_key)
@@ -117,12 +125,13 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
     return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
 
 
-def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> BackgroundJob | None:
-    with rt.session() as s:
-        return s.scalars(
-            select(BackgroundJob).where(
-                BackgroundJob.business_id == business_id,
-                BackgroundJob.unique_key == unique_key,
-                BackgroundJob.status.in_(ACTIVE_STATUSES),
+def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> Any:
+    """The (id, status) of the active job holding `unique_key`, or None."""
+    with autocommit(rt.engine) as conn:
+        return conn.execute(
+            select(_JOBS.c.id, _JOBS.c.status).where(
+                _JOBS.c.business_id == business_id,
+                _JOBS.c.unique_key == unique_key,
+                _JOBS.c.status.in_(ACTIVE_STATUSES),
             )
         ).first()
