@@ -44,6 +44,26 @@ class Limits:
     total_timeout: float = 600.0
 
 
+class HttpSession(requests.Session):
+    """A requests.Session that reads the proxy and CA settings of the environment once per
+    scheme and host instead of on every request (requests scans ``os.environ`` each time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env_settings: dict[tuple, dict] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        if proxies or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify, cert)
+        hit = self._env_settings.get(key)
+        if hit is None:
+            hit = super().merge_environment_settings(url, {}, stream, verify, cert)
+            self._env_settings[key] = hit
+        return {**hit, "proxies": dict(hit["proxies"])}
+
+
 def host_allowed(url: str, limits: Limits) -> bool:
     """True when `url` is http(s) to an allowed host (``name`` or ``name:port``)."""
     try:
@@ -79,14 +99,13 @@ def fetch(
     Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
     incomplete body) or DownloadAborted when `abort` is set.
     """
-    http = http or requests.Session()
+    http = http or HttpSession()
     started = time.monotonic()
     resp = _get(http, url, auth, limits)
     try:
         expected = _expected_size(resp, limits)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
         size = 0
-        with open(tmp, "wb") as fh:
+        with _create(tmp) as fh:
             try:
                 for chunk in resp.iter_content(CHUNK):
                     if time.monotonic() - started > limits.total_timeout:
@@ -109,12 +128,24 @@ def fetch(
             raise DownloadError(f"incomplete body: {size} of {expected} bytes", retryable=True)
         if size == 0:
             raise DownloadError("empty body", retryable=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:  # the business's first recording: make its directory
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
         return size
     finally:
         resp.close()
         tmp.unlink(missing_ok=True)
+
+
+def _create(path: Path):
+    """Open `path` for writing, making its directory only when missing (no mkdir per file)."""
+    try:
+        return open(path, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
 
 
 def _get(

@@ -6,9 +6,12 @@ One loop per worker process (a thread started by ``prosaas worker``):
   them running under a lease and queue them on the download pool (``worker_threads``
   downloads at once: the per-worker cap; twice that claimed, so the next task is at hand);
 * each download thread then takes one of its business's slots in Redis, shared by all
-  workers: it waits for one (woken at once by a release in this worker, polling for the
-  others) and gives the task back if none comes within two leases. Claiming ahead keeps the
-  database round trips off the path between a slot coming free and the next download;
+  workers: it waits for one (woken at once by a release in any worker, see `wakeup`; retrying
+  on its own every SLOT_RETRY for slots that expire) and gives the task back if none comes
+  within two leases. Claiming ahead keeps the database round trips off the path between a
+  slot coming free and the next download;
+* the hot statements (claim, complete) are single statements on an autocommit connection on
+  PostgreSQL: one round trip each, no BEGIN/COMMIT;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
   was lost is stopped and its task given back;
 * on ``stop_event``: stop the downloads, give their tasks back (claimable at once), release
@@ -31,14 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prosaas_core.db import autocommit
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
-from prosaas_recordings.download import DownloadAborted, DownloadError, Limits, fetch
+from prosaas_recordings.download import (
+    DownloadAborted,
+    DownloadError,
+    HttpSession,
+    Limits,
+    fetch,
+)
 from prosaas_recordings.slots import Slot, SlotManager
+from prosaas_recordings.wakeup import ReleaseNotices
 
 STOP_GRACE = 2.0  # seconds in-flight downloads get to notice a stop before being handed back
 SWEEP_EVERY = 60.0
-SLOT_POLL = 0.02  # seconds between tries for a slot another worker holds
+# Seconds between tries for a slot when no release was announced: covers slots of dead workers
+# expiring (they come back within a lease anyway) and notices lost while Redis was away.
+SLOT_RETRY = 0.5
 
 
 @dataclass
@@ -62,7 +75,11 @@ class RecordingWorker:
 
     def __init__(self, ctx: Any, cfg: RecordingsConfig) -> None:
         self.ctx, self.cfg, self.log = ctx, cfg, ctx.log
-        self.slots = SlotManager(ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{getattr(ctx, 'name', 'rec')}"
+        self.slots = SlotManager(
+            ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds, origin=self.worker_id
+        )
+        self.notices = ReleaseNotices(ctx.redis, self.slots.channel, self.worker_id)
         self.limits = Limits(
             allowed_hosts=cfg.allowed_hosts,
             allow_http=cfg.allow_http,
@@ -74,15 +91,17 @@ class RecordingWorker:
         self.auth = (
             (cfg.account_sid, cfg.auth_token) if cfg.account_sid and cfg.auth_token else None
         )
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{getattr(ctx, 'name', 'rec')}"
         self.inflight: dict[int, InFlight] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
-        self.slot_freed = threading.Condition()
         self.pool = ThreadPoolExecutor(cfg.worker_threads, thread_name_prefix="recording")
         self.local = threading.local()
         self.transcribe = _transcriber(ctx)
         self.renew_every = cfg.lease_seconds / 3
+        # A finished download wakes the loop to claim more only when a thread would otherwise
+        # idle or this many are free: fewer, larger claims while the pool is busy.
+        self.claim_batch = max(1, cfg.worker_threads // 4)
+        self.drained = False  # the last claim found nothing: wait for the poll to look again
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -94,6 +113,7 @@ class RecordingWorker:
             ",".join(sorted(cfg.allowed_hosts)),
         )  # fmt: skip
         self.log.info("   This worker processes recording downloads and transcription")
+        self.notices.start()
         self.log.info("Recording worker loop started")
         last_renew = last_sweep = time.monotonic()
         try:
@@ -116,27 +136,21 @@ class RecordingWorker:
         count of each business in this worker; queue them on the pool."""
         # Claim up to twice what runs at once, so a freed thread or slot finds its next task
         # already here instead of waiting for a database round trip.
-        limit = 2 * self.cfg.slots_per_business
         with self.lock:
             free = 2 * self.cfg.worker_threads - len(self.inflight)
-            mine = Counter(i.task.business_id for i in self.inflight.values())
+            quota = Counter(i.task.business_id for i in self.inflight.values())
         if free <= 0:
             return 0
-        with self.ctx.session() as s:
-            rows = store.lock_due(
-                s,
-                per_business=limit,
-                limit=free + sum(mine.values()),
-                skip_businesses=[b for b, n in mine.items() if n >= limit],
+        with self.db() as db:
+            tasks = store.claim_due(
+                db,
+                quota=dict(quota),
+                per_business=2 * self.cfg.slots_per_business,
+                limit=free,
+                worker=self.worker_id,
+                lease=self.cfg.lease_seconds,
             )
-            chosen = []
-            for row in rows:
-                if len(chosen) < free and mine[row.business_id] < limit:
-                    mine[row.business_id] += 1
-                    chosen.append(row)
-            tasks = store.mark_running(
-                s, chosen, worker=self.worker_id, lease=self.cfg.lease_seconds
-            )
+        self.drained = not tasks
         for task in tasks:
             self.log.info(
                 "WORKER_PICKED job_type=download_only call_sid=%s business_id=%s "
@@ -149,14 +163,22 @@ class RecordingWorker:
             self.pool.submit(self.process, inf)
         return len(tasks)
 
+    def db(self):
+        """A connection for one hot statement: autocommit on PostgreSQL (no BEGIN/COMMIT round
+        trips), a transaction on SQLite; the service's session without a runtime engine."""
+        engine = getattr(getattr(self.ctx, "runtime", None), "engine", None)
+        if engine is None:
+            return self.ctx.session()
+        return autocommit(engine)
+
     def renew(self) -> None:
         """Extend task leases and slots of in-flight downloads; stop those that were lost."""
         with self.lock:
             infs = [i for i in self.inflight.values() if not i.abort.is_set()]
         if not infs:
             return
-        with self.ctx.session() as s:
-            lost = store.renew(s, [i.task for i in infs], lease=self.cfg.lease_seconds)
+        with self.db() as db:
+            lost = store.renew(db, [i.task for i in infs], lease=self.cfg.lease_seconds)
         for inf in infs:
             if inf.task.id in lost:
                 self.log.warning("WORKER_LEASE_LOST call_sid=%s", inf.task.call_sid)
@@ -206,8 +228,8 @@ class RecordingWorker:
             reason = "success"
             # The slot bounds concurrent downloads from Twilio: free it before the bookkeeping.
             self._release(inf, reason)
-            with self.ctx.session() as s:
-                recorded = store.complete(s, task, path=str(dest), size=size)
+            with self.db() as db:
+                recorded = store.complete(db, task, path=str(dest), size=size)
             if not recorded:
                 self.log.warning("WORKER_LEASE_LOST call_sid=%s (claimed again)", task.call_sid)
         except DownloadAborted:
@@ -229,15 +251,16 @@ class RecordingWorker:
 
     def _wait_for_slot(self, inf: InFlight) -> Slot | None:
         """One of the business's slots, or None after two leases without one."""
+        business = inf.task.business_id
         deadline = time.monotonic() + 2 * self.cfg.lease_seconds
         while True:
             if inf.abort.is_set():
                 raise DownloadAborted()
-            slot = self.slots.acquire(inf.task.business_id)
+            seen = self.notices.seen(business)  # before trying: a release in between counts
+            slot = self.slots.acquire(business)
             if slot is not None or time.monotonic() > deadline:
                 return slot
-            with self.slot_freed:  # a release in this worker wakes us at once
-                self.slot_freed.wait(SLOT_POLL * (0.5 + random.random()))
+            self.notices.wait(business, seen, SLOT_RETRY * (0.5 + random.random()))
 
     def _failed(self, task: store.Task, error: str, *, retryable: bool) -> None:
         with self.ctx.session() as s:
@@ -285,14 +308,16 @@ class RecordingWorker:
             "RECORDING_SLOT_RELEASED call_sid=%s business_id=%s reason=%s active_after=%d/%d",
             task.call_sid, task.business_id, reason, active, self.cfg.slots_per_business,
         )  # fmt: skip
-        with self.slot_freed:
-            self.slot_freed.notify_all()
+        self.notices.notify(task.business_id)  # a download of this worker may take it
 
     def _finish(self, inf: InFlight) -> None:
         """The download's thread is free again."""
         with self.lock:
             self.inflight.pop(inf.task.id, None)
-        self.wake.set()
+            held = len(self.inflight)
+        threads = self.cfg.worker_threads
+        if not self.drained and (held < threads or 2 * threads - held >= self.claim_batch):
+            self.wake.set()
 
     def _transcribe(self, task: store.Task, path: Path, size: int) -> None:
         call = {
@@ -317,7 +342,8 @@ class RecordingWorker:
         """This claim's temporary file; removes the ones of earlier claims of the task (a
         worker that died mid-download)."""
         part_dir = self.cfg.partial_dir
-        for old in part_dir.glob(f"task{task.id}.*.part"):
+        # Only a task claimed before (fence > 1) can have left files; skip the directory scan.
+        for old in part_dir.glob(f"task{task.id}.*.part") if task.fence > 1 else ():
             try:
                 if int(old.name.split(".")[1]) < task.fence:
                     old.unlink(missing_ok=True)
@@ -339,9 +365,7 @@ class RecordingWorker:
         """One requests.Session per download thread (connection reuse, thread-safe)."""
         http = getattr(self.local, "http", None)
         if http is None:
-            import requests
-
-            http = self.local.http = requests.Session()
+            http = self.local.http = HttpSession()
         return http
 
     def shutdown(self) -> None:
@@ -365,6 +389,7 @@ class RecordingWorker:
                 self._release(inf, "shutdown")
                 self._finish(inf)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.notices.stop()
         self.log.info("Recording worker loop stopped (%d downloads handed back)", len(infs))
 
 

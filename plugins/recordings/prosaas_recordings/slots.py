@@ -9,6 +9,9 @@ neither renew nor release anyone else's. Each step is one Lua script, so it is a
 If Redis loses the sets (a flush, a restart), holders find out at their next renewal, which
 fails, and they stop: the limit is never exceeded by more than what was in flight for one
 renewal period.
+
+A release also publishes ``"<business_id> <origin>"`` on ``<prefix>released``, so downloads
+waiting for a slot in any worker are woken at once instead of polling (`ReleaseNotices`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if removed == 1 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return {removed, redis.call('ZCARD', KEYS[1])}
 """
 
@@ -68,8 +72,17 @@ class Slot:
 class SlotManager:
     """Acquire, renew and release per-business slots (`limit` each, leases of `ttl` seconds)."""
 
-    def __init__(self, redis: Any, *, limit: int = 3, ttl: float = 30.0, prefix: str = PREFIX):
-        self.redis, self.limit, self.prefix = redis, limit, prefix
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        limit: int = 3,
+        ttl: float = 30.0,
+        prefix: str = PREFIX,
+        origin: str = "",
+    ):
+        self.redis, self.limit, self.prefix, self.origin = redis, limit, prefix, origin
+        self.channel = f"{prefix}released"
         self.ttl_ms = max(1, int(ttl * 1000))
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -91,7 +104,10 @@ class SlotManager:
 
     def release(self, slot: Slot) -> tuple[bool, int]:
         """Give the slot back. Returns (it was still ours, slots held for the business after)."""
-        removed, active = self._release(keys=[self.key(slot.business_id)], args=[slot.token])
+        removed, active = self._release(
+            keys=[self.key(slot.business_id)],
+            args=[slot.token, self.channel, f"{slot.business_id} {self.origin}"],
+        )
         return bool(removed), int(active)
 
     def active(self, business_id: int) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from prosaas_recordings.tables import calls, recording_tasks
@@ -38,9 +38,15 @@ class Task:
     fence: int
 
 
+def dialect_name(db: Any) -> str:
+    """``postgresql`` or ``sqlite``, for a Session or a Connection."""
+    bind = db.get_bind() if isinstance(db, Session) else db
+    return bind.dialect.name
+
+
 def dialect_insert(session: Session):
     """The insert construct of the session's dialect (for ON CONFLICT DO NOTHING)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -151,28 +157,170 @@ def mark_running(session: Session, rows: list[Any], *, worker: str, lease: float
     ]
 
 
+# The hot statements on PostgreSQL, as fixed SQL run with ``exec_driver_sql``: building and
+# caching SQLAlchemy constructs for them cost more CPU per download than the download itself.
+_DUE_SQL = (
+    "((t.status = 'queued' AND t.run_after <= %(ts)s)"
+    " OR (t.status = 'running' AND t.lease_until < %(ts)s))"
+)
+_CLAIM_PG = f"""
+WITH held AS (
+    SELECT * FROM unnest(%(held_ids)s::bigint[], %(held_counts)s::int[]) AS h(business_id, n)
+), ranked AS (
+    SELECT t.id, row_number() OVER (PARTITION BY t.business_id ORDER BY t.run_after, t.id) AS rank
+    FROM {T.name} t
+    WHERE {_DUE_SQL} AND t.business_id <> ALL(%(full_ids)s::bigint[])
+), picked AS (
+    SELECT t.id, r.rank
+    FROM {T.name} t
+    JOIN ranked r ON r.id = t.id
+    LEFT JOIN held h ON h.business_id = t.business_id
+    WHERE r.rank <= %(per_business)s - coalesce(h.n, 0) AND {_DUE_SQL}
+    ORDER BY r.rank, t.run_after, t.id
+    LIMIT %(limit)s
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE {T.name} t
+SET status = 'running', worker = %(worker)s, lease_until = %(lease_until)s,
+    fence = t.fence + 1, attempts = t.attempts + 1, updated_at = %(ts)s
+FROM picked p
+WHERE t.id = p.id
+RETURNING t.id, t.business_id, t.call_sid, t.recording_sid, t.recording_url, t.duration,
+    t.attempts, t.fence, t.run_after, p.rank
+"""
+_COMPLETE_PG = f"""
+WITH done AS (
+    UPDATE {T.name}
+    SET status = 'done', file_path = %(path)s, bytes = %(size)s, last_error = NULL,
+        lease_until = NULL, finished_at = %(ts)s, updated_at = %(ts)s
+    WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
+    RETURNING id
+), call AS (
+    UPDATE {calls.name}
+    SET recording_sid = %(recording_sid)s, recording_status = 'downloaded',
+        recording_path = %(path)s, recording_bytes = %(size)s,
+        recording_duration = %(duration)s, recording_error = NULL, updated_at = %(ts)s
+    WHERE call_sid = %(call_sid)s AND business_id = %(business_id)s
+      AND EXISTS (SELECT 1 FROM done)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM call)
+"""
+
+
+def _driver(db: Any):
+    """The Connection under `db` (a Session's, or `db` itself)."""
+    return db.connection() if isinstance(db, Session) else db
+
+
+def claim_due(
+    db: Any,
+    *,
+    quota: dict[int, int],
+    per_business: int,
+    limit: int,
+    worker: str,
+    lease: float,
+) -> list[Task]:
+    """Claim up to `limit` due tasks for `worker`, oldest of every business first (round-robin),
+    at most `per_business` of each business less its `quota` entry (what the worker holds).
+
+    PostgreSQL: one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, i.e. one
+    round trip on an autocommit connection. Elsewhere (SQLite): `lock_due` then
+    `mark_running` in the caller's transaction."""
+    if limit <= 0:
+        return []
+    full = [b for b, n in quota.items() if n >= per_business]
+    if dialect_name(db) != "postgresql":
+        rows = lock_due(
+            db,
+            per_business=per_business,
+            limit=limit + sum(quota.values()),
+            skip_businesses=full,
+        )
+        mine, chosen = dict(quota), []
+        for row in rows:
+            if len(chosen) < limit and mine.get(row.business_id, 0) < per_business:
+                mine[row.business_id] = mine.get(row.business_id, 0) + 1
+                chosen.append(row)
+        return mark_running(db, chosen, worker=worker, lease=lease)
+    ts = now()
+    held = [(b, n) for b, n in quota.items() if n > 0]
+    rows = _driver(db).exec_driver_sql(
+        _CLAIM_PG,
+        {
+            "ts": ts,
+            "lease_until": ts + timedelta(seconds=lease),
+            "worker": worker,
+            "per_business": per_business,
+            "limit": limit,
+            "full_ids": full,
+            "held_ids": [b for b, _ in held],
+            "held_counts": [n for _, n in held],
+        },
+    )
+    return [
+        Task(
+            id=r.id,
+            business_id=r.business_id,
+            call_sid=r.call_sid,
+            recording_sid=r.recording_sid,
+            recording_url=r.recording_url,
+            duration=r.duration,
+            attempts=r.attempts,  # RETURNING gives the values after the update
+            fence=r.fence,
+        )
+        for r in sorted(rows, key=lambda r: (r.rank, r.run_after, r.id))
+    ]
+
+
 def _mine(task: Task):
     return and_(T.c.id == task.id, T.c.fence == task.fence, T.c.status == "running")
 
 
-def renew(session: Session, tasks: list[Task], *, lease: float) -> set[int]:
-    """Extend the leases of `tasks`; return the ids this worker no longer holds."""
+def renew(session: Any, tasks: list[Task], *, lease: float) -> set[int]:
+    """Extend the leases of `tasks` (one statement); return the ids this worker no longer holds."""
     if not tasks:
         return set()
-    ts = now()
-    held = set()
-    for task in tasks:
-        res = session.execute(
-            update(T).where(_mine(task)).values(lease_until=ts + timedelta(seconds=lease))
+    res = session.execute(
+        update(T)
+        .where(
+            tuple_(T.c.id, T.c.fence).in_([(t.id, t.fence) for t in tasks]),
+            T.c.status == "running",
         )
-        if res.rowcount:
-            held.add(task.id)
+        .values(lease_until=now() + timedelta(seconds=lease))
+        .returning(T.c.id)
+    )
+    held = set(res.scalars())
     return {t.id for t in tasks} - held
 
 
-def complete(session: Session, task: Task, *, path: str, size: int) -> bool:
-    """Record a finished download on the task and its call; False if the claim was lost."""
+def complete(session: Any, task: Task, *, path: str, size: int) -> bool:
+    """Record a finished download on the task and its call; False if the claim was lost.
+
+    PostgreSQL: one statement (the call is updated only if the task was), so on an autocommit
+    connection it is one round trip and still atomic."""
     ts = now()
+    if dialect_name(session) == "postgresql":
+        row = (
+            _driver(session)
+            .exec_driver_sql(
+                _COMPLETE_PG,
+                {
+                    "id": task.id,
+                    "fence": task.fence,
+                    "path": path,
+                    "size": size,
+                    "ts": ts,
+                    "recording_sid": task.recording_sid,
+                    "duration": task.duration,
+                    "call_sid": task.call_sid,
+                    "business_id": task.business_id,
+                },
+            )
+            .first()
+        )
+        return bool(row[0])
     res = session.execute(
         update(T)
         .where(_mine(task))
