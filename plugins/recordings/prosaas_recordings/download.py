@@ -7,19 +7,26 @@ at the end and removed on any failure.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import requests
+import urllib3
+
+from prosaas_recordings.httpclient import HttpClient
 
 CHUNK = 64 * 1024
 MAX_REDIRECTS = 3
 RETRYABLE_STATUS = {404, 408, 425, 429}  # 404: Twilio has not finished the recording yet
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+# Transport failures, all retryable: urllib3's own, and OSError from the socket or the file.
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
 class DownloadError(Exception):
@@ -42,26 +49,6 @@ class Limits:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     total_timeout: float = 600.0
-
-
-class HttpSession(requests.Session):
-    """A requests.Session that reads the proxy and CA settings of the environment once per
-    scheme and host instead of on every request (requests scans ``os.environ`` each time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._env_settings: dict[tuple, dict] = {}
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
-        if proxies or not self.trust_env:
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc, stream, verify, cert)
-        hit = self._env_settings.get(key)
-        if hit is None:
-            hit = super().merge_environment_settings(url, {}, stream, verify, cert)
-            self._env_settings[key] = hit
-        return {**hit, "proxies": dict(hit["proxies"])}
 
 
 def host_allowed(url: str, limits: Limits) -> bool:
@@ -91,7 +78,7 @@ def fetch(
     auth: tuple[str, str] | None,
     limits: Limits,
     abort: threading.Event | None = None,
-    http: requests.Session | None = None,
+    http: HttpClient | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Download `url` to `dest` through the temporary file `tmp`; return the size in bytes.
@@ -99,7 +86,7 @@ def fetch(
     Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
     incomplete body) or DownloadAborted when `abort` is set.
     """
-    http = http or HttpSession()
+    http = http or HttpClient()
     started = time.monotonic()
     resp = _get(http, url, auth, limits)
     try:
@@ -107,7 +94,7 @@ def fetch(
         size = 0
         with _create(tmp) as fh:
             try:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in resp.stream(CHUNK):
                     if time.monotonic() - started > limits.total_timeout:
                         raise DownloadError("download deadline exceeded", retryable=True)
                     size += len(chunk)
@@ -120,7 +107,7 @@ def fetch(
                         on_progress(size)
                     if abort is not None and abort.is_set():
                         raise DownloadAborted()
-            except requests.RequestException as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise _transport_error(exc) from None
             fh.flush()
             os.fsync(fh.fileno())
@@ -135,7 +122,7 @@ def fetch(
             os.replace(tmp, dest)
         return size
     finally:
-        resp.close()
+        _done_with(resp)
         tmp.unlink(missing_ok=True)
 
 
@@ -148,40 +135,52 @@ def _create(path: Path):
         return open(path, "wb")
 
 
-def _get(
-    http: requests.Session, url: str, auth: tuple[str, str] | None, limits: Limits
-) -> requests.Response:
+@lru_cache(maxsize=16)
+def _basic_auth(auth: tuple[str, str]) -> str:
+    return "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+
+
+def _done_with(resp: urllib3.BaseHTTPResponse) -> None:
+    """Return the connection to the pool if the body was read to its end, else close it (what
+    is left of a body must not be read as the next response)."""
+    if not resp.closed:  # stopped before the end of the body
+        resp.close()
+    resp.release_conn()
+
+
+def _get(http: HttpClient, url: str, auth: tuple[str, str] | None, limits: Limits):
     """GET following at most MAX_REDIRECTS redirects, each to an allowed host. Credentials go
     only to the host of the original URL."""
     origin = urlsplit(url).netloc.lower()
     for _ in range(MAX_REDIRECTS + 1):
         if not host_allowed(url, limits):
             raise DownloadError(f"host not allowed: {urlsplit(url).netloc}", retryable=False)
+        headers = {"Accept-Encoding": "identity"}
+        if auth is not None and urlsplit(url).netloc.lower() == origin:
+            headers["Authorization"] = _basic_auth(auth)
         try:
             resp = http.get(
                 url,
-                auth=auth if urlsplit(url).netloc.lower() == origin else None,
-                stream=True,
-                headers={"Accept-Encoding": "identity"},
-                allow_redirects=False,
-                timeout=(limits.connect_timeout, limits.read_timeout),
+                headers=headers,
+                connect_timeout=limits.connect_timeout,
+                read_timeout=limits.read_timeout,
             )
-        except requests.RequestException as exc:
+        except TRANSPORT_ERRORS as exc:
             raise _transport_error(exc) from None
-        if resp.is_redirect and resp.headers.get("Location"):
+        code = resp.status
+        if code in REDIRECT_STATUS and resp.headers.get("Location"):
             url = urljoin(url, resp.headers["Location"])
-            resp.close()
+            _done_with(resp)
             continue
-        if resp.status_code == 200:
+        if code == 200:
             return resp
-        resp.close()
-        code = resp.status_code
+        _done_with(resp)
         retryable = code >= 500 or code in RETRYABLE_STATUS
         raise DownloadError(f"HTTP {code}", retryable=retryable)
     raise DownloadError("too many redirects", retryable=False)
 
 
-def _expected_size(resp: requests.Response, limits: Limits) -> int | None:
+def _expected_size(resp: urllib3.BaseHTTPResponse, limits: Limits) -> int | None:
     raw = resp.headers.get("Content-Length")
     if raw is None:
         return None
@@ -197,8 +196,8 @@ def _expected_size(resp: requests.Response, limits: Limits) -> int | None:
     return expected
 
 
-def _transport_error(exc: requests.RequestException) -> DownloadError:
-    # a read timeout while streaming the body surfaces as a ConnectionError
-    if isinstance(exc, requests.Timeout) or "timed out" in str(exc):
+def _transport_error(exc: Exception) -> DownloadError:
+    # a read timeout while streaming the body may surface as a ProtocolError or an OSError
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)) or "timed out" in str(exc):
         return DownloadError(f"timeout: {type(exc).__name__}", retryable=True)
     return DownloadError(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], retryable=True)

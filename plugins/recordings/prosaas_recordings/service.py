@@ -40,10 +40,10 @@ from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.download import (
     DownloadAborted,
     DownloadError,
-    HttpSession,
     Limits,
     fetch,
 )
+from prosaas_recordings.httpclient import HttpClient
 from prosaas_recordings.slots import Slot, SlotManager
 from prosaas_recordings.wakeup import ReleaseNotices
 
@@ -362,10 +362,10 @@ class RecordingWorker:
                 continue
 
     def _http(self):
-        """One requests.Session per download thread (connection reuse, thread-safe)."""
+        """One pooled HTTP client per download thread (keep-alive connections)."""
         http = getattr(self.local, "http", None)
         if http is None:
-            http = self.local.http = HttpSession()
+            http = self.local.http = HttpClient()
         return http
 
     def shutdown(self) -> None:

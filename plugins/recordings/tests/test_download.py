@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-import requests
 from prosaas_recordings.download import DownloadAborted, DownloadError, Limits, fetch, host_allowed
+from prosaas_recordings.httpclient import HttpClient
 from prosaas_recordings.testing import StubTwilio
 
 TOKEN = "tok"
@@ -126,5 +126,5 @@ def test_abort_stops_between_chunks(stub, limits, tmp_path):
         abort.set()
 
     with pytest.raises(DownloadAborted):
-        _fetch(stub, slow, tmp_path, abort=abort, on_progress=progress, http=requests.Session())
+        _fetch(stub, slow, tmp_path, abort=abort, on_progress=progress, http=HttpClient())
     assert seen and files(tmp_path) == []
