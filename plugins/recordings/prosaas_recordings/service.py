@@ -2,14 +2,16 @@
 
 One loop per worker process (a thread started by ``prosaas worker``):
 
-* claim: lock due tasks (``FOR UPDATE SKIP LOCKED``, oldest of each business first), mark
-  them running under a lease and queue them on the download pool (``worker_threads``
-  downloads at once: the per-worker cap; twice that claimed, so the next task is at hand);
-* each download thread then takes one of its business's slots in Redis, shared by all
-  workers: it waits for one (woken at once by a release in any worker, see `wakeup`; retrying
-  on its own every SLOT_RETRY for slots that expire) and gives the task back if none comes
-  within two leases. Claiming ahead keeps the database round trips off the path between a
-  slot coming free and the next download;
+* claim: mark due tasks running under a lease (oldest of each business first; twice a
+  business's slot count per worker, twice ``worker_threads`` in all) and queue them per
+  business. Claiming ahead keeps the database off the path between a slot coming free and the
+  next download;
+* start: a queued task takes a download thread only once it holds one of its business's slots
+  in Redis (shared by all workers) and the worker has a thread for it, so a task waiting for a
+  busy business never blocks one whose business has a free slot. A slot is tried for when the
+  task is queued, at once when a download of the business ends here (by the thread that ends
+  it), when another worker announces a release (`wakeup`), and every SLOT_RETRY (slots that
+  expire); a task that gets none within two leases is given back;
 * the hot statements (claim, complete) are single statements on an autocommit connection on
   PostgreSQL: one round trip each, no BEGIN/COMMIT;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
@@ -23,12 +25,11 @@ The runbook greps the log lines below; keep their markers and fields.
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,20 +50,25 @@ from prosaas_recordings.wakeup import ReleaseNotices
 
 STOP_GRACE = 2.0  # seconds in-flight downloads get to notice a stop before being handed back
 SWEEP_EVERY = 60.0
-# Seconds between tries for a slot when no release was announced: covers slots of dead workers
-# expiring (they come back within a lease anyway) and notices lost while Redis was away.
+# Seconds between tries for the slots of queued businesses when no release was announced: covers
+# slots of dead workers expiring (they come back within a lease) and notices missed.
 SLOT_RETRY = 0.5
+
+
+QUEUED, STARTING, RUNNING, DONE = "queued", "starting", "running", "done"
 
 
 @dataclass
 class InFlight:
-    """A claimed task being downloaded, with its slot and the way to stop it."""
+    """A claimed task: queued for a slot, then downloading on a thread with its slot."""
 
     task: store.Task
     slot: Slot | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     abort_reason: str = "shutdown"
     slot_released: bool = False
+    state: str = QUEUED  # changed under RecordingWorker.lock
+    queued_at: float = field(default_factory=time.monotonic)
 
     def stop(self, reason: str) -> None:
         if not self.abort.is_set():
@@ -79,7 +85,9 @@ class RecordingWorker:
         self.slots = SlotManager(
             ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds, origin=self.worker_id
         )
-        self.notices = ReleaseNotices(ctx.redis, self.slots.channel, self.worker_id)
+        self.notices = ReleaseNotices(
+            ctx.redis, self.slots.channel, self.worker_id, lambda b: self.start_ready([b])
+        )
         self.limits = Limits(
             allowed_hosts=cfg.allowed_hosts,
             allow_http=cfg.allow_http,
@@ -91,7 +99,11 @@ class RecordingWorker:
         self.auth = (
             (cfg.account_sid, cfg.auth_token) if cfg.account_sid and cfg.auth_token else None
         )
-        self.inflight: dict[int, InFlight] = {}
+        self.inflight: dict[int, InFlight] = {}  # every claimed task, queued or running
+        self.queued: dict[int, deque[InFlight]] = {}  # business -> tasks waiting for a slot
+        self.running = 0  # tasks holding a slot and a thread (at most worker_threads)
+        self.cap_reached = False  # a slot may be free but every thread was taken
+        self.stopping = False
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(cfg.worker_threads, thread_name_prefix="recording")
@@ -115,7 +127,7 @@ class RecordingWorker:
         self.log.info("   This worker processes recording downloads and transcription")
         self.notices.start()
         self.log.info("Recording worker loop started")
-        last_renew = last_sweep = time.monotonic()
+        last_renew = last_sweep = last_retry = time.monotonic()
         try:
             while not stop.is_set():
                 self.wake.clear()
@@ -126,8 +138,15 @@ class RecordingWorker:
                 if now - last_sweep >= SWEEP_EVERY:
                     self.sweep_partials()
                     last_sweep = now
+                if now - last_retry >= SLOT_RETRY:
+                    self.expire_queued()
+                    self.start_ready(self.waiting_businesses())
+                    last_retry = now
                 self.claim()
-                self.wake.wait(min(cfg.poll_interval, self.renew_every))
+                wait = min(cfg.poll_interval, self.renew_every)
+                if self.waiting_businesses():
+                    wait = min(wait, SLOT_RETRY)
+                self.wake.wait(wait)
         finally:
             self.shutdown()
 
@@ -160,8 +179,98 @@ class RecordingWorker:
             inf = InFlight(task)
             with self.lock:
                 self.inflight[task.id] = inf
-            self.pool.submit(self.process, inf)
+                self.queued.setdefault(task.business_id, deque()).append(inf)
+        self.start_ready(dict.fromkeys(t.business_id for t in tasks))
         return len(tasks)
+
+    # -- slots and threads ----------------------------------------------------------------
+
+    def waiting_businesses(self) -> list[int]:
+        with self.lock:
+            return [b for b, q in self.queued.items() if q]
+
+    def start_ready(self, businesses: Iterable[int]) -> None:
+        """Start the queued downloads of `businesses` that can get a slot now, while the
+        worker has threads for them."""
+        for business in businesses:
+            while True:
+                with self.lock:
+                    queue = self.queued.get(business)
+                    if self.stopping or not queue:
+                        break
+                    if self.running >= self.cfg.worker_threads:
+                        self.cap_reached = True
+                        return
+                    inf = queue.popleft()  # reserved: nobody else starts or drops it now
+                    inf.state = STARTING
+                    self.running += 1
+                try:
+                    slot = self.slots.acquire(business)
+                except Exception:
+                    self.log.exception("slot acquire failed; retrying later")
+                    slot = None
+                if not self._started(inf, slot) or slot.active >= self.cfg.slots_per_business:
+                    break  # no slot, or that was the business's last free one
+
+    def _started(self, inf: InFlight, slot: Slot | None) -> bool:
+        """Hand a reserved task with its slot to a thread; without one, queue it again (at the
+        head: it is the oldest) or, stopped meanwhile, finish it. True when started."""
+        with self.lock:
+            if slot is not None and not self.stopping:
+                inf.slot, inf.state = slot, RUNNING
+            else:
+                self.running -= 1
+                if not inf.abort.is_set() and not self.stopping:
+                    inf.state = QUEUED
+                    self.queued.setdefault(inf.task.business_id, deque()).appendleft(inf)
+                    return False
+                inf.state = DONE
+        if inf.state == RUNNING:
+            self.pool.submit(self.process, inf)
+            return True
+        if slot is not None:  # stopping: never logged as acquired, give it back quietly
+            self._release_quietly(slot)
+        self._drop(inf, inf.abort_reason if inf.abort.is_set() else "shutdown")
+        return False
+
+    def drop_queued(self, inf: InFlight, reason: str) -> bool:
+        """Finish a task still waiting for a slot (stop, lost lease, no slot in time); False
+        when it already runs (or is being started): then it is stopped instead."""
+        with self.lock:
+            if inf.state != QUEUED:
+                inf.stop(reason)
+                return False
+            self.queued[inf.task.business_id].remove(inf)
+            inf.state = DONE
+        inf.stop(reason)
+        self._drop(inf, reason)
+        return True
+
+    def _drop(self, inf: InFlight, reason: str) -> None:
+        """A task that never started: give it back (unless its lease is lost) and forget it."""
+        try:
+            if reason == "no_slot":
+                self._put_back(inf, delay=self.cfg.poll_interval)
+            elif reason != "lease_lost":
+                self._put_back(inf)
+        finally:
+            with self.lock:
+                self.inflight.pop(inf.task.id, None)
+            self.wake.set()
+
+    def expire_queued(self) -> None:
+        """Give back tasks that waited two leases for a slot: another worker may have one."""
+        cutoff = time.monotonic() - 2 * self.cfg.lease_seconds
+        with self.lock:
+            old = [i for q in self.queued.values() for i in q if i.queued_at < cutoff]
+        for inf in old:
+            self.drop_queued(inf, "no_slot")
+
+    def _release_quietly(self, slot: Slot) -> None:
+        try:
+            self.slots.release(slot)
+        except Exception:
+            self.log.exception("slot release failed; it expires on its own")
 
     def db(self):
         """A connection for one hot statement: autocommit on PostgreSQL (no BEGIN/COMMIT round
@@ -182,7 +291,7 @@ class RecordingWorker:
         for inf in infs:
             if inf.task.id in lost:
                 self.log.warning("WORKER_LEASE_LOST call_sid=%s", inf.task.call_sid)
-                inf.stop("lease_lost")
+                self.drop_queued(inf, "lease_lost")
             elif inf.slot is not None and not self.slots.renew(inf.slot):
                 self.log.warning(
                     "WORKER_SLOT_LOST call_sid=%s business_id=%s",
@@ -197,15 +306,13 @@ class RecordingWorker:
         dest = cfg.call_path(task.business_id, task.call_sid)
         reason, size, recorded = "error", 0, False
         try:
-            inf.slot = self._wait_for_slot(inf)
-            if inf.slot is None:
-                reason = "no_slot"
-                self._put_back(inf, delay=cfg.poll_interval)
-                return
+            assert inf.slot is not None  # started with its slot (start_ready)
             self.log.info(
                 "WORKER_SLOT_ACQUIRED call_sid=%s business_id=%s active=%d/%d",
                 task.call_sid, task.business_id, inf.slot.active, cfg.slots_per_business,
             )  # fmt: skip
+            if inf.abort.is_set():
+                raise DownloadAborted()
             tmp = self._partial(task)
             self.log.info(
                 "DOWNLOAD_START call_sid=%s recording_sid=%s attempt=%d",
@@ -248,19 +355,6 @@ class RecordingWorker:
             self._finish(inf)
         if recorded and self.transcribe is not None:
             self._transcribe(task, dest, size)
-
-    def _wait_for_slot(self, inf: InFlight) -> Slot | None:
-        """One of the business's slots, or None after two leases without one."""
-        business = inf.task.business_id
-        deadline = time.monotonic() + 2 * self.cfg.lease_seconds
-        while True:
-            if inf.abort.is_set():
-                raise DownloadAborted()
-            seen = self.notices.seen(business)  # before trying: a release in between counts
-            slot = self.slots.acquire(business)
-            if slot is not None or time.monotonic() > deadline:
-                return slot
-            self.notices.wait(business, seen, SLOT_RETRY * (0.5 + random.random()))
 
     def _failed(self, task: store.Task, error: str, *, retryable: bool) -> None:
         with self.ctx.session() as s:
@@ -308,13 +402,19 @@ class RecordingWorker:
             "RECORDING_SLOT_RELEASED call_sid=%s business_id=%s reason=%s active_after=%d/%d",
             task.call_sid, task.business_id, reason, active, self.cfg.slots_per_business,
         )  # fmt: skip
-        self.notices.notify(task.business_id)  # a download of this worker may take it
+        # The next queued download of the business takes the slot now, from this thread.
+        self.start_ready([task.business_id])
 
     def _finish(self, inf: InFlight) -> None:
         """The download's thread is free again."""
         with self.lock:
             self.inflight.pop(inf.task.id, None)
+            inf.state = DONE
+            self.running -= 1
             held = len(self.inflight)
+            retry, self.cap_reached = self.cap_reached, False
+        if retry:  # a business may have a free slot that no thread was left for
+            self.start_ready(self.waiting_businesses())
         threads = self.cfg.worker_threads
         if not self.drained and (held < threads or 2 * threads - held >= self.claim_batch):
             self.wake.set()
@@ -371,9 +471,10 @@ class RecordingWorker:
     def shutdown(self) -> None:
         """Stop downloads and hand their tasks back, claimable at once; release slots."""
         with self.lock:
+            self.stopping = True
             infs = list(self.inflight.values())
         for inf in infs:
-            inf.stop("shutdown")
+            self.drop_queued(inf, "shutdown")  # or stops it when running
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline:
             with self.lock:
@@ -387,7 +488,8 @@ class RecordingWorker:
                 self._put_back(inf)
             finally:
                 self._release(inf, "shutdown")
-                self._finish(inf)
+                with self.lock:
+                    self.inflight.pop(inf.task.id, None)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.notices.stop()
         self.log.info("Recording worker loop stopped (%d downloads handed back)", len(infs))
