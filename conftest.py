@@ -137,3 +137,22 @@ def business(runtime: Runtime) -> int:
         s.add(b)
         s.flush()
         return b.id
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path):
+    """`start_worker("--burst", extra_env={...})` starts a real `prosaas worker` process; every
+    one still running is stopped at teardown."""
+    from prosaas_acme.testing import WorkerProcess
+
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str, extra_env: dict | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker{len(started)}.log"
+        w = WorkerProcess({**env, **(extra_env or {})}, log, *args)
+        started.append(w)
+        return w
+
+    yield _start
+    for w in started:
+        w.stop()

@@ -11,25 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from prosaas_acme.testing import WorkerProcess, wait_until
+from prosaas_acme.testing import wait_until
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.heartbeat import live_workers
-
-
-@pytest.fixture
-def start_worker(env, tmp_path):
-    started: list[WorkerProcess] = []
-
-    def _start(*args: str, extra_env: dict | None = None) -> WorkerProcess:
-        w = WorkerProcess({**env, **(extra_env or {})}, tmp_path / f"w{len(started)}.log", *args)
-        started.append(w)
-        return w
-
-    yield _start
-    for w in started:
-        w.stop()
 
 
 def ticker_state(rt) -> dict | None:

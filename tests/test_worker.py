@@ -7,27 +7,11 @@ import re
 from datetime import datetime
 
 import pytest
-from prosaas_acme.testing import WorkerProcess, wait_until
+from prosaas_acme.testing import wait_until
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.transport import push
-
-
-@pytest.fixture
-def start_worker(env, tmp_path):
-    """`start_worker("--burst", extra_env={...})` starts a real worker; all killed at teardown."""
-    started: list[WorkerProcess] = []
-
-    def _start(*args: str, extra_env: dict | None = None) -> WorkerProcess:
-        log = tmp_path / f"worker{len(started)}.log"
-        w = WorkerProcess({**env, **(extra_env or {})}, log, *args)
-        started.append(w)
-        return w
-
-    yield _start
-    for w in started:
-        w.stop()
 
 
 def burst(start_worker, **extra_env) -> str:
