@@ -4,8 +4,11 @@ PostgreSQL), driven by the same N concurrent keep-alive clients in the same run.
 
     python bench/api_enqueue.py [--quick] [--clients N] [--seconds S] [--workers W]
 
-Prints requests/s, p50 and p99 for both and the ratio; the last line is JSON with
-``vs_bare`` (requests/s ratio), ``p50_ms`` and ``p99_ms`` (prosaas), and the bare figures.
+Both servers run side by side and are loaded in turn, in ABBA order (bare, prosaas, prosaas,
+bare), so a change in the machine's background load during the run weighs on both alike. Prints
+requests/s, p50 and p99 for both, the CPU each costs per request (server processes and their
+PostgreSQL backends) and the ratio; the last line is JSON with ``vs_bare`` (requests/s ratio),
+``p50_ms`` and ``p99_ms`` (prosaas), the bare figures and the load average.
 Needs PostgreSQL ($PROSAAS_TEST_PG) and Redis ($PROSAAS_TEST_REDIS, db $PROSAAS_TEST_REDIS_DB).
 """
 
@@ -82,14 +85,63 @@ def _load(url: str, headers: dict, body: dict, clients: int, seconds: float) -> 
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - start
+    return {"latencies": latencies, "errors": errors[0], "elapsed": time.monotonic() - start}
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _cpu_by_pid(pgid: int, admin, db: str) -> dict[str, dict[int, float]]:
+    """User + system CPU seconds (all threads) of a server's processes (its process group:
+    gunicorn's master and workers) and of the PostgreSQL backends serving `db` (the database
+    runs on this machine)."""
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        backends = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": db}
+        ).scalars()
+        backends = list(backends)
+    server = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat(entry.name)
+            if fields and int(fields[2]) == pgid:
+                server.append(int(entry.name))
+    out: dict[str, dict[int, float]] = {}
+    for kind, pids in (("server", server), ("db", backends)):
+        out[kind] = {}
+        for pid in pids:
+            fields = _proc_stat(pid)
+            if fields:
+                out[kind][pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return out
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _summary(rounds: list[dict]) -> dict:
+    latencies = [x for r in rounds for x in r["latencies"]]
+    elapsed = sum(r["elapsed"] for r in rounds)
     q = statistics.quantiles(latencies, n=100)
+    n = len(latencies)
     return {
-        "requests": len(latencies),
-        "errors": errors[0],
-        "rps": len(latencies) / elapsed,
+        "requests": n,
+        "errors": sum(r["errors"] for r in rounds),
+        "rps": n / elapsed,
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
+        "server_cpu_ms": sum(r["server_cpu"] for r in rounds) / n * 1000,
+        "db_cpu_ms": sum(r["db_cpu"] for r in rounds) / n * 1000,
     }
 
 
@@ -137,27 +189,39 @@ def main() -> None:
         bare = ServeProcess(env)
         bare.cmd = [sys.executable, __file__, "--serve-bare", str(bare.port), *common]
         print(
-            f"api_enqueue: {args.clients} clients, {seconds:g}s each, gunicorn gthread "
-            f"{args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs"
+            f"api_enqueue: {args.clients} clients, {seconds:g}s each in ABBA rounds, gunicorn "
+            f"gthread {args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs, "
+            f"load average {_loadavg()}"
         )
-        results = {}
-        for label, srv, path, headers, body in (
-            ("bare", bare, "/bare", {}, {}),
-            (
-                "prosaas",
+        targets = {
+            "bare": (bare, "/bare", {}, {}),
+            "prosaas": (
                 prosaas,
                 "/api/jobs",
                 {"Authorization": f"Bearer {token}"},
                 {"job_type": "acme_echo", "payload": {"message": "x"}},
             ),
-        ):
-            with srv:
+        }
+        rounds: dict[str, list[dict]] = {"bare": [], "prosaas": []}
+        with bare, prosaas:
+            for srv, path, headers, body in targets.values():
                 _load(srv.url + path, headers, body, args.clients, min(2.0, seconds / 4))  # warm-up
-                res = results[label] = _load(srv.url + path, headers, body, args.clients, seconds)
-            r.flushdb()
+            for label in ("bare", "prosaas", "prosaas", "bare"):
+                srv, path, headers, body = targets[label]
+                before = _cpu_by_pid(srv.proc.pid, admin, name)
+                res = _load(srv.url + path, headers, body, args.clients, seconds / 2)
+                after = _cpu_by_pid(srv.proc.pid, admin, name)
+                for kind in ("server", "db"):
+                    res[f"{kind}_cpu"] = sum(
+                        cpu - before[kind].get(pid, 0.0) for pid, cpu in after[kind].items()
+                    )
+                rounds[label].append(res)
+        results = {label: _summary(r) for label, r in rounds.items()}
+        for label, res in results.items():
             print(
                 f"  {label:8s} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:6.1f} ms  "
-                f"p99 {res['p99_ms']:6.1f} ms  "
+                f"p99 {res['p99_ms']:6.1f} ms  cpu/req: server {res['server_cpu_ms']:.2f} ms, "
+                f"postgres {res['db_cpu_ms']:.2f} ms  "
                 f"({res['requests']} requests, {res['errors']} not 202)"
             )
         ratio = results["prosaas"]["rps"] / results["bare"]["rps"]
@@ -172,9 +236,14 @@ def main() -> None:
                     "bare_rps": round(results["bare"]["rps"], 1),
                     "bare_p50_ms": round(results["bare"]["p50_ms"], 2),
                     "bare_p99_ms": round(results["bare"]["p99_ms"], 2),
+                    "server_cpu_ms": round(results["prosaas"]["server_cpu_ms"], 2),
+                    "bare_server_cpu_ms": round(results["bare"]["server_cpu_ms"], 2),
+                    "db_cpu_ms": round(results["prosaas"]["db_cpu_ms"], 2),
+                    "bare_db_cpu_ms": round(results["bare"]["db_cpu_ms"], 2),
                     "clients": args.clients,
                     "seconds": seconds,
                     "errors": results["prosaas"]["errors"] + results["bare"]["errors"],
+                    "loadavg": _loadavg(),
                 }
             )
         )

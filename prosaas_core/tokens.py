@@ -6,11 +6,12 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session
 
+from prosaas_core.db import autocommit, autocommit_cursor
 from prosaas_core.errors import NotFoundError
 from prosaas_core.models import ApiToken, Business
 
@@ -49,15 +50,33 @@ _BY_HASH = select(ApiToken.business_id, ApiToken.token_hash, ApiToken.revoked_at
 )
 
 
-def lookup_token(conn: Connection, token: str) -> int | None:
-    """The business id a live token belongs to, or None: one indexed SELECT on `conn`.
+_BY_HASH_SQL = "SELECT business_id, token_hash, revoked_at FROM api_tokens WHERE token_hash = %s"
+
+
+def lookup_token(engine: Engine, token: str) -> int | None:
+    """The business id a live token belongs to, or None: one indexed SELECT, in autocommit
+    (no BEGIN/COMMIT round trips: this runs on every API request).
 
     The lookup is by hash (a unique index); the final comparison is constant-time so the
     answer's timing does not depend on how much of the hash matched. Nothing is cached, so a
     revoked token fails on the very next lookup.
     """
     digest = hash_token(token)
-    return _live(conn.execute(_BY_HASH, {"digest": digest}).first(), digest)
+    if engine.dialect.name == "postgresql":
+        with autocommit_cursor(engine) as cur:
+            cur.execute(_BY_HASH_SQL, (digest,))
+            found = cur.fetchone()
+        row = _Row(*found) if found else None
+    else:
+        with autocommit(engine) as conn:
+            row = conn.execute(_BY_HASH, {"digest": digest}).first()
+    return _live(row, digest)
+
+
+class _Row(NamedTuple):
+    business_id: int
+    token_hash: str
+    revoked_at: datetime | None
 
 
 def _live(row: Any, digest: str) -> int | None:

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import current_app, g, jsonify, request, url_for
 
-from prosaas_core.db import autocommit
 from prosaas_core.runtime import Runtime
 from prosaas_core.tokens import lookup_token
 
@@ -60,8 +59,7 @@ def _resolve(token: str) -> int | None:
     """The token's business: one indexed SELECT on an autocommit connection, without the
     BEGIN/COMMIT round trips of a transaction (this runs on every request). Nothing is
     cached, so a revoked token fails on the very next request."""
-    with autocommit(current_runtime().engine) as conn:
-        return lookup_token(conn, token)
+    return lookup_token(current_runtime().engine, token)
 
 
 def parse_json(model: type | None = None) -> Any:

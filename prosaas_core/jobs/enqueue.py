@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -9,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from prosaas_core.db import autocommit
+from prosaas_core.db import autocommit, autocommit_cursor
 from prosaas_core.errors import MigrationRequiredError, NotFoundError, PayloadError
 from prosaas_core.jobs.transport import push
 from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from prosaas_core.registry import JobType
     from prosaas_core.runtime import Runtime
 
@@ -72,6 +75,23 @@ _JOBS = BackgroundJob.__table__
 # Columns not given here (attempts, processed, fence, cancel_requested, timestamps) take their
 # server defaults.
 _INSERT = _JOBS.insert().returning(_JOBS.c.id)
+_INSERT_SQL = (
+    "INSERT INTO background_jobs (business_id, job_type, queue, status, payload, max_attempts, "
+    "unique_key) VALUES (%(business_id)s, %(job_type)s, %(queue)s, %(status)s, "
+    "%(payload)s::jsonb, %(max_attempts)s, %(unique_key)s) RETURNING id"
+)
+
+
+def _insert(engine: Engine, row: dict[str, Any]) -> int:
+    """One INSERT ... RETURNING that commits on its own: the row is durable before the push,
+    and a refused row (foreign key, chk_job_type, unique index) leaves nothing behind. On
+    PostgreSQL it runs on a bare driver cursor (this is the API's hottest statement)."""
+    if engine.dialect.name == "postgresql":
+        with autocommit_cursor(engine) as cur:
+            cur.execute(_INSERT_SQL, {**row, "payload": json.dumps(row["payload"])})
+            return cur.fetchone()[0]
+    with autocommit(engine) as conn:
+        return conn.execute(_INSERT, row).scalar_one()
 
 
 def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -> Enqueued:
@@ -93,10 +113,7 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
         "unique_key": unique_key,
     }
     try:
-        # One INSERT ... RETURNING that commits on its own: the row is durable before the push,
-        # and a refused row (foreign key, chk_job_type, unique index) leaves nothing behind.
-        with autocommit(rt.engine) as conn:
-            job_id = conn.execute(_INSERT, row).scalar_one()
+        job_id = _insert(rt.engine, row)
     except IntegrityError as exc:
         if _is_job_type_violation(exc):
             log.error(

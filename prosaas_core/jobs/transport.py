@@ -60,6 +60,8 @@ def push(rt: Runtime, job_id: int, queue: str, *, timeout: float | None = None) 
                 timeout=int(timeout) + 60 if timeout else -1,
                 result_ttl=300,
                 failure_ttl=86400,
+                # what RQ would derive from the call, without its repr() machinery
+                description=f"{DISPATCH}({job_id})",
                 pipeline=pipe,
             )
             pipe.execute()
