@@ -32,28 +32,38 @@ BIN = Path(sys.executable).parent
 
 
 def bare_app():
-    """The baseline: one INSERT of a job row per request, nothing else."""
+    """The baseline: one INSERT of a job row per request, nothing else, on the same engine
+    settings as prosaas (``make_engine``). ``BENCH_BARE_STYLE=transaction`` (default): the plain
+    SQLAlchemy idiom, ``engine.begin()`` around the INSERT. ``driver``: the strictest baseline,
+    the INSERT alone in autocommit on a bare driver cursor, exactly as prosaas runs its own."""
     from flask import Flask, jsonify
-    from sqlalchemy import text
 
-    from prosaas_core.db import make_engine
+    from prosaas_core.db import autocommit_cursor, make_engine
 
     engine = make_engine(os.environ["DATABASE_URL"])
     business_id = int(os.environ["BENCH_BUSINESS_ID"])
+    sql = (
+        "INSERT INTO background_jobs (business_id, job_type, queue, status, payload) "
+        "VALUES (%s, 'acme_echo', 'default', 'queued', '{\"message\": \"x\"}') RETURNING id"
+    )
     app = Flask("bare")
 
-    @app.post("/bare")
-    def bare():
-        with engine.begin() as conn:
-            job_id = conn.execute(
-                text(
-                    "INSERT INTO background_jobs (business_id, job_type, queue, status, payload) "
-                    "VALUES (:b, 'acme_echo', 'default', 'queued', '{\"message\": \"x\"}') "
-                    "RETURNING id"
-                ),
-                {"b": business_id},
-            ).scalar_one()
-        return jsonify({"id": job_id, "status": "queued"}), 202
+    if os.environ.get("BENCH_BARE_STYLE", "transaction") == "driver":
+
+        @app.post("/bare")
+        def bare():
+            with autocommit_cursor(engine) as cur:
+                cur.execute(sql, (business_id,))
+                job_id = cur.fetchone()[0]
+            return jsonify({"id": job_id, "status": "queued"}), 202
+
+    else:
+
+        @app.post("/bare")
+        def bare():
+            with engine.begin() as conn:
+                job_id = conn.exec_driver_sql(sql, (business_id,)).scalar_one()
+            return jsonify({"id": job_id, "status": "queued"}), 202
 
     return app
 
@@ -152,6 +162,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument(
+        "--bare-style",
+        choices=("transaction", "driver"),
+        default="transaction",
+        help="the baseline's INSERT: in engine.begin() (default) or alone on a driver cursor",
+    )
     ap.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_bare:
@@ -184,6 +200,7 @@ def main() -> None:
         business_id, token = business_with_token(rt, "bench")
         rt.close()
         env["BENCH_BUSINESS_ID"] = str(business_id)
+        env["BENCH_BARE_STYLE"] = args.bare_style
         common = ["--workers", str(args.workers), "--threads", str(args.threads)]
         prosaas = ServeProcess(env, workers=args.workers, threads=args.threads)
         bare = ServeProcess(env)
@@ -191,6 +208,7 @@ def main() -> None:
         print(
             f"api_enqueue: {args.clients} clients, {seconds:g}s each in ABBA rounds, gunicorn "
             f"gthread {args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs, "
+            f"bare style {args.bare_style}, "
             f"load average {_loadavg()}"
         )
         targets = {
@@ -240,6 +258,7 @@ def main() -> None:
                     "bare_server_cpu_ms": round(results["bare"]["server_cpu_ms"], 2),
                     "db_cpu_ms": round(results["prosaas"]["db_cpu_ms"], 2),
                     "bare_db_cpu_ms": round(results["bare"]["db_cpu_ms"], 2),
+                    "bare_style": args.bare_style,
                     "clients": args.clients,
                     "seconds": seconds,
                     "errors": results["prosaas"]["errors"] + results["bare"]["errors"],
