@@ -24,15 +24,14 @@ The rules every helper here keeps:
   sized as the job runs to take about `TARGET_TXN_MS` each (``$PROSAAS_LEADS_BATCH_SIZE``
   fixes the size instead).
 - **One short transaction per batch**, and the job's checkpoint is written *in that same
-  transaction* (`commit_state`): a worker killed at any instant leaves either the batch and its
-  checkpoint, or neither, so a resumed job never counts or applies a batch twice. The write is
-  fenced on the job's attempt: a worker whose job was rescued and handed to another cannot
-  commit another batch.
+  transaction* (``ctx.checkpoint(state, session=s)``): a worker killed at any instant leaves
+  either the batch and its checkpoint, or neither, so a resumed job never counts or applies a
+  batch twice. The write is fenced on the job's claim: a worker whose job was rescued and
+  handed to another cannot commit another batch.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from prosaas_core.models import BackgroundJob, Lead, LeadImport
+from prosaas_core.models import Lead, LeadImport
 
 __all__ = [
     "MAX_LEAD_IDS",
@@ -66,12 +65,10 @@ __all__ = [
     "LeadSelection",
     "Batch",
     "LeadBatcher",
-    "LostJobError",
     "batch_size",
     "fixed_batch_size",
     "next_batch_size",
     "TARGET_TXN_MS",
-    "commit_state",
     "LeadWrite",
     "deleting",
     "updating",
@@ -93,7 +90,6 @@ TARGET_TXN_MS = 50.0
 BATCH_SIZE_ENV = "PROSAAS_LEADS_BATCH_SIZE"
 
 _LEADS = Lead.__table__
-_JOBS = BackgroundJob.__table__
 
 #: A write over a batch: given the batch's WHERE clause (always scoped to the business), the
 #: DELETE or UPDATE statement on ``leads``. Build one with `deleting()` or `updating(values)`.
@@ -178,9 +174,10 @@ def next_batch_size(size: int, txn_ms: float) -> int:
     return int(min(max(wanted, MIN_BATCH_SIZE), MAX_BATCH_SIZE))
 
 
-def fixed_batch_size() -> int | None:
-    """``$PROSAAS_LEADS_BATCH_SIZE`` (1..100000) when set, else None (sizes adapt)."""
-    raw = os.environ.get(BATCH_SIZE_ENV, "").strip()
+def fixed_batch_size(settings: Any) -> int | None:
+    """``PROSAAS_LEADS_BATCH_SIZE`` (1..100000) from `settings` when set, else None (sizes
+    adapt)."""
+    raw = (settings.get(BATCH_SIZE_ENV) or "").strip()
     if not raw:
         return None
     try:
@@ -192,9 +189,9 @@ def fixed_batch_size() -> int | None:
     return n
 
 
-def batch_size(default: int = DEFAULT_BATCH_SIZE) -> int:
-    """The fixed batch size when ``$PROSAAS_LEADS_BATCH_SIZE`` is set, else `default`."""
-    return fixed_batch_size() or default
+def batch_size(settings: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
+    """The fixed batch size when ``PROSAAS_LEADS_BATCH_SIZE`` is set, else `default`."""
+    return fixed_batch_size(settings) or default
 
 
 def _created(op: str, value: datetime, dialect: str) -> ColumnElement[bool]:
@@ -357,36 +354,6 @@ class LeadBatcher:
         return state
 
 
-class LostJobError(RuntimeError):
-    """The job is no longer this attempt's (rescued by the sweeper and handed to another
-    worker, or finished): the batch was rolled back and the handler must stop."""
-
-
-def commit_state(session: Session, ctx: Any, state: dict[str, Any]) -> None:
-    """Write the job's checkpoint `state` inside `session`'s transaction, fenced on the
-    job's claim (``ctx.fence`` where the context has it, else ``ctx.attempt``). Call it in
-    the batch's transaction, then ``ctx.checkpoint(state)`` after.
-
-    Raises `LostJobError` (and the caller's transaction rolls back) when the job row is no
-    longer running under this claim.
-    """
-    fence = getattr(ctx, "fence", None)
-    # the claim's fencing token when the context exposes it; the attempt number otherwise
-    owner = _JOBS.c.fence == fence if fence is not None else _JOBS.c.attempts == ctx.attempt
-    res = session.execute(
-        update(_JOBS)
-        .where(
-            _JOBS.c.id == ctx.job_id,
-            _JOBS.c.business_id == ctx.business_id,
-            _JOBS.c.status == "running",
-            owner,
-        )
-        .values(state=state)
-    )
-    if res.rowcount != 1:
-        raise LostJobError(f"job {ctx.job_id} is no longer running as attempt {ctx.attempt}")
-
-
 def deleting() -> LeadWrite:
     """Delete the batch's leads. Their calls keep their history with ``lead_id`` NULL (the
     foreign key is ON DELETE SET NULL)."""
@@ -408,15 +375,15 @@ def run_selection(
 ) -> dict[str, Any]:
     """Apply `write` to `selection` for ``ctx.business_id``, batch by batch.
 
-    Each batch is one transaction holding the write and the checkpoint (`commit_state`);
-    then ``ctx.checkpoint`` and ``ctx.progress`` are called, and ``ctx.should_stop()`` is
+    Each batch is one transaction holding the write and the checkpoint; then
+    ``ctx.progress`` is called, and ``ctx.should_stop()`` is
     checked before the next batch. Batches are sized to take about `TARGET_TXN_MS` each
     (`size`, or ``$PROSAAS_LEADS_BATCH_SIZE``, fixes the size instead). Returns the counts:
     ``{counted_as: n, "not_found": m, "total": t, "stopped": bool, "batches": b,
     "mean_batch_size": s, "max_txn_ms": longest}``; ``not_found`` counts listed
     ids that are not leads of the business (for a filter it stays 0).
     """
-    fixed = size or fixed_batch_size()
+    fixed = size or fixed_batch_size(ctx.settings)
     batcher = LeadBatcher(ctx.business_id, selection, ctx.state, fixed or DEFAULT_BATCH_SIZE)
     longest = float(batcher.state.get("max_txn_ms", 0))
     if batcher.started:
@@ -430,8 +397,7 @@ def run_selection(
     else:
         with ctx.session() as s:
             batcher.start(s)
-            commit_state(s, ctx, batcher.state)
-        ctx.checkpoint(batcher.state)
+            ctx.checkpoint(batcher.state, session=s)
     ctx.progress(batcher.done, batcher.total)
     stopped = False
     while True:
@@ -446,13 +412,12 @@ def run_selection(
             missing = batch.size - n if batch.ids is not None else 0
             state = batcher.advance(batch, **{counted_as: n, "not_found": missing, "batches": 1})
             state["max_txn_ms"] = longest  # up to the previous batch: this one is not over
-            commit_state(s, ctx, state)
+            ctx.checkpoint(state, session=s)
         txn_ms = (time.perf_counter() - began) * 1000  # the whole transaction, commit included
         longest = max(longest, round(txn_ms, 1))
         if not fixed:
             batcher.size = next_batch_size(batch.size, txn_ms)
         batcher.state = state
-        ctx.checkpoint(state)
         ctx.progress(batcher.done, batcher.total)
     batches = int(batcher.state.get("batches", 0))
     return {

@@ -61,3 +61,42 @@ def test_writes_of_a_rescued_attempt_are_refused(runtime, business):
     assert ctx.should_stop()
     with runtime.engine.connect() as conn:
         assert not store.finish(conn, ctx.job_id, ctx.fence, "succeeded", result={"late": 1})
+
+
+def test_checkpoint_in_a_session_commits_or_rolls_back_with_the_work(runtime, business):
+    from sqlalchemy import text
+
+    from prosaas_core.models import BackgroundJob
+
+    ctx = _context(runtime, business)
+    insert = text(
+        "INSERT INTO acme_ticks (business_id, job_id, item, attempt) VALUES (:b, :j, :i, 1)"
+    )
+    with pytest.raises(RuntimeError):
+        with ctx.session() as s:
+            s.execute(insert, {"b": business, "j": ctx.job_id, "i": 0})
+            ctx.checkpoint({"next": 1}, session=s)
+            raise RuntimeError("killed before commit")
+    with ctx.session() as s:
+        s.execute(insert, {"b": business, "j": ctx.job_id, "i": 1})
+        ctx.checkpoint({"next": 2}, session=s)
+    with runtime.session() as s:
+        items = s.execute(text("SELECT item FROM acme_ticks ORDER BY item")).scalars().all()
+        assert (items, s.get(BackgroundJob, ctx.job_id).state) == ([1], {"next": 2})
+
+
+def test_checkpoint_in_a_session_of_a_rescued_attempt_writes_nothing(runtime, business):
+    from sqlalchemy import text
+
+    ctx = _context(runtime, business)
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE background_jobs SET heartbeat_at = now() - interval '1 hour'"))
+    assert sweep(runtime).rescued == [ctx.job_id]
+    with pytest.raises(JobLost):
+        with ctx.session() as s:
+            s.execute(
+                text("INSERT INTO acme_ticks (business_id, job_id, item, attempt) VALUES (1,1,1,1)")
+            )
+            ctx.checkpoint({"next": 1}, session=s)
+    with runtime.session() as s:
+        assert s.execute(text("SELECT count(*) FROM acme_ticks")).scalar() == 0

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
 
 #: progress is written at most this often (seconds); the last value is always flushed at the end
 PROGRESS_INTERVAL = 0.25
@@ -80,6 +81,11 @@ class JobContext:
         return self._fence
 
     @property
+    def settings(self) -> Settings:
+        """The worker's settings; plugins read their own keys with ``ctx.settings.get(KEY)``."""
+        return self._rt.settings
+
+    @property
     def lost(self) -> bool:
         return self._lost
 
@@ -101,12 +107,17 @@ class JobContext:
         if due:
             self._write()
 
-    def checkpoint(self, state: dict) -> None:
-        """Save `state` (a JSON object) now: a later attempt of this job starts with it as
-        ``ctx.state``. Raises JobLost when the job is no longer this attempt's."""
+    def checkpoint(self, state: dict, *, session: Session | None = None) -> None:
+        """Save `state` (a JSON object): a later attempt of this job starts with it as
+        ``ctx.state``. Raises JobLost when the job is no longer this attempt's.
+
+        With `session` (one from ``ctx.session()``), the checkpoint is written in that
+        session's transaction, so the work done in it and the checkpoint commit or roll back
+        together: an attempt killed at any instant is resumed without redoing or skipping work.
+        """
         self._check_lost()
         self.state = dict(state)
-        self._write(state=self.state, set_state=True)
+        self._write(state=self.state, set_state=True, conn=session)
 
     def should_stop(self) -> bool:
         """True when the job was cancelled, or the worker is shutting down: return soon, after
@@ -134,21 +145,19 @@ class JobContext:
         if self._lost:
             raise JobLost(f"job {self.job_id} was taken over by another worker")
 
-    def _write(self, *, state: Any = None, set_state: bool = False) -> None:
+    def _write(self, *, state: Any = None, set_state: bool = False, conn: Any = None) -> None:
+        """Heartbeat (+ pending progress, + state) on the job row, fenced; on `conn` (a
+        session in the caller's transaction) when given, else on a connection of its own."""
         with self._lock:
             processed, total = (self.processed, self.total) if self._dirty else (None, None)
             self._dirty = False
             self._last_write = self._last_poll = time.monotonic()
-            with self._connect() as conn:
-                cancel = store.touch(
-                    conn,
-                    self.job_id,
-                    self._fence,
-                    processed=processed,
-                    total=total,
-                    state=state,
-                    set_state=set_state,
-                )
+            values = dict(processed=processed, total=total, state=state, set_state=set_state)
+            if conn is not None:
+                cancel = store.touch(conn.connection(), self.job_id, self._fence, **values)
+            else:
+                with self._connect() as own:
+                    cancel = store.touch(own, self.job_id, self._fence, **values)
             if cancel is None:
                 self._lost = True
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
-from prosaas_core.leads import batch_size, commit_state
+from prosaas_core.leads import batch_size
 
 
 class DeleteReceiptsAll(BaseModel):
@@ -29,14 +29,13 @@ def delete_receipts_all(ctx) -> dict:
     One transaction per batch holds the delete and the checkpoint, so a resumed job neither
     deletes nor counts a batch twice.
     """
-    b, n = ctx.business_id, batch_size()
+    b, n = ctx.business_id, batch_size(ctx.settings)
     state = dict(ctx.state)
     if "total" not in state:
         with ctx.session() as s:
             total, upto = s.execute(_EXTENT, {"b": b}).one()
             state = {"total": int(total), "upto": int(upto), "last_id": 0, "deleted": 0}
-            commit_state(s, ctx, state)
-        ctx.checkpoint(state)
+            ctx.checkpoint(state, session=s)
         ctx.log.info("Deleting all %d receipts (tenant=%s)", state["total"], b)
     else:
         ctx.log.info(
@@ -59,8 +58,7 @@ def delete_receipts_all(ctx) -> dict:
                 break
             deleted = s.execute(_DELETE, {"b": b, "last": state["last_id"], "hi": hi}).rowcount
             state = {**state, "last_id": int(hi), "deleted": state["deleted"] + deleted}
-            commit_state(s, ctx, state)
-        ctx.checkpoint(state)
+            ctx.checkpoint(state, session=s)
         ctx.progress(state["deleted"], state["total"])
     if stopped:
         ctx.log.info("Receipt deletion stopped after %d receipts (tenant=%s)", state["deleted"], b)
