@@ -100,3 +100,19 @@ def test_checkpoint_in_a_session_of_a_rescued_attempt_writes_nothing(runtime, bu
             ctx.checkpoint({"next": 1}, session=s)
     with runtime.session() as s:
         assert s.execute(text("SELECT count(*) FROM acme_ticks")).scalar() == 0
+
+
+def test_ctx_log_carries_the_job_fields(runtime, business, caplog):
+    ctx = _context(runtime, business)
+    with caplog.at_level("INFO"):
+        ctx.log.info("Deleted %d leads successfully", 50)
+    record = caplog.records[-1]
+    assert (record.job_id, record.business_id, record.job_type) == (
+        ctx.job_id,
+        business,
+        "acme_echo",
+    )
+    assert record.getMessage() == (
+        f"Deleted 50 leads successfully [job_id={ctx.job_id} business_id={business} "
+        "job_type=acme_echo]"
+    )

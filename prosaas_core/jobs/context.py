@@ -25,6 +25,16 @@ PROGRESS_INTERVAL = 0.25
 CANCEL_POLL_INTERVAL = 1.0
 
 
+class JobLog(logging.LoggerAdapter):
+    """A logger carrying the job's fields: on each record (``record.job_id`` ...) for
+    structured handlers, and at the end of each message so a plain log can be grepped."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        fields = " ".join(f"{k}={v}" for k, v in self.extra.items())
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return f"{msg} [{fields}]", kwargs
+
+
 class JobLost(ProsaasError):
     """The job row is no longer this attempt's: the sweeper rescued it (stale heartbeat) and the
     fencing token moved on. The attempt must stop without writing anything else."""
@@ -57,7 +67,7 @@ class JobContext:
         self.max_attempts: int = claim.max_attempts
         self.payload: Any = payload
         self.state: dict = dict(claim.state or {})
-        self.log = logging.LoggerAdapter(
+        self.log = JobLog(
             log or logging.getLogger(f"prosaas.job.{claim.job_type}"),
             {"job_id": claim.id, "business_id": claim.business_id, "job_type": claim.job_type},
         )
