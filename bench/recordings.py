@@ -187,6 +187,12 @@ def main() -> None:
                 ).scalar_one()
             return left == 0
 
+        def all_served() -> bool:
+            return sum(v for sid, v in list(stub.served.items()) if sid.startswith("RE0")) >= n
+
+        # Watch the stub (in memory) while downloads run, so the bench's own database polling
+        # does not compete with the stub for this process's CPU; then wait for the bookkeeping.
+        wait_for(all_served, timeout=120, step=0.05)
         wait_for(done, timeout=120, step=0.05)
         cpu = sum(_cpu_seconds(w.proc.pid) for w in workers) - cpu_idle
         first = min(

@@ -139,11 +139,18 @@ class StubTwilio:
                     stub.max_active[business_id] = max(
                         stub.max_active[business_id], stub.active[business_id]
                     )
+                self.business_id, self.counted = business_id, True
                 try:
                     self._serve(sid, stub._next_step(sid))
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                """This request no longer counts as active (once only)."""
+                if self.counted:
+                    self.counted = False
                     with stub.lock:
-                        stub.active[business_id] -= 1
+                        stub.active[self.business_id] -= 1
 
             def _status(self, code: int) -> None:
                 self.send_response(code)
@@ -170,7 +177,13 @@ class StubTwilio:
                         stub.released.wait(stub.hang_seconds)
                     self.close_connection = True
                     return
-                self.wfile.write(body)
+                # The request stops counting as active before its last byte goes out, so a
+                # client that starts its next download as soon as it has the whole body (as the
+                # slots allow) is never counted twice by a handler thread that is slow to
+                # return; transfers that truly overlap are all counted while they last.
+                self.wfile.write(body[:-1])
+                self._done()
+                self.wfile.write(body[-1:])
                 with stub.lock:
                     stub.served[sid] += 1
                     stub.last_served = time.monotonic()
