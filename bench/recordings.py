@@ -234,6 +234,7 @@ def main() -> None:
         for i, w in enumerate(workers):
             w.stop()
             if os.environ.get("BENCH_LOG_DIR"):
+                Path(os.environ["BENCH_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
                 Path(os.environ["BENCH_LOG_DIR"], f"worker{i}.log").write_text(w.output)
         stub.stop()
         rt.close()

@@ -160,16 +160,19 @@ class RecordingWorker:
             quota = Counter(i.task.business_id for i in self.inflight.values())
         if free <= 0:
             return 0
+        per_business = 2 * self.cfg.slots_per_business
         with self.db() as db:
             tasks = store.claim_due(
                 db,
                 quota=dict(quota),
-                per_business=2 * self.cfg.slots_per_business,
+                per_business=per_business,
                 limit=free,
                 worker=self.worker_id,
                 lease=self.cfg.lease_seconds,
             )
-        self.drained = not tasks
+        # Nothing due: finished downloads stop waking the loop until the next poll finds some.
+        # (Nothing because this worker holds its share of every business is not "drained".)
+        self.drained = not tasks and not any(n >= per_business for n in quota.values())
         for task in tasks:
             self.log.info(
                 "WORKER_PICKED job_type=download_only call_sid=%s business_id=%s "

@@ -58,3 +58,28 @@ def test_renewal_keeps_a_slot_and_fails_after_a_flush(r):
     assert m.acquire(5) is None
     r.flushdb()
     assert m.renew(slot) is False
+
+
+def test_a_release_notifies_other_workers_not_the_releasing_one(r, redis_url):
+    from prosaas_recordings.wakeup import ReleaseNotices
+
+    prefix = f"test:slots:{time.monotonic_ns()}:"
+    mine = SlotManager(r, limit=1, ttl=5, prefix=prefix, origin="w1")
+    heard: dict[str, list[int]] = {"w1": [], "w2": []}
+    listeners = [
+        ReleaseNotices(redis.Redis.from_url(redis_url), mine.channel, w, heard[w].append).start()
+        for w in ("w1", "w2")
+    ]
+    try:
+        time.sleep(0.3)  # subscribed
+        slot = mine.acquire(11)
+        assert mine.release(slot) == (True, 0)
+        assert mine.release(slot) == (False, 0)  # not ours any more: nothing announced
+        deadline = time.monotonic() + 3
+        while not heard["w2"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert heard == {"w1": [], "w2": [11]}
+    finally:
+        for listener in listeners:
+            listener.stop()
