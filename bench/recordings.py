@@ -231,10 +231,14 @@ def main() -> None:
             "ok": rate / limit >= 0.8 and max_conc <= args.slots and served == n,
         }
     finally:
-        for i, w in enumerate(workers):
-            w.stop()
-            if os.environ.get("BENCH_LOG_DIR"):
-                Path(os.environ["BENCH_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+        for w in workers:  # stop them all before anything else can fail
+            try:
+                w.stop()
+            except Exception:
+                w.kill()
+        if os.environ.get("BENCH_LOG_DIR"):
+            Path(os.environ["BENCH_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+            for i, w in enumerate(workers):
                 Path(os.environ["BENCH_LOG_DIR"], f"worker{i}.log").write_text(w.output)
         stub.stop()
         rt.close()
