@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
+from prosaas_core.db import autocommit_cursor
 from prosaas_core.jobs import store
 from prosaas_core.jobs.context import JobContext, JobLost
 from prosaas_core.jobs.timeout import JobTimeout, deadline
@@ -58,6 +59,9 @@ class Dispatcher:
         self.shutdown = shutdown
         self.current: JobContext | None = None
         self._conn: Connection | None = None
+        self._raw: Any = None  # the main thread's pooled driver connection (PostgreSQL)
+        self._cursor: Any = None
+        self._pg = rt.engine.dialect.name == "postgresql"
         self._owner = threading.get_ident()
         self._pid = os.getpid()
         self._beat: threading.Thread | None = None
@@ -65,24 +69,55 @@ class Dispatcher:
 
     # -- connections ------------------------------------------------------------------------
 
+    def _main_cursor(self) -> Any:
+        """A cursor on the bare driver connection the main thread keeps checked out of the pool
+        (PostgreSQL): the claim and the final write skip SQLAlchemy's execution machinery."""
+        raw = self._raw
+        if raw is None or raw.dbapi_connection is None or raw.dbapi_connection.closed:
+            raw = self.rt.engine.raw_connection()
+            raw.dbapi_connection.autocommit = True
+            self._raw, self._cursor = raw, raw.dbapi_connection.cursor()
+        return self._cursor
+
     def _main_conn(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = self.rt.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._conn
 
     @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """An autocommit connection: the kept one in the main thread, a pooled one elsewhere."""
-        if threading.get_ident() == self._owner:
+    def connect(self) -> Iterator[Any]:
+        """Something store.* writes with, in autocommit mode: on PostgreSQL a driver cursor (the
+        kept connection's in the main thread, a pooled one's elsewhere), else a SQLAlchemy
+        connection. A lost connection raises DBAPIError with ``connection_invalidated``."""
+        main = threading.get_ident() == self._owner
+        if not self._pg:
+            if not main:
+                with self.rt.engine.connect() as conn:
+                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                return
             try:
                 yield self._main_conn()
             except DBAPIError as exc:
                 if exc.connection_invalidated:
                     self._conn = None
                 raise
-        else:
-            with self.rt.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            return
+        if not main:
+            with autocommit_cursor(self.rt.engine) as cur:
+                yield cur
+            return
+        cursor = self._main_cursor()
+        dialect = self.rt.engine.dialect
+        try:
+            yield cursor
+        except dialect.loaded_dbapi.Error as err:
+            lost = dialect.is_disconnect(err, self._raw.dbapi_connection, cursor)
+            if lost:  # the next statement connects afresh
+                raw, self._raw, self._cursor = self._raw, None, None
+                raw.invalidate(err)
+            raise DBAPIError.instance(
+                None, None, err, dialect.loaded_dbapi.Error, connection_invalidated=lost
+            ) from err
 
     def _retrying(self, fn, *args, **kwargs):
         """Run one statement; once more on a fresh connection if the kept one had died."""
@@ -99,8 +134,9 @@ class Dispatcher:
         """A forked work horse must never use the parent's sockets: forget them, unclosed."""
         from prosaas_core.db import dispose_after_fork
 
-        _INHERITED.append(self._conn)  # kept referenced: finalising it would close the parent's
-        self._conn = None
+        # kept referenced: finalising them would close the parent's sockets
+        _INHERITED.append((self._conn, self._raw, self._cursor))
+        self._conn = self._raw = self._cursor = None
         self._owner = threading.get_ident()
         self._pid = os.getpid()
         self._beat = None
@@ -135,6 +171,11 @@ class Dispatcher:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._raw is not None:
+            raw, self._raw, self._cursor = self._raw, None, None
+            if raw.dbapi_connection is not None and not raw.dbapi_connection.closed:
+                raw.dbapi_connection.autocommit = False
+            raw.close()
 
     # -- running one job ---------------------------------------------------------------------
 
