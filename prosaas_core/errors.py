@@ -66,3 +66,20 @@ class ConflictError(ProsaasError):
 
 class MigrationLockTimeout(ProsaasError):
     """Another migrator held the migration lock for longer than the configured wait."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (of the driver's error for a SQLAlchemy one), for
+    one-line CLI errors, log lines and JSON details."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """A table or column the code needs does not exist: the database is behind the code."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "pgcode", None) in ("42P01", "42703"):  # undefined table / column
+        return True
+    return any(m in str(orig) for m in ("no such table", "no such column"))

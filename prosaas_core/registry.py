@@ -59,7 +59,7 @@ class Service:
     pending: Callable[[Any], int] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not re.match(r"^[a-z][a-z0-9_\-]{0,62}$", self.name):
+        if not isinstance(self.name, str) or not QUEUE_RE.match(self.name):
             raise PluginError(f"invalid service name {self.name!r}")
         if not callable(self.run):
             raise PluginError(f"service {self.name!r}: run is not callable")

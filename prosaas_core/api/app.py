@@ -61,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     from prosaas_core.api.params import IdConverter
 
     rt = runtime if runtime is not None else _runtime(config)
+    rt.registry  # noqa: B018 -- a broken plugin set (duplicate job type) fails at start-up
     app = Flask("prosaas", static_folder=None)  # an API: no static files route
     app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = min(rt.settings.max_body_bytes, 1024 * 1024)

@@ -17,6 +17,8 @@ from prosaas_core.errors import (
     NotFoundError,
     PayloadError,
     UnknownJobTypeError,
+    first_line,
+    is_missing_schema,
 )
 
 log = logging.getLogger("prosaas.api")
@@ -50,6 +52,14 @@ def _unexpected(exc: Exception):
         log.info("Rejected value on %s %s: %s", request.method, request.path, exc.orig)
         return _json(400, "Invalid value", "a value is out of range or malformed")
 
+    if is_missing_schema(exc):
+        log.error(
+            "Database migration required on %s %s: %s; run `prosaas db upgrade`",
+            request.method,
+            request.path,
+            first_line(exc),
+        )
+        return _json(503, "Database migration required", "Contact administrator")
     if isinstance(exc, OperationalError):
         log.error("Database unavailable on %s %s: %s", request.method, request.path, exc.orig)
         return _json(503, "Database unavailable", "the database could not be reached; retry later")

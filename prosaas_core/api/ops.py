@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from prosaas_core.api.openapi import describe
 from prosaas_core.api.support import current_runtime
+from prosaas_core.errors import first_line
 
 bp = Blueprint("prosaas_ops", __name__)
 
@@ -34,7 +35,7 @@ def readiness_problems() -> tuple[dict[str, str], list[str]]:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = "unreachable"
-        problems.append(f"database unreachable: {_first_line(exc)}")
+        problems.append(f"database unreachable: {first_line(exc)}")
     if checks["database"] == "ok":
         try:
             from prosaas_core.migrate import drift
@@ -44,18 +45,14 @@ def readiness_problems() -> tuple[dict[str, str], list[str]]:
             problems.extend(lines)
         except Exception as exc:
             checks["schema"] = "unknown"
-            problems.append(f"schema check failed: {_first_line(exc)}")
+            problems.append(f"schema check failed: {first_line(exc)}")
     try:
         rt.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = "unreachable"
-        problems.append(f"redis unreachable: {_first_line(exc)}")
+        problems.append(f"redis unreachable: {first_line(exc)}")
     return checks, problems
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @bp.get("/readyz")

@@ -94,17 +94,11 @@ def enqueue_job(job_type: str, payload: Any) -> Any:
     """Enqueue a job for the current business and answer as the jobs API does:
     202 ``{id, status, job_type}`` with a Location, or 409 with the active job's id for a
     unique type; 400 for a bad payload, 503 when the database needs a migration."""
-    from prosaas_core.errors import MigrationRequiredError, PayloadError, UnknownJobTypeError
     from prosaas_core.jobs.enqueue import enqueue
 
-    try:
-        res = enqueue(current_runtime(), job_type, current_business_id(), payload)
-    except PayloadError as exc:
-        raise ApiError(400, "Invalid payload", exc.details) from None
-    except UnknownJobTypeError as exc:
-        raise ApiError(400, "Unknown job type", str(exc)) from None
-    except MigrationRequiredError:
-        raise ApiError(503, "Database migration required", "Contact administrator") from None
+    # PayloadError, UnknownJobTypeError and MigrationRequiredError are answered by the app's
+    # error handlers (api/errors.py), the same for every endpoint.
+    res = enqueue(current_runtime(), job_type, current_business_id(), payload)
     body = {"id": res.id, "status": res.status, "job_type": res.job_type}
     if not res.created:
         raise ApiError(409, "Job already active", body)

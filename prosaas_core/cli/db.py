@@ -11,6 +11,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from prosaas_core.cli.common import UserError, echo_json, pass_runtime
+from prosaas_core.errors import first_line
 from prosaas_core.runtime import Runtime
 
 #: ``db upgrade`` exit code when the migration lock wait ran out
@@ -52,7 +53,7 @@ def upgrade(rt: Runtime, lock_wait: float | None, skip_if_locked: bool) -> None:
     except migrate.DdlLockBudgetExceeded as exc:
         raise UserError(str(exc), exit_code=EXIT_DDL_BUDGET) from None
     except OperationalError as exc:
-        raise UserError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
+        raise UserError(f"database error: {first_line(exc)}") from None
     if result.skipped:
         click.echo("skipped: another migrator holds the lock and the schema is already current")
     elif result.changed:
@@ -76,7 +77,7 @@ def check(rt: Runtime) -> None:
     try:
         lines = migrate.drift(rt)
     except OperationalError as exc:
-        raise UserError(f"database error: {str(exc.orig).strip().splitlines()[0]}") from None
+        raise UserError(f"database error: {first_line(exc)}") from None
     if lines:
         for line in lines:
             click.echo(line)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from prosaas_core.cli.common import pass_runtime
+from prosaas_core.errors import first_line
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -141,8 +142,7 @@ def _check_services(rt: Runtime, report: Report, workers: list[dict]) -> None:
         try:
             pending = int(svc.pending(ctx))
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            report.add(PROBLEM, f"service {name!r}: pending() failed: {first}")
+            report.add(PROBLEM, f"service {name!r}: pending() failed: {first_line(exc)}")
             continue
         if running:
             report.add(

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from prosaas_core.cli.common import UserError, echo_json, pass_runtime
+from prosaas_core.models import FINAL_STATUSES, JOB_STATUSES
 
 #: exit codes of `jobs watch`
 EXIT_FAILED = 1
@@ -71,7 +72,7 @@ def enqueue(rt, job_type: str, business_id: int, payload: str, as_json: bool) ->
 @click.option("--business", "business_id", type=int, help="Only this business's jobs.")
 @click.option(
     "--status",
-    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+    type=click.Choice(JOB_STATUSES),
     help="Only jobs with this status.",
 )
 @click.option("--type", "job_type", help="Only jobs of this type.")
@@ -220,7 +221,7 @@ def watch(rt, job_id: int, business_id: int | None, interval: float, timeout: fl
         elif line != last_line:
             click.echo(line)
         last_line = line
-        if j["status"] in ("succeeded", "failed", "cancelled"):
+        if j["status"] in FINAL_STATUSES:
             break
         if timeout is not None and now - start >= timeout:
             if tty:

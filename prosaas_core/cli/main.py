@@ -103,3 +103,13 @@ def main(argv: list[str] | None = None) -> Any:
     except ProsaasError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(exc, DBAPIError):
+            raise
+        from prosaas_core.errors import first_line, is_missing_schema
+
+        hint = "; run `prosaas db upgrade`" if is_missing_schema(exc) else ""
+        click.echo(f"error: database error: {first_line(exc)}{hint}", err=True)
+        sys.exit(1)

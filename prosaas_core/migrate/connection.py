@@ -36,7 +36,8 @@ def migration_engine(settings: Settings) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute(f"SET statement_timeout = {statement_ms}")
             cur.execute(f"SET lock_timeout = {lock_ms}")
-            cur.execute("SET client_connection_check_interval = 1000")
+            if dbapi_conn.server_version >= 140000:  # the setting is new in PostgreSQL 14
+                cur.execute("SET client_connection_check_interval = 1000")
             cur.close()
             dbapi_conn.commit()
 
