@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from prosaas_core.errors import ProsaasError
@@ -67,10 +68,7 @@ class JobContext:
         self.max_attempts: int = claim.max_attempts
         self.payload: Any = payload
         self.state: dict = dict(claim.state or {})
-        self.log = JobLog(
-            log or logging.getLogger(f"prosaas.job.{claim.job_type}"),
-            {"job_id": claim.id, "business_id": claim.business_id, "job_type": claim.job_type},
-        )
+        self._logger = log
         self._rt = rt
         self._fence = claim.fence
         self._connect = connect
@@ -85,6 +83,14 @@ class JobContext:
         self._dirty = False
         self._last_write = 0.0
         self._last_poll = time.monotonic()
+
+    @cached_property
+    def log(self) -> JobLog:
+        """The job's logger, built on first use: most trivial handlers never log."""
+        return JobLog(
+            self._logger or logging.getLogger(f"prosaas.job.{self.job_type}"),
+            {"job_id": self.job_id, "business_id": self.business_id, "job_type": self.job_type},
+        )
 
     @property
     def fence(self) -> int:

@@ -1,6 +1,6 @@
 """The one RQ function: ``run_job(job_id)`` claims the row, runs the plugin handler, records the
 outcome. A trivial job costs two database round trips: the claim (UPDATE ... RETURNING) and the
-final UPDATE, both on an autocommit connection the worker keeps open.
+final UPDATE, both fixed driver SQL on an autocommit psycopg2 connection the worker keeps open.
 """
 
 from __future__ import annotations
