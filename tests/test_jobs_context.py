@@ -116,3 +116,30 @@ def test_ctx_log_carries_the_job_fields(runtime, business, caplog):
         f"Deleted 50 leads successfully [job_id={ctx.job_id} business_id={business} "
         "job_type=acme_echo]"
     )
+
+
+def test_writes_after_a_session_checkpoint_do_not_wait_on_the_open_transaction(runtime, business):
+    from sqlalchemy import text
+
+    from prosaas_core.jobs import context as context_module
+    from prosaas_core.models import BackgroundJob
+
+    ctx = _context(runtime, business)
+    beat = threading.Thread(target=ctx.heartbeat)
+    with ctx.session() as s:
+        s.execute(
+            text(
+                "INSERT INTO acme_ticks (business_id, job_id, item, attempt) VALUES (:b, :j, 0, 1)"
+            ),
+            {"b": business, "j": ctx.job_id},
+        )
+        ctx.checkpoint({"next": 1}, session=s)
+        beat.start()  # the heartbeat thread must not block on the row this transaction holds
+        beat.join(timeout=5)
+        assert not beat.is_alive()
+        time.sleep(context_module.PROGRESS_INTERVAL + 0.05)
+        ctx.progress(1, 10)  # written through the same transaction, not a second connection
+        assert ctx.should_stop() is False
+    with runtime.session() as s:
+        row = s.get(BackgroundJob, ctx.job_id)
+        assert (row.state, row.processed, row.total) == ({"next": 1}, 1, 10)

@@ -74,6 +74,9 @@ class JobContext:
         self._connect = connect
         self._shutdown = shutdown
         self._lock = threading.Lock()
+        #: the session of the handler's last ``checkpoint(session=...)`` and the handler's thread
+        self._pinned: Session | None = None
+        self._owner = threading.get_ident()
         self._cancel = claim.cancel_requested
         self._lost = False
         #: why should_stop() last said True: "cancel" or "shutdown" (None if it never did)
@@ -133,6 +136,8 @@ class JobContext:
         """
         self._check_lost()
         self.state = dict(state)
+        if session is not None:
+            self._pinned = session
         self._write(state=self.state, set_state=True, conn=session)
 
     def should_stop(self) -> bool:
@@ -163,8 +168,16 @@ class JobContext:
 
     def _write(self, *, state: Any = None, set_state: bool = False, conn: Any = None) -> None:
         """Heartbeat (+ pending progress, + state) on the job row, fenced; on `conn` (a
-        session in the caller's transaction) when given, else on a connection of its own."""
+        session in the caller's transaction) when given, else on a connection of its own.
+
+        After ``checkpoint(session=s)`` the handler's open transaction holds the job row's lock:
+        the handler's own later writes go through `s` too (another connection would wait for
+        that lock forever), and the heartbeat thread skips its beat until `s` commits."""
         with self._lock:
+            if conn is None and self._pinned is not None and self._pinned.in_transaction():
+                if threading.get_ident() != self._owner:
+                    return
+                conn = self._pinned
             processed, total = (self.processed, self.total) if self._dirty else (None, None)
             self._dirty = False
             self._last_write = self._last_poll = time.monotonic()
