@@ -86,8 +86,8 @@ class Supervisor:
     def from_runtime(cls, rt: Runtime) -> Supervisor:
         return cls(
             rt,
-            backoff_base=float(rt.settings.get("PROSAAS_SERVICE_BACKOFF", "1")),
-            backoff_max=float(rt.settings.get("PROSAAS_SERVICE_BACKOFF_MAX", "60")),
+            backoff_base=rt.settings.service_backoff,
+            backoff_max=rt.settings.service_backoff_max,
         )
 
     def start(self) -> None:

@@ -30,6 +30,13 @@ def _number(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number, got {raw!r}") from None
 
 
+def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(key) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting prosaas reads. Plugins read their own keys through `get()`."""
@@ -54,6 +61,16 @@ class Settings:
     stale_after: float = 90.0
     #: seconds between sweeps
     sweep_interval: float = 30.0
+    #: first retry delay of a failed job, seconds; doubled per attempt up to retry_backoff_max
+    retry_backoff: float = 10.0
+    retry_backoff_max: float = 600.0
+    #: first restart delay of a crashed service, seconds; doubled up to service_backoff_max
+    service_backoff: float = 1.0
+    service_backoff_max: float = 60.0
+    #: seconds a stopping worker waits for the running job and services before it exits
+    shutdown_timeout: float = 30.0
+    #: RQ worker class: "simple" (in-process, the default by measurement) or "fork"
+    worker_class: str = "simple"
     #: largest request body the API accepts, bytes
     max_body_bytes: int = 16 * 1024 * 1024
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -77,6 +94,12 @@ class Settings:
             heartbeat_interval=_number(env, "PROSAAS_HEARTBEAT_INTERVAL", 30.0),
             stale_after=_number(env, "PROSAAS_STALE_AFTER", 90.0),
             sweep_interval=_number(env, "PROSAAS_SWEEP_INTERVAL", 30.0),
+            retry_backoff=_number(env, "PROSAAS_RETRY_BACKOFF", 10.0),
+            retry_backoff_max=_number(env, "PROSAAS_RETRY_BACKOFF_MAX", 600.0),
+            service_backoff=_number(env, "PROSAAS_SERVICE_BACKOFF", 1.0),
+            service_backoff_max=_number(env, "PROSAAS_SERVICE_BACKOFF_MAX", 60.0),
+            shutdown_timeout=_number(env, "PROSAAS_SHUTDOWN_TIMEOUT", 30.0),
+            worker_class=_choice(env, "PROSAAS_WORKER_CLASS", ("simple", "fork")),
             max_body_bytes=int(_number(env, "PROSAAS_MAX_BODY_BYTES", 16 * 1024 * 1024)),
             env=env,
         )

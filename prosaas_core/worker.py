@@ -145,13 +145,13 @@ def run_worker(
     worker_class: str | None = None,
 ) -> int:
     """Run until stopped (or, with `burst`, until the queues are empty). Returns an exit code."""
-    kind = worker_class or rt.settings.get("PROSAAS_WORKER_CLASS", "simple")
+    kind = worker_class or rt.settings.worker_class
     if kind not in WORKER_CLASSES:
         raise ValueError(f"PROSAAS_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}")
     names = resolve_queues(rt, queues)
     name = worker_name()
     shutdown = SharedFlag()
-    grace = float(rt.settings.get("PROSAAS_SHUTDOWN_TIMEOUT", "30"))
+    grace = rt.settings.shutdown_timeout
 
     rt.redis.ping()
     log.info("Redis connection established")

@@ -33,7 +33,7 @@ def worker(rt, burst: bool, queues: str) -> None:
         raise UserError(f"Redis unreachable at {rt.settings.redis_url}: {exc}") from None
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    _exit_within(float(rt.settings.get("PROSAAS_SHUTDOWN_TIMEOUT", "30")), code)
+    _exit_within(rt.settings.shutdown_timeout, code)
 
 
 def _exit_within(bound: float, code: int) -> None:

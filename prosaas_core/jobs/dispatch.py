@@ -44,8 +44,7 @@ def short_traceback(exc: BaseException) -> str:
 
 def backoff(rt: Runtime, attempt: int) -> float:
     """Seconds before retry number `attempt` (1-based): base * 2**(attempt-1), capped."""
-    base = float(rt.settings.get("PROSAAS_RETRY_BACKOFF", "10"))
-    cap = float(rt.settings.get("PROSAAS_RETRY_BACKOFF_MAX", "600"))
+    base, cap = rt.settings.retry_backoff, rt.settings.retry_backoff_max
     return min(base * 2 ** (attempt - 1), cap)
 
 
