@@ -124,6 +124,21 @@ def lock_due(
     return list(session.execute(stmt))
 
 
+def _task(row: Any, *, bumped: int = 0) -> Task:
+    """A claimed task from a row; `bumped` when the row was read before the claim's
+    ``attempts + 1`` / ``fence + 1``."""
+    return Task(
+        id=row.id,
+        business_id=row.business_id,
+        call_sid=row.call_sid,
+        recording_sid=row.recording_sid,
+        recording_url=row.recording_url,
+        duration=row.duration,
+        attempts=row.attempts + bumped,
+        fence=row.fence + bumped,
+    )
+
+
 def mark_running(session: Session, rows: list[Any], *, worker: str, lease: float) -> list[Task]:
     """Claim locked rows in one statement: running, leased to `worker`, fence and attempts
     bumped (the rows are locked by this transaction, so ``fence + 1`` is what we return)."""
@@ -142,19 +157,7 @@ def mark_running(session: Session, rows: list[Any], *, worker: str, lease: float
             updated_at=ts,
         )
     )
-    return [
-        Task(
-            id=row.id,
-            business_id=row.business_id,
-            call_sid=row.call_sid,
-            recording_sid=row.recording_sid,
-            recording_url=row.recording_url,
-            duration=row.duration,
-            attempts=row.attempts + 1,
-            fence=row.fence + 1,
-        )
-        for row in rows
-    ]
+    return [_task(row, bumped=1) for row in rows]
 
 
 # The hot statements on PostgreSQL, as fixed SQL run with ``exec_driver_sql``: building and
@@ -259,19 +262,8 @@ def claim_due(
             "held_counts": [n for _, n in held],
         },
     )
-    return [
-        Task(
-            id=r.id,
-            business_id=r.business_id,
-            call_sid=r.call_sid,
-            recording_sid=r.recording_sid,
-            recording_url=r.recording_url,
-            duration=r.duration,
-            attempts=r.attempts,  # RETURNING gives the values after the update
-            fence=r.fence,
-        )
-        for r in sorted(rows, key=lambda r: (r.rank, r.run_after, r.id))
-    ]
+    # RETURNING gives the values after the update
+    return [_task(r) for r in sorted(rows, key=lambda r: (r.rank, r.run_after, r.id))]
 
 
 def _mine(task: Task):
