@@ -344,8 +344,8 @@ def complete(session: Any, task: Task, *, path: str, size: int) -> bool:
     return True
 
 
-def retry_later(session: Session, task: Task, *, error: str, delay: float) -> bool:
-    """Put the task back with backoff after a transient failure."""
+def _requeue(session: Session, task: Task, delay: float, **values: Any) -> bool:
+    """Back to queued, due after `delay` seconds, lease dropped; fenced on the claim."""
     ts = now()
     res = session.execute(
         update(T)
@@ -354,11 +354,16 @@ def retry_later(session: Session, task: Task, *, error: str, delay: float) -> bo
             status="queued",
             run_after=ts + timedelta(seconds=delay),
             lease_until=None,
-            last_error=error,
             updated_at=ts,
+            **values,
         )
     )
     return bool(res.rowcount)
+
+
+def retry_later(session: Session, task: Task, *, error: str, delay: float) -> bool:
+    """Put the task back with backoff after a transient failure."""
+    return _requeue(session, task, delay, last_error=error)
 
 
 def fail(session: Session, task: Task, *, error: str) -> bool:
@@ -381,19 +386,7 @@ def fail(session: Session, task: Task, *, error: str) -> bool:
 
 def put_back(session: Session, task: Task, *, delay: float = 0.0) -> bool:
     """Give a task back without counting the attempt (shutdown, no slot in time)."""
-    ts = now()
-    res = session.execute(
-        update(T)
-        .where(_mine(task))
-        .values(
-            status="queued",
-            run_after=ts + timedelta(seconds=delay),
-            lease_until=None,
-            attempts=T.c.attempts - 1,
-            updated_at=ts,
-        )
-    )
-    return bool(res.rowcount)
+    return _requeue(session, task, delay, attempts=T.c.attempts - 1)
 
 
 def store_transcript(session: Session, task: Task, text: str) -> None:
