@@ -30,6 +30,10 @@ class JobType:
     max_attempts: int = 3
     timeout: float | None = None
     unique_per_business: bool = False
+    #: jobs of this type running at once per business, across all workers (None: no limit)
+    concurrency_per_business: int | None = None
+    #: starts per business, ``"N/s"``, ``"N/min"`` or ``"N/h"`` (None: no limit)
+    rate_per_business: str | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -45,6 +49,22 @@ class JobType:
             raise PluginError(f"job type {name!r}: max_attempts must be a positive integer")
         if self.timeout is not None and self.timeout <= 0:
             raise PluginError(f"job type {name!r}: timeout must be positive")
+        conc = self.concurrency_per_business
+        if conc is not None and (not isinstance(conc, int) or isinstance(conc, bool) or conc < 1):
+            raise PluginError(f"job type {name!r}: concurrency_per_business must be an int >= 1")
+        if self.rate_per_business is not None:
+            from prosaas_core.errors import ConfigError
+            from prosaas_core.limits import parse_rate
+
+            try:
+                parse_rate(self.rate_per_business)
+            except ConfigError as exc:
+                raise PluginError(f"job type {name!r}: rate_per_business: {exc}") from None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the type declares a per-business limit (overrides may add one later)."""
+        return self.concurrency_per_business is not None or self.rate_per_business is not None
 
 
 @dataclass(frozen=True)

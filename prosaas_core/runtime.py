@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from prosaas_core.limits import Limits
     from prosaas_core.plugins import PluginManager
     from prosaas_core.registry import Registry
 
@@ -69,6 +70,14 @@ class Runtime:
         return redis_lib.Redis.from_url(
             self.settings.redis_url, socket_connect_timeout=2, socket_timeout=10
         )
+
+    @cached_property
+    def limits(self) -> Limits:
+        """Concurrency slots and rate limits on this runtime's Redis (``prosaas_core.limits``)."""
+        from prosaas_core.db import process_tag
+        from prosaas_core.limits import Limits
+
+        return Limits.on(self.redis, origin=process_tag())
 
     def close(self) -> None:
         """Release pooled database and Redis connections."""

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import redis
+    from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
+    from prosaas_core.limits import Limits
     from prosaas_core.registry import Service
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
@@ -47,11 +49,25 @@ class ServiceContext:
     def redis(self) -> redis.Redis:
         return self.runtime.redis
 
+    @property
+    def limits(self) -> Limits:
+        """Slots and rate limits shared by every worker (``prosaas_core.limits``)."""
+        return self.runtime.limits
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A SQLAlchemy session in a transaction: committed on success, rolled back on error."""
         with self.runtime.session() as s:
             yield s
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection in autocommit mode: each statement commits on its own, no BEGIN/COMMIT
+        round trips (for a service's hot single-statement writes)."""
+        from prosaas_core.db import autocommit
+
+        with autocommit(self.runtime.engine) as conn:
+            yield conn
 
 
 @dataclass

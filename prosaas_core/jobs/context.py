@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
+    from prosaas_core.limits import Limits
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
 
@@ -103,6 +104,11 @@ class JobContext:
     def settings(self) -> Settings:
         """The worker's settings; plugins read their own keys with ``ctx.settings.get(KEY)``."""
         return self._rt.settings
+
+    @property
+    def limits(self) -> Limits:
+        """Slots and rate limits shared by every worker (``prosaas_core.limits``)."""
+        return self._rt.limits
 
     @property
     def lost(self) -> bool:

@@ -1,0 +1,390 @@
+"""Flow control shared by every worker on every machine: concurrency slots and rate limits, in
+Redis. Public: plugins use these directly (``ctx.limits`` in jobs and services) and the core
+uses them for ``JobType(concurrency_per_business=..., rate_per_business=...)``.
+
+**Slots.** One sorted set per key (normally a business): member = a token owned by one holder,
+score = the time (Redis's clock, milliseconds) its lease ends. Acquiring first drops expired
+members, so a slot held by a process that died comes back at most one lease after its last
+renewal. Renewing and releasing name the token: a holder whose lease ran out (and whose slot was
+perhaps taken by another) can neither renew nor release anyone else's. A release publishes
+``"<key> <origin>"`` on ``<prefix>released`` so waiters anywhere are woken at once
+(`ReleaseNotices`) instead of polling.
+
+**Rates.** GCRA (the generic cell rate algorithm) over one Redis key per limited key: the key
+holds the theoretical arrival time of the next request. ``N/period`` with burst ``b`` lets ``b``
+requests through at once and then one every ``period/N``. ``backoff(key, s)`` pushes the key's
+next allowed time out by ``s`` seconds for every process (a provider's 429 with Retry-After).
+
+Every step is one Lua script, so it is atomic. If Redis loses the keys (a flush, a restart), slot
+holders find out at their next renewal and may re-add themselves (``renew(..., readd=True)``:
+what is running is the truth), and a rate limit starts afresh: the overshoot is at most one burst
+per key, and for slots at most what was in flight for one lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prosaas_core.errors import ConfigError
+
+log = logging.getLogger("prosaas.limits")
+
+SLOTS_PREFIX = "prosaas:slots:"
+RATES_PREFIX = "prosaas:rate:"
+
+_NOW = "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + t[2] / 1000\n"
+
+# KEYS[1] set; ARGV: limit, ttl_ms, token. Returns the count held after, or 0 when full. A
+# token that is already a live member is renewed (idempotent acquire).
+_ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# KEYS[1] set; ARGV: ttl_ms, token, readd. 1 renewed, 2 re-added (it had vanished), 0 lost.
+_RENEW = (
+    _NOW
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+local result = 1
+if not score or tonumber(score) <= now then
+  if ARGV[3] ~= '1' then return 0 end
+  if score then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  end
+  result = 2
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return result
+"""
+)
+
+# KEYS[1] set; ARGV: token, channel ('' = no notice), message. Returns {removed, held after}.
+_RELEASE = (
+    _NOW
+    + """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if removed == 1 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return {removed, redis.call('ZCARD', KEYS[1])}
+"""
+)
+
+_ACTIVE = (
+    _NOW
+    + """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', key, '(' .. now, '+inf') end
+return out
+"""
+)
+
+# KEYS[1] tat, KEYS[2] window counter prefix; ARGV: interval_ms, burst, cost, take ('1'/'0'),
+# period_ms. Returns '0' when allowed (and taken if take), else the milliseconds to wait.
+_RATE = (
+    _NOW
+    + """
+local T = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + T * cost
+local allow_at = new_tat - burst * T
+if allow_at > now then return tostring(allow_at - now) end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  local period = tonumber(ARGV[5])
+  local w = KEYS[2] .. math.floor(now / period)
+  redis.call('INCRBY', w, cost)
+  redis.call('PEXPIRE', w, period * 2)
+end
+return '0'
+"""
+)
+
+# KEYS[1] tat; ARGV: seconds_ms, interval_ms, burst. Nobody passes before now + seconds.
+_BACKOFF = (
+    _NOW
+    + """
+local T = tonumber(ARGV[2])
+local want = now + tonumber(ARGV[1]) + (tonumber(ARGV[3]) - 1) * T
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if want > tat then
+  redis.call('SET', KEYS[1], tostring(want), 'PX', math.ceil(want - now) + 1000)
+  tat = want
+end
+return tostring(math.max(0, tat - now - (tonumber(ARGV[3]) - 1) * T))
+"""
+)
+
+_USED = (
+    _NOW
+    + """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local period = tonumber(ARGV[i])
+  out[i] = tonumber(redis.call('GET', key .. math.floor(now / period)) or 0)
+end
+return out
+"""
+)
+
+
+# -- rates ------------------------------------------------------------------------------------
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "m": 60.0, "minute": 60.0}
+_PERIODS.update({"h": 3600.0, "hour": 3600.0})
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` starts per ``period`` seconds, at most ``burst`` of them back to back."""
+
+    count: int
+    period: float
+    burst: int
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two starts at the steady rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period, f"{self.period:g}s")
+        return f"{self.count}/{unit}"
+
+
+def default_burst(count: int, period: float) -> int:
+    """A tenth of a second's worth of starts, at least 1 (so a late caller can catch up a
+    little without letting a crowd through at once)."""
+    return max(1, math.ceil(count / period / 10))
+
+
+def parse_rate(value: str | Rate, *, burst: int | None = None) -> Rate:
+    """``"20/s"``, ``"600/min"``, ``"1000/h"`` -> `Rate`. ConfigError for anything else."""
+    if isinstance(value, Rate):
+        return value
+    m = _RATE_RE.match(str(value).lower()) if isinstance(value, str) else None
+    if m is None or m.group(2) not in _PERIODS or int(m.group(1)) < 1:
+        raise ConfigError(f"invalid rate {value!r}: use N/s, N/min or N/h with N >= 1")
+    count, period = int(m.group(1)), _PERIODS[m.group(2)]
+    if burst is not None and burst < 1:
+        raise ConfigError(f"invalid burst {burst!r} for rate {value!r}: must be >= 1")
+    return Rate(count, period, burst or default_burst(count, period))
+
+
+class RateLimiter:
+    """Per-key rate limits shared by every process using the same Redis."""
+
+    def __init__(self, redis: Any, *, prefix: str = RATES_PREFIX) -> None:
+        self.redis, self.prefix = redis, prefix
+        self._rate = redis.register_script(_RATE)
+        self._backoff = redis.register_script(_BACKOFF)
+        self._used = redis.register_script(_USED)
+
+    def _keys(self, key: str) -> list[str]:
+        return [f"{self.prefix}{key}", f"{self.prefix}{key}:n:"]
+
+    def _call(self, key: str, rate: Rate, cost: int, take: bool) -> float:
+        wait_ms = self._rate(
+            keys=self._keys(key),
+            args=[rate.interval * 1000, rate.burst, cost, "1" if take else "0", rate.period * 1000],
+        )
+        return float(wait_ms) / 1000
+
+    def acquire(self, key: str, rate: Rate, *, cost: int = 1) -> float:
+        """Take `cost` starts now: 0.0 when allowed (and taken), else the seconds until they
+        would be (nothing taken)."""
+        return self._call(key, rate, cost, True)
+
+    def peek(self, key: str, rate: Rate) -> float:
+        """Seconds until one start would be allowed (0.0: now), taking nothing."""
+        return self._call(key, rate, 1, False)
+
+    def backoff(self, key: str, seconds: float, rate: Rate) -> float:
+        """Let nobody start for `key` before `seconds` from now (a provider said Retry-After).
+        Returns the seconds until the next start is allowed."""
+        return (
+            float(
+                self._backoff(
+                    keys=[self._keys(key)[0]],
+                    args=[seconds * 1000, rate.interval * 1000, rate.burst],
+                )
+            )
+            / 1000
+        )
+
+    def used(self, items: list[tuple[str, Rate]]) -> list[int]:
+        """Starts taken in the current period window of each (key, rate), in one round trip."""
+        if not items:
+            return []
+        counts = self._used(
+            keys=[self._keys(k)[1] for k, _ in items], args=[r.period * 1000 for _, r in items]
+        )
+        return [int(n) for n in counts]
+
+
+# -- slots ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One held slot: its key and the token that proves ownership."""
+
+    key: str
+    token: str
+    active: int  # slots held for the key right after this one was acquired
+
+
+class Slots:
+    """Acquire, renew and release per-key slots with leases (`ttl` seconds)."""
+
+    def __init__(self, redis: Any, *, prefix: str = SLOTS_PREFIX, origin: str = "") -> None:
+        self.redis, self.prefix, self.origin = redis, prefix, origin
+        self.channel = f"{prefix}released"
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._active = redis.register_script(_ACTIVE)
+
+    def redis_key(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    @staticmethod
+    def _ms(ttl: float) -> int:
+        return max(1, int(ttl * 1000))
+
+    def acquire(self, key: str, limit: int, ttl: float, *, token: str | None = None) -> Slot | None:
+        """A slot of `key` (at most `limit` held), or None when all are held. With `token`,
+        acquiring a slot that token already holds renews it."""
+        token = token or secrets.token_hex(12)
+        n = self._acquire(keys=[self.redis_key(key)], args=[limit, self._ms(ttl), token])
+        return Slot(key, token, int(n)) if n else None
+
+    def renew(self, slot: Slot, ttl: float, *, readd: bool = False) -> bool:
+        """Extend the lease; False when it was lost (expired, or Redis lost it). With `readd`,
+        a lost slot is put back even above the limit: the holder is still running, so it
+        counts (how limits recover from a Redis flush)."""
+        res = self._renew(
+            keys=[self.redis_key(slot.key)], args=[self._ms(ttl), slot.token, "1" if readd else "0"]
+        )
+        return bool(res)
+
+    def release(self, slot: Slot, *, notify: bool = True) -> tuple[bool, int]:
+        """Give the slot back. Returns (it was still ours, slots held for the key after)."""
+        removed, active = self._release(
+            keys=[self.redis_key(slot.key)],
+            args=[slot.token, self.channel if notify else "", f"{slot.key} {self.origin}"],
+        )
+        return bool(removed), int(active)
+
+    def active(self, key: str) -> int:
+        """Slots currently held (unexpired) for `key`."""
+        return self.active_many([key])[key]
+
+    def active_many(self, keys: list[str]) -> dict[str, int]:
+        """Slots currently held for each of `keys`, in one round trip."""
+        if not keys:
+            return {}
+        counts = self._active(keys=[self.redis_key(k) for k in keys])
+        return {k: int(n) for k, n in zip(keys, counts, strict=True)}
+
+
+class ReleaseNotices:
+    """A background subscription calling ``on_release(key)`` for each slot release announced on
+    `channel` by another origin. Notices missed while Redis is away are not replayed: callers
+    keep a slow timer (one lease) for what no notice announces."""
+
+    def __init__(
+        self, redis: Any, channel: str, origin: str, on_release: Callable[[str], None]
+    ) -> None:
+        self.redis, self.channel, self.origin = redis, channel, origin
+        self.on_release = on_release
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, name: str = "slot-notices") -> ReleaseNotices:
+        self.thread = threading.Thread(target=self._listen, name=name, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(2)
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                backoff = 0.1
+                while not self.stop_event.is_set():
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg is not None and msg.get("type") == "message":
+                        self._on_message(msg["data"])
+            except Exception as exc:  # Redis away: the caller's slow timer covers the gap
+                log.warning("slot notices unavailable (%s); retrying", type(exc).__name__)
+                self.stop_event.wait(backoff)
+                backoff = min(5.0, backoff * 2)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+
+    def _on_message(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        key, _, origin = text.partition(" ")
+        if origin == self.origin or not key:
+            return
+        try:
+            self.on_release(key)
+        except Exception:  # one failed callback must not end the subscription
+            log.exception("slot release callback failed for key %r", key)
+
+
+@dataclass
+class Limits:
+    """What ``ctx.limits`` is: the slots and the rate limiter on the runtime's Redis."""
+
+    slots: Slots
+    rates: RateLimiter
+
+    @classmethod
+    def on(cls, redis: Any, *, origin: str = "") -> Limits:
+        return cls(Slots(redis, origin=origin), RateLimiter(redis))
+
+
+__all__ = [
+    "Limits",
+    "Rate",
+    "RateLimiter",
+    "ReleaseNotices",
+    "Slot",
+    "Slots",
+    "default_burst",
+    "parse_rate",
+]
