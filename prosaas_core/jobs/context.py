@@ -110,6 +110,13 @@ class JobContext:
         """Slots and rate limits shared by every worker (``prosaas_core.limits``)."""
         return self._rt.limits
 
+    def enqueue(self, job_type: str, payload: Any = None) -> Any:
+        """Enqueue another job for this job's business (e.g. the parts of a large job, so
+        several workers share it). Returns ``prosaas_core.jobs.enqueue.Enqueued``."""
+        from prosaas_core.jobs.enqueue import enqueue
+
+        return enqueue(self._rt, job_type, self.business_id, payload)
+
     @property
     def lost(self) -> bool:
         return self._lost
