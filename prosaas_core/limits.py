@@ -74,13 +74,15 @@ return result
 """
 )
 
-# KEYS[1] set; ARGV: token, channel ('' = no notice), message. Returns {removed, held after}.
+# KEYS[1] set; ARGV: token, channel ('' = no notice), message, key that must exist for the
+# notice to go out ('' = none needed). Returns {removed, held after}.
 _RELEASE = (
     _NOW
     + """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if removed == 1 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+local wanted = ARGV[4] == '' or redis.call('EXISTS', ARGV[4]) == 1
+if removed == 1 and ARGV[2] ~= '' and wanted then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return {removed, redis.call('ZCARD', KEYS[1])}
 """
 )
@@ -291,11 +293,20 @@ class Slots:
         )
         return bool(res)
 
-    def release(self, slot: Slot, *, notify: bool = True) -> tuple[bool, int]:
-        """Give the slot back. Returns (it was still ours, slots held for the key after)."""
+    def release(
+        self, slot: Slot, *, notify: bool = True, only_if: str | None = None
+    ) -> tuple[bool, int]:
+        """Give the slot back. Returns (it was still ours, slots held for the key after). The
+        release notice goes out when `notify`, and (with `only_if`, a Redis key) only while
+        that key exists: a waiter raises it, so releases nobody waits for stay silent."""
         removed, active = self._release(
             keys=[self.redis_key(slot.key)],
-            args=[slot.token, self.channel if notify else "", f"{slot.key} {self.origin}"],
+            args=[
+                slot.token,
+                self.channel if notify else "",
+                f"{slot.key} {self.origin}",
+                only_if or "",
+            ],
         )
         return bool(removed), int(active)
 

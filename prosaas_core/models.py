@@ -163,6 +163,14 @@ class BackgroundJob(Base):
         Index("ix_background_jobs_status_job_type", "status", "job_type"),
         # One active job per (business, unique_key): how unique_per_business is enforced.
         Index(
+            "ix_background_jobs_parked",
+            "job_type",
+            "business_id",
+            "id",
+            postgresql_where=text("parked IS NOT NULL AND status = 'queued'"),
+            sqlite_where=text("parked IS NOT NULL AND status = 'queued'"),
+        ),
+        Index(
             "uq_background_jobs_active_unique_key",
             "business_id",
             "unique_key",
@@ -190,13 +198,30 @@ class BackgroundJob(Base):
     #: fencing token: bumped on every claim; a write carrying an older token is refused
     fence: Mapped[int] = mapped_column(Integer, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    #: earliest time a retry may run (exponential backoff)
+    #: earliest time a retry may run (exponential backoff), or when a parked job is looked at
     run_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: why a queued job waits outside Redis for a slot or a rate window (NULL: not parked)
+    parked: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class FlowLimit(Base):
+    """A per-business override of a job type's flow limits (a bigger plan, a throttled
+    tenant). NULL keeps the job type's own value."""
+
+    __tablename__ = "prosaas_flow_limits"
+
+    business_id: Mapped[int] = mapped_column(
+        ForeignKey("businesses.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    rate: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = _now()
 
 
 class JobTypeMigration(Base):

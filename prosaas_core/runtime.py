@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from prosaas_core.jobs.flow import FlowControl
     from prosaas_core.limits import Limits
     from prosaas_core.plugins import PluginManager
     from prosaas_core.registry import Registry
@@ -78,6 +79,13 @@ class Runtime:
         from prosaas_core.limits import Limits
 
         return Limits.on(self.redis, origin=process_tag())
+
+    @cached_property
+    def flow(self) -> FlowControl:
+        """Per-business flow control of the installed job types (``prosaas_core.jobs.flow``)."""
+        from prosaas_core.jobs.flow import FlowControl
+
+        return FlowControl(self)
 
     def close(self) -> None:
         """Release pooled database and Redis connections."""

@@ -71,6 +71,9 @@ class Settings:
     shutdown_timeout: float = 30.0
     #: RQ worker class: "simple" (in-process, the default by measurement) or "fork"
     worker_class: str = "simple"
+    #: lease of a flow-control slot, seconds: a dead holder's slot comes back within it, and
+    #: per-business limit overrides take effect within it
+    flow_lease: float = 30.0
     #: largest request body the API accepts, bytes
     max_body_bytes: int = 16 * 1024 * 1024
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -100,6 +103,7 @@ class Settings:
             service_backoff_max=_number(env, "PROSAAS_SERVICE_BACKOFF_MAX", 60.0),
             shutdown_timeout=_number(env, "PROSAAS_SHUTDOWN_TIMEOUT", 30.0),
             worker_class=_choice(env, "PROSAAS_WORKER_CLASS", ("simple", "fork")),
+            flow_lease=_number(env, "PROSAAS_FLOW_LEASE", 30.0),
             max_body_bytes=int(_number(env, "PROSAAS_MAX_BODY_BYTES", 16 * 1024 * 1024)),
             env=env,
         )

@@ -167,6 +167,9 @@ def run_worker(
         lambda: disp.current.job_id if disp.current is not None else None,
     )
     heartbeat.start()
+    from prosaas_core.jobs.flow import Waker
+
+    waker = Waker(rt.flow).start()
     maintenance = Maintenance(rt)
     maintenance.run_once(grace=0.0)  # at start-up: rows Redis lost are pushed before draining
     if not burst:
@@ -187,18 +190,51 @@ def run_worker(
             worker.work(burst=burst, logging_level=None)
             # a burst drains retries too: wait for the next one due on our queues, if any
             try:
-                if not burst or shutdown.is_set() or not _wait_for_retry(rt, names, shutdown):
+                if not burst or shutdown.is_set():
+                    break
+                if not _wait_for_parked(rt, names, shutdown) and not _wait_for_retry(
+                    rt, names, shutdown
+                ):
                     break
             except StopRequested:  # a signal between two bursts
                 break
     finally:
         shutdown.set()
         maintenance.stop()
+        waker.stop()
         late = supervisor.stop(grace)
         heartbeat.stop()
         disp.stop()
         log.info("WORKER STOPPED name=%s%s", name, f" (late services: {late})" if late else "")
     return 0
+
+
+def _wait_for_parked(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> bool:
+    """A burst drains parked jobs too: while some of our queues' jobs are parked, wait until the
+    waker pushes one. False when none are parked."""
+    from sqlalchemy import func, select
+
+    from prosaas_core.jobs.store import T, c
+    from prosaas_core.jobs.transport import rq_queue
+
+    def parked() -> int:
+        with rt.engine.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(T)
+                .where(c.parked.is_not(None), c.status == "queued", c.queue.in_(queues))
+            ).scalar_one()
+
+    if not parked():
+        return False
+    log.info("burst: waiting for parked jobs to be admitted")
+    while not shutdown.is_set():
+        if any(rq_queue(rt.redis, q).count for q in queues):
+            return True
+        if not parked():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _wait_for_retry(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> bool:

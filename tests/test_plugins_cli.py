@@ -30,7 +30,15 @@ def test_plugins_json_exact(cli):
                 "name": "acme",
                 "distribution": "prosaas-acme-test",
                 "version": "1.2.3",
-                "job_types": ["acme_count", "acme_echo", "acme_fail", "acme_sleep", "acme_unique"],
+                "job_types": [
+                    "acme_count",
+                    "acme_echo",
+                    "acme_fail",
+                    "acme_rate",
+                    "acme_sleep",
+                    "acme_slot",
+                    "acme_unique",
+                ],
                 "blueprints": [{"name": "acme", "url_prefix": "/api/acme"}],
                 "services": ["acme-ticker"],
                 "migrations": [str(Path(prosaas_acme.__file__).parent / "migrations")],
@@ -44,7 +52,10 @@ def test_plugins_json_exact(cli):
 def test_plugins_text_output(cli):
     out = cli("plugins", check=True).stdout
     assert "acme  (prosaas-acme-test 1.2.3)" in out
-    assert "  job types:  acme_count, acme_echo, acme_fail, acme_sleep, acme_unique" in out
+    assert (
+        "  job types:  acme_count, acme_echo, acme_fail, acme_rate, acme_sleep, acme_slot, "
+        "acme_unique" in out
+    )
     assert "  blueprints: acme (/api/acme)" in out and "  services:   acme-ticker" in out
 
 

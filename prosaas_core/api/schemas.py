@@ -86,6 +86,8 @@ class Job(BaseModel):
     finished_at: str | None = None
     heartbeat_at: str | None = None
     run_after: str | None = None
+    #: why a queued job waits for its business's concurrency slot or rate window
+    parked: str | None = None
 
 
 class JobPage(BaseModel):

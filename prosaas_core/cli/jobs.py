@@ -98,7 +98,25 @@ def list_(rt, business_id, status, job_type, limit, before_id, as_json) -> None:
         click.echo(
             f"{j['id']:>8}  {j['job_type']:<24} {j['business_id']:>8}  {j['status']:<10} "
             f"{j['attempts']:>2}/{j['max_attempts']:<2}  {_progress_text(j)}"
+            + (f"  parked: {j['parked']}" if j.get("parked") else "")
         )
+    _flow_footer(rt)
+
+
+def _flow_footer(rt) -> None:
+    """Below the list: what per-business flow limits hold back now, if anything."""
+    from prosaas_core.cli.limits import print_summary
+    from prosaas_core.jobs.flow import summary
+
+    try:
+        rows = summary(rt)
+    except Exception as exc:  # Redis away: the list itself is still right
+        click.echo(f"(flow limits unavailable: {type(exc).__name__})", err=True)
+        return
+    if rows:
+        click.echo("")
+        click.echo("flow limits:")
+        print_summary(rows)
 
 
 def _progress_text(j: dict[str, Any]) -> str:

@@ -52,6 +52,7 @@ def job_dict(job: BackgroundJob) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "heartbeat_at": _iso(job.heartbeat_at),
         "run_after": _iso(job.run_after),
+        "parked": job.parked,
     }
 
 

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from prosaas_core.db import autocommit_cursor
 from prosaas_core.jobs import store
 from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.flow import Held, Refusal, flow_key
 from prosaas_core.jobs.timeout import JobTimeout, deadline
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ class Dispatcher:
         self._pid = os.getpid()
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
+        #: the flow-control slot of the running job, renewed by the heartbeat thread
+        self.held: Held | None = None
 
     # -- connections ------------------------------------------------------------------------
 
@@ -154,7 +158,19 @@ class Dispatcher:
 
     def _heartbeat_loop(self) -> None:
         interval = self.rt.settings.heartbeat_interval
-        while not self._beat_stop.wait(interval):
+        # slots are renewed three times a lease, the row at the heartbeat interval
+        tick = min(interval, self.rt.settings.flow_lease / 3)
+        last_beat = time.monotonic()
+        while not self._beat_stop.wait(tick):
+            held = self.held
+            if held is not None:
+                try:
+                    self.rt.flow.renew(held)
+                except Exception as exc:
+                    log.warning("flow slot renewal failed: %s", type(exc).__name__)
+            if time.monotonic() - last_beat < interval - tick / 2:
+                continue
+            last_beat = time.monotonic()
             ctx = self.current
             if ctx is None:
                 continue
@@ -200,6 +216,48 @@ class Dispatcher:
             return self._fail(claim, started, f"job type {claim.job_type!r} is not installed", None)
         if claim.cancel_requested:
             return self._finish(claim, started, "cancelled", None, None, None)
+        pol = self.rt.flow.policy(jt, claim.business_id)
+        if pol is None:
+            return self._run_claimed(claim, jt, started)
+        try:
+            got = self.rt.flow.enter(claim, pol)
+        except RedisError as exc:  # can't tell whether a slot is free: look again later
+            got = Refusal("concurrency", f"flow limits unavailable ({type(exc).__name__})", 1.0)
+        if isinstance(got, Refusal):
+            return self._park(claim, got)
+        self.held = got
+        try:
+            return self._run_claimed(claim, jt, started)
+        finally:
+            self.held = None
+            try:
+                self.rt.flow.release(got)
+            except Exception as exc:  # the slot's lease runs out on its own
+                log.warning("flow slot release failed for job_id=%s: %s", job_id, exc)
+
+    def _park(self, claim: store.Claim, refusal: Refusal) -> None:
+        ok = self._retrying(
+            store.park, claim.id, claim.fence, refusal.reason, look_again=refusal.retry_after
+        )
+        if not ok:
+            log.warning("JOB LOST job_id=%s: park refused (fenced out)", claim.id)
+            return None
+        try:
+            self.rt.flow.parked(flow_key(claim.job_type, claim.business_id), refusal)
+        except RedisError as exc:  # the waker's scan finds it within a lease
+            log.warning("flow notice failed for job_id=%s: %s", claim.id, type(exc).__name__)
+        log.info(
+            "JOB PARKED job_id=%s job_type=%s business_id=%s reason=%r look_again=%.2fs",
+            claim.id,
+            claim.job_type,
+            claim.business_id,
+            refusal.reason,
+            refusal.retry_after,
+        )
+        return None
+
+    def _run_claimed(self, claim: store.Claim, jt: JobType, started: float) -> Any:
+        job_id = claim.id
         try:
             payload = self._payload(jt, claim.payload)
         except Exception as exc:

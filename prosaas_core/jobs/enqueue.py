@@ -131,7 +131,9 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
             return enqueue(rt, job_type, business_id, payload)
         log.info("Job %s (%s) already active for business %s", existing.id, jt.name, business_id)
         return Enqueued(existing.id, existing.status, jt.name, business_id, False, False)
-    pushed = push(rt, job_id, jt.queue, timeout=jt.timeout)
+    pushed = _admit_and_push(rt, jt, job_id, business_id)
+    if pushed is None:
+        return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     log.info(
         "Enqueued job_id=%s job_type=%s business_id=%s queue=%r",
         job_id,
@@ -140,6 +142,37 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
         jt.queue,
     )
     return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
+
+
+def _admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> bool | None:
+    """Push the new row; a flow-limited type is admitted first, and parked (None) when its
+    business has no slot or rate token for it now."""
+    pol = rt.flow.policy(jt, business_id)
+    if pol is None:
+        return push(rt, job_id, jt.queue, timeout=jt.timeout)
+    from redis.exceptions import RedisError
+
+    from prosaas_core.jobs.flow import flow_key
+
+    try:
+        refusal = rt.flow.admit(job_id, business_id, jt, pol)
+    except RedisError as exc:  # the row is committed: the sweeper pushes it, the worker gates it
+        log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
+        return False
+    if refusal is None:
+        return push(rt, job_id, jt.queue, timeout=jt.timeout)
+    try:
+        rt.flow.park_new(job_id, flow_key(jt.name, business_id), refusal)
+    except RedisError as exc:
+        log.warning("flow notice failed for job %s: %s", job_id, type(exc).__name__)
+    log.info(
+        "Parked job_id=%s job_type=%s business_id=%s: %s",
+        job_id,
+        jt.name,
+        business_id,
+        refusal.reason,
+    )
+    return None
 
 
 def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> Any:

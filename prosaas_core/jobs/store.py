@@ -58,7 +58,7 @@ CLAIM_SQL = (
     "worker = %(worker)s, started_at = %(now)s, heartbeat_at = %(now)s, updated_at = %(now)s, "
     "run_after = NULL "
     "WHERE id = %(id)s AND status = 'queued' AND (run_after IS NULL OR run_after <= %(now)s) "
-    f"RETURNING {_RETURNING}"
+    f"AND parked IS NULL RETURNING {_RETURNING}"
 )
 TOUCH_SQL = (
     f"UPDATE background_jobs SET heartbeat_at = %(now)s, updated_at = %(now)s, {_PROGRESS} "
@@ -77,6 +77,13 @@ REQUEUE_SQL = (
     "UPDATE background_jobs SET status = 'queued', worker = NULL, updated_at = %(now)s, "
     "run_after = %(run_after)s, error = COALESCE(%(error)s, error), "
     f"attempts = attempts - %(refund)s, {_PROGRESS} {_FENCED}"
+)
+
+
+PARK_SQL = (
+    "UPDATE background_jobs SET status = 'queued', worker = NULL, updated_at = %(now)s, "
+    "run_after = %(run_after)s, parked = %(parked)s, attempts = attempts - 1 "
+    f"{_FENCED}"
 )
 
 
@@ -111,6 +118,7 @@ def claim(conn: Any, job_id: int, worker: str) -> Claim | None:
             c.id == job_id,
             c.status == "queued",
             or_(c.run_after.is_(None), c.run_after <= now),
+            c.parked.is_(None),
         )
         .values(
             status="running",
@@ -257,5 +265,27 @@ def requeue(
         values["processed"] = processed
     if total is not None:
         values["total"] = total
+    res = conn.execute(update(T).where(_fenced(job_id, fence)).values(**values))
+    return res.rowcount == 1
+
+
+def park(conn: Any, job_id: int, fence: int, reason: str, *, look_again: float) -> bool:
+    """Hand a claimed job back unrun because its business is at a flow limit: ``queued`` again,
+    outside Redis, the attempt not counted, `reason` shown to operators; the flow waker looks at
+    it again within `look_again` seconds (sooner when a slot frees). False when refused."""
+    now = utcnow()
+    run_after = now + timedelta(seconds=look_again)
+    if _driver(conn):
+        params = {"id": job_id, "fence": fence, "now": now, "run_after": run_after}
+        params["parked"] = reason[:200]
+        return _execute(conn, PARK_SQL, params).rowcount == 1
+    values = {
+        "status": "queued",
+        "worker": None,
+        "updated_at": now,
+        "run_after": run_after,
+        "parked": reason[:200],
+        "attempts": c.attempts - 1,
+    }
     res = conn.execute(update(T).where(_fenced(job_id, fence)).values(**values))
     return res.rowcount == 1

@@ -97,6 +97,7 @@ def _lost(conn: Connection, rt: Runtime, grace: float) -> list[tuple[int, str, s
             c.status == "queued",
             or_(c.run_after.is_(None), c.run_after <= now),
             c.updated_at <= now - timedelta(seconds=grace),
+            c.parked.is_(None),  # kept out of Redis on purpose: the flow waker admits them
         )
         .order_by(c.id)
         .limit(BATCH)
