@@ -172,3 +172,68 @@ def test_override_takes_effect_within_one_lease(flow_rt, flow_env, cli, start_wo
     assert max_overlap(after) == 3
     shown = json.loads(cli("limits", "list", "--json", check=True).stdout)
     assert shown == [{"business_id": b, "job_type": "acme_slot", "concurrency": 3, "rate": None}]
+
+
+def test_what_limits_hold_back_is_shown_everywhere(runtime, cli):
+    from prosaas_core.api.app import create_app
+
+    flow_rt = runtime  # the default 30 s lease: admitted jobs keep their slots meanwhile
+    (b,) = businesses(flow_rt, 1)
+    ids = [enqueue(flow_rt, "acme_slot", b, {}).id for _ in range(5)]
+    shown = json.loads(cli("jobs", "show", str(ids[-1]), "--json", check=True).stdout)
+    assert shown["status"] == "queued"
+    assert shown["parked"] == "concurrency: 2/2 slots held"
+    assert (
+        json.loads(cli("jobs", "show", str(ids[0]), "--json", check=True).stdout)["parked"] is None
+    )
+
+    listing = cli("jobs", "list", check=True).stdout
+    assert "parked: concurrency: 2/2 slots held" in listing
+    assert "flow limits:" in listing
+    assert f"{b:>8}  {'acme_slot':<24} {'2/2':>7}" in listing
+
+    (status,) = json.loads(cli("limits", "status", "--json", check=True).stdout)
+    assert status == {
+        "job_type": "acme_slot",
+        "business_id": b,
+        "concurrency": 2,
+        "rate": None,
+        "running": 0,
+        "queued": 2,
+        "parked": 3,
+        "parked_reasons": {"concurrency: 2/2 slots held": 3},
+        "slots_held": 2,
+        "rate_used": None,
+    }
+    doctor = cli("doctor").stdout
+    assert (
+        f"flow acme_slot business {b}: slots 2/2, no rate, 0 running, 3 parked "
+        "(3 concurrency: 2/2 slots held)" in doctor
+    )
+    metrics = create_app(runtime=flow_rt).test_client().get("/metrics").get_data(as_text=True)
+    assert f'prosaas_flow_slots_held{{business_id="{b}",job_type="acme_slot"}} 2.0' in metrics
+    assert (
+        f'prosaas_flow_parked_jobs{{business_id="{b}",job_type="acme_slot",reason="concurrency"}}'
+        " 3.0" in metrics
+    )
+
+
+def test_limits_cli_refuses_bad_input_in_one_line(flow_rt, cli):
+    (b,) = businesses(flow_rt, 1)
+    for args, message in [
+        (["acme_slot", "--business", str(b), "--rate", "fast"], "invalid rate 'fast'"),
+        (["nope", "--business", str(b), "--concurrency", "2"], "nope"),
+        (["acme_slot", "--business", "999999", "--concurrency", "2"], "business 999999 not found"),
+        (["acme_slot", "--business", str(b)], "give --concurrency and/or --rate"),
+    ]:
+        res = cli("limits", "set", *args)
+        assert res.returncode != 0, args
+        assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) <= 3
+    assert (
+        cli("limits", "set", "acme_rate", "--business", str(b), "--rate", "5/min").returncode == 0
+    )
+    assert json.loads(cli("limits", "list", "--json", check=True).stdout)[0]["rate"] == "5/min"
+    assert cli("limits", "clear", "acme_rate", "--business", str(b)).returncode == 0
+    assert json.loads(cli("limits", "list", "--json", check=True).stdout) == []
+    assert cli("limits", "clear", "acme_rate", "--business", str(b)).returncode == 1

@@ -51,6 +51,7 @@ class ProsaasCollector(Collector):
             ("database", self._jobs),
             ("redis", self._queues),
             ("workers", self._workers),
+            ("flow", self._flow),
         ):
             try:
                 metrics = list(gen())
@@ -137,6 +138,41 @@ class ProsaasCollector(Collector):
                 state.add_metric([str(w.get("name")), name, str(svc.get("state"))], 1)
                 restarts.add_metric([str(w.get("name")), name], int(svc.get("restarts") or 0))
         yield from (live, state, restarts)
+
+    def _flow(self) -> Iterator[Metric]:
+        from prosaas_core.jobs.flow import summary
+
+        labels = ["job_type", "business_id"]
+        held = GaugeMetricFamily(
+            "prosaas_flow_slots_held", "Concurrency slots held per business", labels=labels
+        )
+        limit = GaugeMetricFamily(
+            "prosaas_flow_slots_limit", "Concurrency limit per business", labels=labels
+        )
+        parked = GaugeMetricFamily(
+            "prosaas_flow_parked_jobs",
+            "Jobs parked by flow limits, by reason",
+            labels=[*labels, "reason"],
+        )
+        used = GaugeMetricFamily(
+            "prosaas_flow_rate_used", "Starts in the current rate window", labels=labels
+        )
+        rate = GaugeMetricFamily(
+            "prosaas_flow_rate_limit_per_second", "Rate limit per business", labels=labels
+        )
+        from prosaas_core.limits import parse_rate
+
+        for r in summary(self.rt):
+            key = [r["job_type"], str(r["business_id"])]
+            if r["concurrency"]:
+                held.add_metric(key, r["slots_held"])
+                limit.add_metric(key, r["concurrency"])
+            if r["rate"]:
+                used.add_metric(key, r["rate_used"] or 0)
+                rate.add_metric(key, parse_rate(r["rate"]).per_second)
+            for reason, n in sorted(r["parked_reasons"].items()):
+                parked.add_metric([*key, reason.split(":", 1)[0]], n)
+        yield from (held, limit, parked, used, rate)
 
 
 def make_registry(rt: Runtime) -> CollectorRegistry:

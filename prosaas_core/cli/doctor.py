@@ -158,6 +158,46 @@ def _check_services(rt: Runtime, report: Report, workers: list[dict]) -> None:
             report.add(WARN, f"service {name!r}: no live worker is running it (nothing pending)")
 
 
+def check_flow(rt: Runtime, report: Report) -> None:
+    """Per business and job type under a flow limit: slots held, rate used, parked jobs and
+    why; a problem when parked jobs have waited past two leases without a waker looking."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from prosaas_core.jobs.flow import summary
+    from prosaas_core.jobs.store import c, utcnow
+
+    try:
+        rows = summary(rt)
+        with rt.engine.connect() as conn:
+            overdue = conn.execute(
+                select(func.count()).where(
+                    c.parked.is_not(None),
+                    c.status == "queued",
+                    c.run_after < utcnow() - timedelta(seconds=2 * rt.settings.flow_lease),
+                )
+            ).scalar_one()
+    except Exception as exc:
+        report.add(WARN, f"flow limits: could not be read: {first_line(exc)}")
+        return
+    for r in rows:
+        slots = f"slots {r['slots_held']}/{r['concurrency']}" if r["concurrency"] else "no slots"
+        rate = f"rate {r['rate_used']}/{r['rate']}" if r["rate"] else "no rate"
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(r["parked_reasons"].items()))
+        report.add(
+            OK,
+            f"flow {r['job_type']} business {r['business_id']}: {slots}, {rate}, "
+            f"{r['running']} running, {r['parked']} parked" + (f" ({why})" if why else ""),
+        )
+    if overdue:
+        report.add(
+            PROBLEM,
+            f"{overdue} parked job(s) not looked at for over two flow leases: is a "
+            "`prosaas worker` running? (its flow waker admits them)",
+        )
+
+
 def diagnose(rt: Runtime) -> Report:
     """Every check, in order; a check that needs an unreachable server is skipped."""
     report = Report()
@@ -166,6 +206,8 @@ def diagnose(rt: Runtime) -> Report:
     db_ok = check_database(rt, report)
     if check_redis(rt, report):
         check_workers(rt, report, db_ok=db_ok)
+        if db_ok:
+            check_flow(rt, report)
     return report
 
 
