@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prosaas_core.db import autocommit
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.download import (
@@ -277,11 +276,8 @@ class RecordingWorker:
 
     def db(self):
         """A connection for one hot statement: autocommit on PostgreSQL (no BEGIN/COMMIT round
-        trips), a transaction on SQLite; the service's session without a runtime engine."""
-        engine = getattr(getattr(self.ctx, "runtime", None), "engine", None)
-        if engine is None:
-            return self.ctx.session()
-        return autocommit(engine)
+        trips), a transaction on SQLite (``ServiceContext.autocommit``)."""
+        return self.ctx.autocommit()
 
     def renew(self) -> None:
         """Extend task leases and slots of in-flight downloads; stop those that were lost."""

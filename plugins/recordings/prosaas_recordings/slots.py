@@ -1,72 +1,28 @@
-"""Per-business download slots shared by every worker on every machine, in Redis.
+"""Per-business download slots: the core's flow-control slots (``prosaas_core.limits``) keyed by
+business id, with this plugin's limit, lease and key prefix.
 
-One sorted set per business: member = a random token owned by one download, score = the time
-(Redis's clock, milliseconds) its lease ends. Acquiring first drops expired members, so a slot
-held by a worker that died comes back at most one lease after its last renewal. Renewing and
-releasing name the token: a worker whose slot expired (and was perhaps taken by another) can
-neither renew nor release anyone else's. Each step is one Lua script, so it is atomic.
-
-If Redis loses the sets (a flush, a restart), holders find out at their next renewal, which
-fails, and they stop: the limit is never exceeded by more than what was in flight for one
-renewal period.
-
-A release also publishes ``"<business_id> <origin>"`` on ``<prefix>released``, so downloads
-waiting for a slot in any worker are woken at once instead of polling (`ReleaseNotices`).
+The core keeps the algorithm (leases in a Redis sorted set, owner tokens, release notices; see
+its docstring); this module only binds a business id to a slot key so the service and its log
+lines keep speaking of businesses.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from prosaas_core import limits
+
 PREFIX = "prosaas:recordings:slots:"
-
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-_RENEW = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not score or tonumber(score) <= now then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
-return 1
-"""
-
-_RELEASE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if removed == 1 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return {removed, redis.call('ZCARD', KEYS[1])}
-"""
-
-_ACTIVE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', key, '(' .. now, '+inf') end
-return out
-"""
 
 
 @dataclass(frozen=True)
-class Slot:
-    """One held slot: the business and the token that proves ownership."""
+class Slot(limits.Slot):
+    """A held download slot; its key is the business id."""
 
-    business_id: int
-    token: str
-    active: int  # slots held for the business right after this one was acquired
+    @property
+    def business_id(self) -> int:
+        return int(self.key)
 
 
 class SlotManager:
@@ -81,34 +37,22 @@ class SlotManager:
         prefix: str = PREFIX,
         origin: str = "",
     ):
-        self.redis, self.limit, self.prefix, self.origin = redis, limit, prefix, origin
-        self.channel = f"{prefix}released"
-        self.ttl_ms = max(1, int(ttl * 1000))
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
-        self._active = redis.register_script(_ACTIVE)
-
-    def key(self, business_id: int) -> str:
-        return f"{self.prefix}{business_id}"
+        self.limit, self.ttl = limit, ttl
+        self._slots = limits.Slots(redis, prefix=prefix, origin=origin)
+        self.channel = self._slots.channel
 
     def acquire(self, business_id: int) -> Slot | None:
         """A slot for `business_id`, or None when all `limit` are held."""
-        token = secrets.token_hex(12)
-        n = self._acquire(keys=[self.key(business_id)], args=[self.limit, self.ttl_ms, token])
-        return Slot(business_id, token, int(n)) if n else None
+        got = self._slots.acquire(str(business_id), self.limit, self.ttl)
+        return Slot(got.key, got.token, got.active) if got is not None else None
 
     def renew(self, slot: Slot) -> bool:
         """Extend the lease; False when the slot was lost (expired or Redis flushed)."""
-        return bool(self._renew(keys=[self.key(slot.business_id)], args=[self.ttl_ms, slot.token]))
+        return self._slots.renew(slot, self.ttl)
 
     def release(self, slot: Slot) -> tuple[bool, int]:
         """Give the slot back. Returns (it was still ours, slots held for the business after)."""
-        removed, active = self._release(
-            keys=[self.key(slot.business_id)],
-            args=[slot.token, self.channel, f"{slot.business_id} {self.origin}"],
-        )
-        return bool(removed), int(active)
+        return self._slots.release(slot)
 
     def active(self, business_id: int) -> int:
         """Slots currently held (unexpired) for `business_id`."""
@@ -116,7 +60,5 @@ class SlotManager:
 
     def active_many(self, business_ids: list[int]) -> dict[int, int]:
         """Slots currently held for each of `business_ids`, in one round trip."""
-        if not business_ids:
-            return {}
-        counts = self._active(keys=[self.key(b) for b in business_ids])
-        return {b: int(n) for b, n in zip(business_ids, counts, strict=True)}
+        counts = self._slots.active_many([str(b) for b in business_ids])
+        return {b: counts[str(b)] for b in business_ids}
