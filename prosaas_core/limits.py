@@ -82,8 +82,12 @@ _RELEASE = (
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local wanted = ARGV[4] == '' or redis.call('EXISTS', ARGV[4]) == 1
-if removed == 1 and ARGV[2] ~= '' and wanted then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return {removed, redis.call('ZCARD', KEYS[1])}
+local told = 0
+if removed == 1 and ARGV[2] ~= '' and wanted then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  told = 1
+end
+return {removed, redis.call('ZCARD', KEYS[1]), told}
 """
 )
 
@@ -299,7 +303,14 @@ class Slots:
         """Give the slot back. Returns (it was still ours, slots held for the key after). The
         release notice goes out when `notify`, and (with `only_if`, a Redis key) only while
         that key exists: a waiter raises it, so releases nobody waits for stay silent."""
-        removed, active = self._release(
+        removed, active, _ = self.release_noticed(slot, notify=notify, only_if=only_if)
+        return removed, active
+
+    def release_noticed(
+        self, slot: Slot, *, notify: bool = True, only_if: str | None = None
+    ) -> tuple[bool, int, bool]:
+        """`release`, also saying whether a release notice went out."""
+        removed, active, told = self._release(
             keys=[self.redis_key(slot.key)],
             args=[
                 slot.token,
@@ -308,7 +319,7 @@ class Slots:
                 only_if or "",
             ],
         )
-        return bool(removed), int(active)
+        return bool(removed), int(active), bool(told)
 
     def active(self, key: str) -> int:
         """Slots currently held (unexpired) for `key`."""

@@ -200,8 +200,10 @@ class FlowControl:
                 time.sleep(wait)
                 wait = rates.acquire(key, pol.rate)
             # the admission place is no longer needed either way: the next job may be admitted
-            slots.release(Slot(ADMIT + key, token, 0), only_if=PARKED_FLAG + key)
-            if self.waker is not None:  # notices skip their own origin: tell ours directly
+            _, _, told = slots.release_noticed(
+                Slot(ADMIT + key, token, 0), only_if=PARKED_FLAG + key
+            )
+            if told and self.waker is not None:  # notices skip their own origin: tell ours
                 self.waker.poke(key)
             if wait > 0:
                 if slot is not None:
@@ -219,8 +221,8 @@ class FlowControl:
         """Give the slot back; parked jobs of the key hear about it."""
         if held.slot is None:
             return
-        self.rt.limits.slots.release(held.slot, only_if=PARKED_FLAG + held.key)
-        if self.waker is not None:
+        _, _, told = self.rt.limits.slots.release_noticed(held.slot, only_if=PARKED_FLAG + held.key)
+        if told and self.waker is not None:  # jobs of the key are parked: admit the next
             self.waker.poke(held.key)
 
     # -- parking -----------------------------------------------------------------------------
