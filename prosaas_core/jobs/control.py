@@ -149,6 +149,7 @@ def retry_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> di
                     result=None,
                     worker=None,
                     run_after=None,
+                    parked=None,  # a retried job meets its flow limits again at its start
                     finished_at=None,
                     updated_at=now,
                 )
