@@ -45,6 +45,11 @@ class PayloadError(ProsaasError):
         self.job_type, self.details = job_type, details
 
 
+class TimingError(ProsaasError):
+    """A job's run_at or delay is out of range (both given, negative, or more than a year
+    ahead), or a schedule's cron or time zone is invalid."""
+
+
 class MigrationRequiredError(ProsaasError):
     """The database rejected a job type through chk_job_type: the schema is behind the plugins."""
 

@@ -16,6 +16,7 @@ from prosaas_core.errors import (
     MigrationRequiredError,
     NotFoundError,
     PayloadError,
+    TimingError,
     UnknownJobTypeError,
     first_line,
     is_missing_schema,
@@ -74,6 +75,7 @@ def install(app: Flask) -> None:
     app.register_error_handler(NotFoundError, lambda e: _json(404, "Not found", str(e)))
     app.register_error_handler(ConflictError, lambda e: _json(409, "Conflict", str(e)))
     app.register_error_handler(PayloadError, lambda e: _json(400, "Invalid payload", e.details))
+    app.register_error_handler(TimingError, lambda e: _json(400, "Invalid time", str(e)))
     app.register_error_handler(
         UnknownJobTypeError, lambda e: _json(400, "Unknown job type", str(e))
     )

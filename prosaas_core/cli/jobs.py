@@ -33,19 +33,31 @@ def _control():
 @click.argument("job_type")
 @click.option("--business", "business_id", type=int, required=True, help="Business id.")
 @click.option("--payload", default="{}", show_default=True, help="The payload, a JSON object.")
+@click.option("--at", "run_at", help="Run at this time, ISO 8601 (UTC unless it has an offset).")
+@click.option("--in", "delay", type=float, help="Run in this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print an object with the job's id.")
 @pass_runtime
-def enqueue(rt, job_type: str, business_id: int, payload: str, as_json: bool) -> None:
+def enqueue(rt, job_type: str, business_id: int, payload: str, run_at, delay, as_json) -> None:
     """Enqueue a job of JOB_TYPE for a business; prints the new job's id."""
-    from prosaas_core.errors import PayloadError
+    from datetime import datetime
+
+    from prosaas_core.errors import PayloadError, TimingError
     from prosaas_core.jobs.enqueue import enqueue as do_enqueue
 
     try:
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise UserError(f"--payload is not valid JSON: {exc}") from None
+    when = None
+    if run_at is not None:
+        try:
+            when = datetime.fromisoformat(run_at)
+        except ValueError:
+            raise UserError(f"--at is not an ISO 8601 time: {run_at!r}") from None
     try:
-        job = do_enqueue(rt, job_type, business_id, data)
+        job = do_enqueue(rt, job_type, business_id, data, run_at=when, delay=delay)
+    except TimingError as exc:
+        raise UserError(str(exc).replace("run_at", "--at").replace("delay", "--in")) from None
     except PayloadError as exc:
         fields = "; ".join(
             f"{'.'.join(map(str, d['loc'])) or '(root)'}: {d['msg']}" for d in exc.details

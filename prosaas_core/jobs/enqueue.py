@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from prosaas_core.db import autocommit, autocommit_cursor
-from prosaas_core.errors import MigrationRequiredError, NotFoundError, PayloadError
+from prosaas_core.errors import (
+    MigrationRequiredError,
+    NotFoundError,
+    PayloadError,
+    TimingError,
+)
 from prosaas_core.jobs.transport import push
 from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob
 
@@ -77,9 +83,11 @@ _JOBS = BackgroundJob.__table__
 _INSERT = _JOBS.insert().returning(_JOBS.c.id)
 _INSERT_SQL = (
     "INSERT INTO background_jobs (business_id, job_type, queue, status, payload, max_attempts, "
-    "unique_key) VALUES (%(business_id)s, %(job_type)s, %(queue)s, %(status)s, "
-    "%(payload)s::jsonb, %(max_attempts)s, %(unique_key)s) RETURNING id"
+    "unique_key, run_after) VALUES (%(business_id)s, %(job_type)s, %(queue)s, %(status)s, "
+    "%(payload)s::jsonb, %(max_attempts)s, %(unique_key)s, %(run_after)s) RETURNING id"
 )
+#: the furthest ahead a job may be scheduled, seconds (a year)
+MAX_DELAY = 366 * 86400.0
 
 
 def _insert(engine: Engine, row: dict[str, Any]) -> int:
@@ -94,14 +102,44 @@ def _insert(engine: Engine, row: dict[str, Any]) -> int:
         return conn.execute(_INSERT, row).scalar_one()
 
 
-def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -> Enqueued:
-    """Validate and persist a job, then push it to its queue.
+def due_time(run_at: datetime | None = None, delay: float | None = None) -> datetime | None:
+    """When a job asked to run at `run_at` (aware, or naive UTC) or after `delay` seconds is
+    due; None for now (a time in the past is now). TimingError for both or a bad value."""
+    if run_at is not None and delay is not None:
+        raise TimingError("give run_at or delay, not both")
+    now = datetime.now(UTC)
+    if delay is not None:
+        if not (0 <= delay <= MAX_DELAY):
+            raise TimingError(f"delay must be 0 to {MAX_DELAY:.0f} seconds, got {delay}")
+        when = now + timedelta(seconds=delay)
+    elif run_at is not None:
+        when = run_at if run_at.tzinfo is not None else run_at.replace(tzinfo=UTC)
+        if when - now > timedelta(seconds=MAX_DELAY):
+            raise TimingError("run_at is more than a year ahead")
+    else:
+        return None
+    return when if when > now else None
+
+
+def enqueue(
+    rt: Runtime,
+    job_type: str,
+    business_id: int,
+    payload: Any = None,
+    *,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+) -> Enqueued:
+    """Validate and persist a job, then push it to its queue; with `run_at` (a datetime) or
+    `delay` (seconds), it is stored due later and pushed when due by any worker (a Redis loss
+    meanwhile loses nothing: the sweeper pushes due rows Redis does not hold).
 
     Raises `UnknownJobTypeError`, `PayloadError`, `NotFoundError` (no such business) or
     `MigrationRequiredError` (the database's chk_job_type does not allow the type yet).
     """
     jt = rt.registry.job_type(job_type)
     data = validate_payload(jt, payload)
+    due = due_time(run_at, delay)
     unique_key = jt.name if jt.unique_per_business else None
     row = {
         "business_id": business_id,
@@ -111,6 +149,7 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
         "payload": data,
         "max_attempts": jt.max_attempts,
         "unique_key": unique_key,
+        "run_after": due,
     }
     try:
         job_id = _insert(rt.engine, row)
@@ -128,9 +167,17 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
             raise
         existing = _active_unique(rt, business_id, unique_key)
         if existing is None:  # finished between our insert and this read: try once more
-            return enqueue(rt, job_type, business_id, payload)
+            return enqueue(rt, job_type, business_id, payload, run_at=run_at, delay=delay)
         log.info("Job %s (%s) already active for business %s", existing.id, jt.name, business_id)
         return Enqueued(existing.id, existing.status, jt.name, business_id, False, False)
+    if due is not None:
+        from prosaas_core.jobs.delayed import schedule
+
+        schedule(rt, job_id, jt.queue, (due - datetime.now(UTC)).total_seconds(),
+                 timeout=jt.timeout)  # fmt: skip
+        log.info("Enqueued job_id=%s job_type=%s business_id=%s queue=%r due=%s", job_id,
+                 jt.name, business_id, jt.queue, due.isoformat())  # fmt: skip
+        return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     pushed = _admit_and_push(rt, jt, job_id, business_id)
     if pushed is None:
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
