@@ -1,7 +1,8 @@
 """prosaas: plugin-based background jobs for multi-tenant SaaS backends.
 
-The public surface a plugin imports: ``hookimpl``, ``JobType``, ``Service``, ``JobContext``,
-``ServiceContext``; an application: ``create_app``, ``enqueue``, ``Runtime``, ``Settings``.
+The public surface a plugin imports: ``hookimpl``, ``JobType``, ``Schedule``, ``Service``,
+``JobContext``, ``ServiceContext`` and ``prosaas_core.limits``; an application: ``create_app``,
+``enqueue``, ``Runtime``, ``Settings``.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from prosaas_core.hookspecs import hookimpl
-from prosaas_core.registry import JobType, Service
+from prosaas_core.registry import JobType, Schedule, Service
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
 
 __all__ = [
     "hookimpl",
     "JobType",
+    "Schedule",
     "Service",
     "JobContext",
     "ServiceContext",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import flask
     import pluggy
 
-    from prosaas_core.registry import JobType, Service
+    from prosaas_core.registry import JobType, Schedule, Service
 
 PROJECT = "prosaas"
 
@@ -118,4 +118,21 @@ def prosaas_cli(cli: click.Group) -> None:
             @cli.command("acme-report")
             def report():
                 click.echo("ok")
+    """
+
+
+@hookspec
+def prosaas_schedules() -> Iterable[Schedule]:
+    """Return cron schedules: each occurrence enqueues a job of one of the installed types for
+    every active business, exactly once across all workers (whichever fires it).
+
+    Every ``prosaas worker`` runs the scheduler; operators pause and resume plugin schedules
+    with ``prosaas schedules pause|resume NAME``.
+
+    Example::
+
+        @hookimpl
+        def prosaas_schedules():
+            return [Schedule("recordings-retention", cron="30 3 * * *",
+                             job_type="recordings_retention", per_business=True)]
     """

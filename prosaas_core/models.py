@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -222,6 +223,64 @@ class FlowLimit(Base):
     concurrency: Mapped[int | None] = mapped_column(Integer)
     rate: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = _now()
+
+
+class ScheduleRow(Base):
+    """A schedule: an operator's or a business's (full definition), or a plugin's (only the
+    row that holds its paused flag and when it was first seen; the definition is the code's).
+    Names are unique per owner: each business's own, and one space for plugins and operators."""
+
+    __tablename__ = "prosaas_schedules"
+    __table_args__ = (
+        Index(
+            "uq_prosaas_schedules_owner_name",
+            text("coalesce(business_id, 0)"),
+            "name",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(16))  # plugin | operator | business
+    business_id: Mapped[int | None] = mapped_column(ForeignKey("businesses.id", ondelete="CASCADE"))
+    cron: Mapped[str | None] = mapped_column(String(120))
+    job_type: Mapped[str | None] = mapped_column(String(63))
+    payload: Mapped[Any | None] = mapped_column(Json)
+    per_business: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
+    catch_up: Mapped[str] = mapped_column(String(8), server_default="skip")
+    jitter: Mapped[float] = mapped_column(Float, server_default="0")
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    #: the latest occurrence the scheduler has dealt with (fired, or skipped by catch-up)
+    fired_through: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class ScheduleRun(Base):
+    """One fired occurrence of a schedule (per business for per-business schedules): the
+    unique key is what makes an occurrence fire exactly once, whoever fires it."""
+
+    __tablename__ = "prosaas_schedule_runs"
+    __table_args__ = (
+        Index(
+            "uq_prosaas_schedule_runs_occurrence",
+            "schedule_id",
+            "occurrence_at",
+            "business_id",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("prosaas_schedules.id", ondelete="CASCADE"))
+    occurrence_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the business the occurrence fired for (the schedule's own one for a business schedule)
+    business_id: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    fired_at: Mapped[datetime] = _now()
+    fired_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class JobTypeMigration(Base):

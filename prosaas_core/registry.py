@@ -85,6 +85,44 @@ class Service:
             raise PluginError(f"service {self.name!r}: run is not callable")
 
 
+CATCH_UP = ("skip", "once", "all")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule a plugin contributes: every occurrence enqueues `job_type` with
+    `payload`, once per active business when `per_business` (plugin schedules must be: every
+    job belongs to a business). `timezone` is an IANA name; `catch_up` says what happens to
+    occurrences missed while no worker ran: "skip" them, fire "once", or fire "all" (capped);
+    `jitter` spreads each occurrence's jobs over that many seconds."""
+
+    name: str
+    _: KW_ONLY
+    cron: str
+    job_type: str
+    payload: dict | None = None
+    per_business: bool = False
+    timezone: str = "UTC"
+    catch_up: str = "skip"
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        from prosaas_core.errors import TimingError
+        from prosaas_core.schedules import check_definition
+
+        if not isinstance(self.name, str) or not SCHEDULE_RE.match(self.name):
+            raise PluginError(f"invalid schedule name {self.name!r}: {SCHEDULE_RE.pattern}")
+        try:
+            check_definition(self.cron, self.timezone, self.catch_up, self.jitter)
+        except TimingError as exc:
+            raise PluginError(f"schedule {self.name!r}: {exc}") from None
+        if self.payload is not None and not isinstance(self.payload, dict):
+            raise PluginError(f"schedule {self.name!r}: payload must be a dict or None")
+
+
+SCHEDULE_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,99}$")
+
+
 @dataclass
 class Registry:
     """What the installed plugins contribute, with the plugin that contributed each piece."""
@@ -94,6 +132,8 @@ class Registry:
     services: dict[str, Service] = field(default_factory=dict)
     service_owner: dict[str, str] = field(default_factory=dict)
     migrations: dict[str, list[str]] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    schedule_owner: dict[str, str] = field(default_factory=dict)
 
     @property
     def queues(self) -> list[str]:
@@ -156,4 +196,20 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             reg.service_owner[svc.name] = plugin
     for plugin, items in _per_plugin(pm, "prosaas_migrations"):
         reg.migrations[plugin] = [str(p) for p in items]
+    for plugin, items in _per_plugin(pm, "prosaas_schedules"):
+        for sched in items:
+            if not isinstance(sched, Schedule):
+                raise PluginError(f"plugin {plugin!r}: prosaas_schedules returned {sched!r}")
+            if not sched.per_business:
+                raise PluginError(
+                    f"plugin {plugin!r}: schedule {sched.name!r} must be per_business=True "
+                    "(a job belongs to a business; operators add one-business schedules)"
+                )
+            if sched.name in reg.schedules:
+                raise PluginError(
+                    f"schedule {sched.name!r} is provided by two plugins: "
+                    f"{reg.schedule_owner[sched.name]!r} and {plugin!r}"
+                )
+            reg.schedules[sched.name] = sched
+            reg.schedule_owner[sched.name] = plugin
     return reg

@@ -74,6 +74,13 @@ class Settings:
     #: lease of a flow-control slot, seconds: a dead holder's slot comes back within it, and
     #: per-business limit overrides take effect within it
     flow_lease: float = 30.0
+    #: seconds between two scheduler ticks of a worker (one fires at a time)
+    schedule_tick: float = 1.0
+    #: an occurrence older than this (seconds) when the scheduler gets to it counts as missed,
+    #: and then the schedule's catch-up policy decides
+    schedule_grace: float = 60.0
+    #: most missed occurrences a catch_up="all" schedule fires at once
+    schedule_catch_up_max: int = 100
     #: largest request body the API accepts, bytes
     max_body_bytes: int = 16 * 1024 * 1024
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -104,6 +111,9 @@ class Settings:
             shutdown_timeout=_number(env, "PROSAAS_SHUTDOWN_TIMEOUT", 30.0),
             worker_class=_choice(env, "PROSAAS_WORKER_CLASS", ("simple", "fork")),
             flow_lease=_number(env, "PROSAAS_FLOW_LEASE", 30.0),
+            schedule_tick=_number(env, "PROSAAS_SCHEDULE_TICK", 1.0),
+            schedule_grace=_number(env, "PROSAAS_SCHEDULE_GRACE", 60.0),
+            schedule_catch_up_max=int(_number(env, "PROSAAS_SCHEDULE_CATCH_UP_MAX", 100)),
             max_body_bytes=int(_number(env, "PROSAAS_MAX_BODY_BYTES", 16 * 1024 * 1024)),
             env=env,
         )

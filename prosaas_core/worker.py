@@ -170,10 +170,19 @@ def run_worker(
     from prosaas_core.jobs.flow import Waker
 
     waker = Waker(rt.flow).start()
+    if "ENABLE_SCHEDULERS" in rt.settings.env:
+        log.warning(
+            "ENABLE_SCHEDULERS is set but prosaas does not read it: every prosaas worker "
+            "fires schedules and runs every service (a flag like it once stopped recordings)"
+        )
+    from prosaas_core.jobs.scheduler import Scheduler
+
+    scheduler = Scheduler(rt, name)
     maintenance = Maintenance(rt)
     maintenance.run_once(grace=0.0)  # at start-up: rows Redis lost are pushed before draining
     if not burst:
         maintenance.start()
+        scheduler.start()
 
     def on_stop() -> None:
         # services stop in parallel with the job's wind-down; a watchdog bounds the whole stop
@@ -201,6 +210,7 @@ def run_worker(
     finally:
         shutdown.set()
         maintenance.stop()
+        scheduler.stop()
         waker.stop()
         late = supervisor.stop(grace)
         heartbeat.stop()

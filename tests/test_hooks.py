@@ -4,6 +4,7 @@ checks that keep the hook reference true."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def test_hook_prosaas_migrations(runtime):
 def test_hook_prosaas_cli(cli):
     proc = cli("acme-hello")
     assert proc.returncode == 0 and proc.stdout.strip() == "hello from acme"
+
+
+def test_hook_prosaas_schedules(runtime, cli):
+    sched = runtime.registry.schedules["acme-new-year"]
+    assert runtime.registry.schedule_owner["acme-new-year"] == "acme"
+    assert (sched.cron, sched.job_type, sched.per_business) == ("0 0 1 1 *", "acme_echo", True)
+    (listed,) = [s for s in json.loads(cli("schedules", "list", "--json", check=True).stdout)
+                 if s["name"] == "acme-new-year"]  # fmt: skip
+    assert listed["source"] == "plugin" and listed["next_occurrence"].endswith(
+        "-01-01T00:00:00+00:00"
+    )
 
 
 def _signature(name: str) -> str:

@@ -52,6 +52,7 @@ class ProsaasCollector(Collector):
             ("redis", self._queues),
             ("workers", self._workers),
             ("flow", self._flow),
+            ("schedules", self._schedules),
         ):
             try:
                 metrics = list(gen())
@@ -173,6 +174,37 @@ class ProsaasCollector(Collector):
             for reason, n in sorted(r["parked_reasons"].items()):
                 parked.add_metric([*key, reason.split(":", 1)[0]], n)
         yield from (held, limit, parked, used, rate)
+
+
+    def _schedules(self) -> Iterator[Metric]:
+        from datetime import datetime
+
+        from prosaas_core.schedules import status
+
+        labels = ["schedule", "business_id"]
+        last = GaugeMetricFamily(
+            "prosaas_schedule_last_occurrence_timestamp_seconds",
+            "Latest fired occurrence of each schedule",
+            labels=labels,
+        )
+        nxt = GaugeMetricFamily(
+            "prosaas_schedule_next_occurrence_timestamp_seconds",
+            "Next occurrence of each active schedule",
+            labels=labels,
+        )
+        problem = GaugeMetricFamily(
+            "prosaas_schedule_problem",
+            "1 when a schedule is overdue or its job type is not installed",
+            labels=labels,
+        )
+        for r in status(self.rt):
+            key = [r["name"], str(r["business_id"] or "")]
+            if r["last_occurrence"]:
+                last.add_metric(key, datetime.fromisoformat(r["last_occurrence"]).timestamp())
+            if r["next_occurrence"]:
+                nxt.add_metric(key, datetime.fromisoformat(r["next_occurrence"]).timestamp())
+            problem.add_metric(key, 1 if r["problem"] else 0)
+        yield from (last, nxt, problem)
 
 
 def make_registry(rt: Runtime) -> CollectorRegistry:

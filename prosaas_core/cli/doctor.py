@@ -198,6 +198,35 @@ def check_flow(rt: Runtime, report: Report) -> None:
         )
 
 
+def check_schedules(rt: Runtime, report: Report) -> None:
+    """Each schedule's last and next occurrence; a problem when one is overdue or its job type
+    is not installed: scheduled work must never be silently off."""
+    from prosaas_core.schedules import status
+
+    try:
+        rows = status(rt)
+    except Exception as exc:
+        report.add(WARN, f"schedules: could not be read: {first_line(exc)}")
+        return
+    for r in rows:
+        where = "per business" if r["per_business"] else f"business {r['business_id']}"
+        if r["problem"]:
+            report.add(PROBLEM, f"schedule {r['name']!r} ({where}): {r['problem']}")
+        elif r["paused"]:
+            report.add(WARN, f"schedule {r['name']!r} ({where}): paused")
+        else:
+            report.add(
+                OK,
+                f"schedule {r['name']!r} ({where}): last {r['last_occurrence'] or 'never'}, "
+                f"next {r['next_occurrence']}",
+            )
+    if "ENABLE_SCHEDULERS" in rt.settings.env:
+        report.add(
+            WARN,
+            "ENABLE_SCHEDULERS is set but does nothing: every prosaas worker fires schedules",
+        )
+
+
 def diagnose(rt: Runtime) -> Report:
     """Every check, in order; a check that needs an unreachable server is skipped."""
     report = Report()
@@ -208,6 +237,8 @@ def diagnose(rt: Runtime) -> Report:
         check_workers(rt, report, db_ok=db_ok)
         if db_ok:
             check_flow(rt, report)
+    if db_ok:
+        check_schedules(rt, report)
     return report
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "businesses": ("prosaas_core.cli.businesses:businesses", "Create and list businesses."),
     "tokens": ("prosaas_core.cli.tokens:tokens", "Create and revoke API tokens."),
     "jobs": ("prosaas_core.cli.jobs:jobs", "Enqueue, inspect, cancel, retry and watch jobs."),
+    "schedules": ("prosaas_core.cli.schedules:schedules", "Cron schedules: list, add, pause."),
     "limits": ("prosaas_core.cli.limits:limits", "Per-business concurrency and rate limits."),
     "doctor": ("prosaas_core.cli.doctor:doctor", "Check the deployment; exit 1 on any problem."),
     "demo": ("prosaas_core.cli.demo:demo", "Run an end-to-end demo on the embedded default."),

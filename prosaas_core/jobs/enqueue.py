@@ -178,7 +178,7 @@ def enqueue(
         log.info("Enqueued job_id=%s job_type=%s business_id=%s queue=%r due=%s", job_id,
                  jt.name, business_id, jt.queue, due.isoformat())  # fmt: skip
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
-    pushed = _admit_and_push(rt, jt, job_id, business_id)
+    pushed = admit_and_push(rt, jt, job_id, business_id)
     if pushed is None:
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     log.info(
@@ -191,7 +191,7 @@ def enqueue(
     return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
 
 
-def _admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> bool | None:
+def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> bool | None:
     """Push the new row; a flow-limited type is admitted first, and parked (None) when its
     business has no slot or rate token for it now."""
     pol = rt.flow.policy(jt, business_id)
