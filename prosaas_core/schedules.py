@@ -4,14 +4,16 @@ schedules add``) and businesses (``/api/schedules``), their occurrences, and the
 Cron expressions have 5 fields (minute hour day month weekday) or 6, the sixth being seconds,
 and are read by croniter in the schedule's IANA time zone. Across a DST change, a local time
 that does not exist (02:30 on a spring-forward night) fires at the first valid time after it
-(03:00); a local time that happens twice (01:30 on a fall-back night) fires once.
+(03:00); a local time that happens twice (01:30 on a fall-back night) fires once when the cron
+names its hours, and in each real hour when its hour field is a wildcard (``0 * * * *`` fires 25
+times that day).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prosaas_core.errors import ConflictError, NotFoundError, TimingError
@@ -54,8 +56,18 @@ def occurrences(cron: str, timezone: str, after: datetime, upto: datetime) -> It
 
     tz = _zone(timezone)
     it = croniter(cron, after.astimezone(tz))
+    # A cron that names its hours means wall-clock times: the second pass of a repeated hour
+    # (fall-back) is not another occurrence. A wildcard hour means every real hour, both passes.
+    fields = cron.split()
+    wall_clock = len(fields) >= 2 and not fields[1].startswith("*")
+    previous_wall = None
     for _ in range(SCAN_CAP):
-        nxt = it.get_next(datetime).astimezone(UTC)
+        local = it.get_next(datetime)
+        wall = local.replace(tzinfo=None)
+        if wall_clock and wall == previous_wall:
+            continue
+        previous_wall = wall
+        nxt = local.astimezone(UTC)
         if nxt > upto:
             return
         yield nxt
@@ -207,9 +219,10 @@ def status(rt: Runtime, *, business_id: int | None = None) -> list[dict[str, Any
             if not installed:
                 problem = f"job type {e.job_type!r} is not installed"
             elif not e.paused:
-                due = previous_occurrence(e.cron, e.timezone, now)
+                # the latest occurrence a running scheduler would have dealt with by now
+                due = previous_occurrence(e.cron, e.timezone, now - timedelta(seconds=grace))
                 seen = e.fired_through or e.created_at
-                if due > seen and (now - due).total_seconds() > grace:
+                if due > seen:
                     problem = f"occurrence {due.isoformat()} is overdue: is a worker running?"
             out.append(
                 {

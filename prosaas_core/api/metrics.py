@@ -175,7 +175,6 @@ class ProsaasCollector(Collector):
                 parked.add_metric([*key, reason.split(":", 1)[0]], n)
         yield from (held, limit, parked, used, rate)
 
-
     def _schedules(self) -> Iterator[Metric]:
         from datetime import datetime
 
