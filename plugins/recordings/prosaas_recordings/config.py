@@ -60,6 +60,9 @@ class RecordingsConfig:
     #: whole-download deadline, seconds
     download_timeout: float = 600.0
     max_bytes: int = 200 * 1024 * 1024
+    #: recordings older than this many days are deleted by the nightly retention schedule
+    #: (0: kept forever)
+    retention_days: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> RecordingsConfig:
@@ -82,6 +85,7 @@ class RecordingsConfig:
             read_timeout=_num(settings, "RECORDINGS_READ_TIMEOUT", 30.0, minimum=0.1),
             download_timeout=_num(settings, "RECORDINGS_DOWNLOAD_TIMEOUT", 600.0, minimum=0.1),
             max_bytes=int(_num(settings, "RECORDINGS_MAX_BYTES", 200 * 1024 * 1024, minimum=1)),
+            retention_days=_num(settings, "RECORDINGS_RETENTION_DAYS", 0.0),
         )
 
     def retry_delay(self, attempt: int) -> float:
