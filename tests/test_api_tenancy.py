@@ -13,7 +13,12 @@ from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.models import Call
 
 PARAM = re.compile(r"<(?:[^:>]+:)?(\w+)>")
-MISSING = {"job_id": "987654321", "lead_id": "987654321", "import_id": "987654321"}
+MISSING = {
+    "job_id": "987654321",
+    "lead_id": "987654321",
+    "import_id": "987654321",
+    "schedule_id": "987654321",
+}
 MISSING_SID = "CA_missing_000"
 
 
@@ -21,7 +26,7 @@ def _snapshot(rt) -> dict:
     with rt.engine.connect() as conn:
         return {
             table: conn.execute(text(f"SELECT * FROM {table} ORDER BY id")).all()
-            for table in ("background_jobs", "leads", "lead_imports", "calls")
+            for table in ("background_jobs", "leads", "lead_imports", "calls", "prosaas_schedules")
         }
 
 
@@ -48,7 +53,14 @@ def test_other_business_objects_answer_404_like_missing_ones_and_stay_unchanged(
     ).get_json()["import_id"]
     with runtime.session() as s:
         s.add(Call(business_id=a_id, call_sid="CA_a_1", recording_path="/etc/hostname"))
-    mine = {"job_id": str(job), "lead_id": str(lead), "import_id": str(imp), "call_sid": "CA_a_1"}
+    sched = client.post(
+        "/api/schedules",
+        json={"name": "a-daily", "cron": "0 3 * * *", "job_type": "acme_echo",
+              "payload": {"message": "a"}},
+        headers=ha,
+    ).get_json()["id"]  # fmt: skip
+    mine = {"job_id": str(job), "lead_id": str(lead), "import_id": str(imp), "call_sid": "CA_a_1",
+            "schedule_id": str(sched)}  # fmt: skip
     missing = {**MISSING, "call_sid": MISSING_SID}
     before = _snapshot(runtime)
 
@@ -78,6 +90,7 @@ def test_other_business_objects_answer_404_like_missing_ones_and_stay_unchanged(
     assert {"GET /api/jobs/<id:job_id>", "POST /api/jobs/<id:job_id>/cancel"} <= set(checked)
     assert {"POST /api/jobs/<id:job_id>/retry", "GET /api/leads/<id:lead_id>"} <= set(checked)
     assert "GET /api/leads/imports/<id:import_id>" in checked
+    assert "DELETE /api/schedules/<id:schedule_id>" in checked
 
     # lists never show A's objects to B, even when filtered by A's import
     for url in (
@@ -85,6 +98,7 @@ def test_other_business_objects_answer_404_like_missing_ones_and_stay_unchanged(
         "/api/leads",
         f"/api/leads?import_id={imp}",
         "/api/jobs?status=failed",
+        "/api/schedules",
     ):
         body = client.get(url, headers=hb).get_json()
         assert body["items"] == [], url
