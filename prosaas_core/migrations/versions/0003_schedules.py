@@ -1,6 +1,6 @@
 """Schedules: operators', businesses' and plugins' cron schedules, and their fired occurrences.
 
-Revision ID: 0006_schedules
+Revision ID: 0003_schedules
 Revises: 0002_flow_control
 Create Date: 2026-12-01
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0006_schedules"
+revision = "0003_schedules"
 down_revision = "0002_flow_control"
 branch_labels = None
 depends_on = None
