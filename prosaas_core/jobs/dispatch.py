@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -20,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from prosaas_core.db import autocommit_cursor
 from prosaas_core.jobs import store
 from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.dbretry import retry_transient, transient
 from prosaas_core.jobs.timeout import JobTimeout, deadline
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ log = logging.getLogger("prosaas.worker")
 MAX_ERROR = 4000
 #: frames of traceback kept with an error
 TRACEBACK_FRAMES = 6
+#: seconds before an attempt cut short by a lost database connection runs again
+DB_LOST_RETRY = 1.0
 
 
 def short_traceback(exc: BaseException) -> str:
@@ -65,6 +69,8 @@ class Dispatcher:
         self._pid = os.getpid()
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
+        #: the worker's lease (prosaas_core.jobs.lease.WorkerLease), when it holds one
+        self.lease: Any = None
 
     # -- connections ------------------------------------------------------------------------
 
@@ -119,15 +125,14 @@ class Dispatcher:
             ) from err
 
     def _retrying(self, fn, *args, **kwargs):
-        """Run one statement; once more on a fresh connection if the kept one had died."""
-        try:
+        """Run one statement; again on a fresh connection while the database is unreachable
+        (a restart, a terminated backend), for up to PROSAAS_DB_RETRY seconds."""
+
+        def once():
             with self.connect() as conn:
                 return fn(conn, *args, **kwargs)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            with self.connect() as conn:
-                return fn(conn, *args, **kwargs)
+
+        return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
 
     def after_fork_in_child(self) -> None:
         """A forked work horse must never use the parent's sockets: forget them, unclosed."""
@@ -210,6 +215,7 @@ class Dispatcher:
             payload,
             connect=self.connect,
             shutdown=self.shutdown,
+            lease=self.lease,
         )
         self.current = ctx
         self._ensure_heartbeat()
@@ -278,10 +284,13 @@ class Dispatcher:
         if ctx is not None and ctx.stopped_for == "cancel":
             self._finish(claim, started, "cancelled", None, error, ctx)
             return None
-        if final or jt is None or claim.attempt >= claim.max_attempts:
+        # called from run()'s except clause: a database that went away under the handler (a
+        # restart, a terminated backend) is not the job's fault and does not use an attempt
+        infra = not final and jt is not None and transient(sys.exc_info()[1])
+        if not infra and (final or jt is None or claim.attempt >= claim.max_attempts):
             self._finish(claim, started, "failed", None, error, ctx)
             return None
-        delay = backoff(self.rt, claim.attempt)
+        delay = DB_LOST_RETRY if infra else backoff(self.rt, claim.attempt)
         processed, total = (ctx.processed, ctx.total) if ctx is not None else (None, None)
         ok = self._retrying(
             store.requeue,
@@ -289,6 +298,7 @@ class Dispatcher:
             claim.fence,
             delay=delay,
             error=error,
+            refund_attempt=infra,
             processed=processed,
             total=total,
         )
@@ -300,7 +310,7 @@ class Dispatcher:
         schedule(self.rt, claim.id, claim.queue, delay, timeout=jt.timeout)
         log.warning(
             "JOB RETRY job_id=%s job_type=%s business_id=%s attempt=%s/%s duration=%.3fs "
-            "retry_in=%.1fs error=%s",
+            "retry_in=%.1fs%s error=%s",
             claim.id,
             claim.job_type,
             claim.business_id,
@@ -308,6 +318,7 @@ class Dispatcher:
             claim.max_attempts,
             time.monotonic() - started,
             delay,
+            " (database connection lost: attempt not counted)" if infra else "",
             error.strip().splitlines()[-1],
         )
         return None
@@ -317,15 +328,14 @@ class Dispatcher:
         going away); it resumes from its checkpoint elsewhere."""
         from prosaas_core.jobs.transport import push
 
-        with self.connect() as conn:
-            ok = store.requeue(
-                conn,
-                ctx.job_id,
-                ctx.fence,
-                refund_attempt=True,
-                processed=ctx.processed,
-                total=ctx.total,
-            )
+        ok = self._retrying(
+            store.requeue,
+            ctx.job_id,
+            ctx.fence,
+            refund_attempt=True,
+            processed=ctx.processed,
+            total=ctx.total,
+        )
         if ok:
             jt = self.rt.registry.job_types.get(ctx.job_type)
             push(self.rt, ctx.job_id, ctx.queue, timeout=jt.timeout if jt else None)

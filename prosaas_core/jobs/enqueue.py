@@ -132,8 +132,12 @@ def enqueue(rt: Runtime, job_type: str, business_id: int, payload: Any = None) -
         log.info("Job %s (%s) already active for business %s", existing.id, jt.name, business_id)
         return Enqueued(existing.id, existing.status, jt.name, business_id, False, False)
     pushed = push(rt, job_id, jt.queue, timeout=jt.timeout)
+    # "Enqueued" means committed and pushed; a row Redis did not take waits for the sweeper
     log.info(
-        "Enqueued job_id=%s job_type=%s business_id=%s queue=%r",
+        "Enqueued job_id=%s job_type=%s business_id=%s queue=%r"
+        if pushed
+        else "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not pushed "
+        "(Redis unavailable); the sweeper pushes it",
         job_id,
         jt.name,
         business_id,
