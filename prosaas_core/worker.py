@@ -376,6 +376,8 @@ def run_worker(
             if not _wait_for_redis(rt, shutdown, redis_state):
                 break
     finally:
+        if _TIMED_OUT.is_set():  # the watchdog hands the job back and exits 1: leave it to it
+            time.sleep(30)
         shutdown.set()
         maintenance.stop()
         late = supervisor.stop(grace)
@@ -418,11 +420,16 @@ def _wait_for_retry(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> boo
     return True
 
 
+#: set once the stop watchdog fired; the main thread then stays out of its way
+_TIMED_OUT = threading.Event()
+
+
 def _watchdog(disp: dispatch.Dispatcher, worker, lease, grace: float) -> None:
     """After a stop signal, exit anyway once `grace` seconds have passed. The running job is
     handed back to the queue first (fenced, the attempt not counted), so nobody waits for a
     lease to lapse; a forking worker first ends the work horse it started."""
     time.sleep(grace)
+    _TIMED_OUT.set()
     log.error("WORKER STOP TIMEOUT after %.0fs: exiting now", grace)
     ctx = disp.current
     if ctx is not None:  # simple worker: the job runs in this process
