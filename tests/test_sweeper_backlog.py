@@ -48,7 +48,7 @@ def test_one_sweep_finds_lost_rows_behind_a_held_backlog(runtime, business):
             ),
             {"i": later},
         )
-    runtime.redis.delete("rq:job:prosaas-%d" % later)
+    runtime.redis.delete(f"rq:job:prosaas-{later}")
     report = sweeper.sweep(runtime, grace=0)
     assert report.repushed == lost
     assert sweeper.sweep(runtime, grace=0).repushed == []  # now held

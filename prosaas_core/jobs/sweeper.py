@@ -137,6 +137,19 @@ def find_lost(
             return lost
 
 
+def interleave(rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The rows taking turns by queue, oldest first within each: after a flush, the few lost
+    jobs of a small queue are pushed in the first round trip, not after a big queue's backlog."""
+    per_queue: dict[str, list[tuple[int, str, str]]] = {}
+    for row in rows:
+        per_queue.setdefault(row[1], []).append(row)
+    lanes = list(per_queue.values())
+    out: list[tuple[int, str, str]] = []
+    for i in range(max((len(lane) for lane in lanes), default=0)):
+        out.extend(lane[i] for lane in lanes if i < len(lane))
+    return out
+
+
 def sweep(
     rt: Runtime,
     *,
@@ -175,7 +188,7 @@ def sweep(
             return report
         found = find_lost(conn, rt, grace)
         report.lost = [r[0] for r in found]
-        report.repushed = push_many(rt, found)
+        report.repushed = sorted(push_many(rt, interleave(found)))
     if report.repushed:
         log.warning(
             "SWEEPER re-pushed %d queued job(s) Redis did not hold: %s",
