@@ -27,18 +27,33 @@ MAX_PAUSE = 1.0
 
 def transient(exc: BaseException | None) -> bool:
     """True for a lost connection or a server that does not answer (yet): worth a retry on a
-    fresh connection. A constraint violation, a deadlock or a statement timeout is not."""
-    if not isinstance(exc, DBAPIError):
+    fresh connection. A constraint violation, a deadlock or a statement timeout is not.
+
+    Takes SQLAlchemy's wrapped errors and the driver's own (``engine.raw_connection()`` lets
+    a failed connect through unwrapped)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if not isinstance(exc, OperationalError):
+            return False
+        orig = exc.orig
+    elif _driver_connection_error(exc):
+        orig = exc
+    else:
         return False
-    if exc.connection_invalidated:
-        return True
-    if not isinstance(exc, OperationalError):
-        return False
-    code = getattr(exc.orig, "pgcode", None)
+    code = getattr(orig, "pgcode", None)
     if code is None:  # the driver could not connect or lost the socket: no server answer
         return True
     # 08: connection exception; 57P0x: the server is shutting down or restarting
     return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
+def _driver_connection_error(exc: BaseException | None) -> bool:
+    try:
+        import psycopg2
+    except ImportError:  # SQLite only
+        return False
+    return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
 
 
 def retry_transient(
@@ -56,7 +71,7 @@ def retry_transient(
     while True:
         try:
             result = fn()
-        except DBAPIError as exc:
+        except Exception as exc:
             if not transient(exc) or time.monotonic() + pause > end or give_up():
                 if tries:
                     log.warning("%s: database still unreachable after %d tries", what, tries + 1)

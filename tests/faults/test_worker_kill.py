@@ -107,3 +107,26 @@ def test_horse_killing_poison_job_ends_failed_and_others_run(fault):
     assert "work horse died" in fault.job(poison)["error"]
     ok = fault.enqueue("acme_count", {"n": 5, "batch": 5})
     wait_until(lambda: fault.job(ok)["status"] == "succeeded", 15, "next job done")
+
+
+def test_paused_worker_is_fenced_by_its_lease(fault):
+    """A worker frozen past its lease (SIGSTOP, a VM pause) loses the job to another worker in
+    seconds; when it wakes up it stops the attempt at once instead of writing."""
+    workers = [fault.start_worker("--queues", "acme") for _ in range(2)]
+    for w in workers:
+        w.wait_for_log("Listening on acme")
+    job = fault.enqueue("acme_count", COUNT)
+    wait_until(lambda: _checkpoint(fault, job) >= 60, 30, "first checkpoints")
+    a = _holder(fault, job, workers)
+    (b,) = [w for w in workers if w is not a]
+    paused = time.monotonic()
+    a.signal(signal.SIGSTOP)
+    wait_until(lambda: fault.job(job)["attempts"] == 2, KILL_TO_RESUME + SLACK, "taken over")
+    assert time.monotonic() - paused < KILL_TO_RESUME + SLACK
+    a.signal(signal.SIGCONT)
+    a.wait_for_log("worker lease lapsed: this attempt stops writing", 10)
+    wait_until(lambda: fault.job(job)["status"] == "succeeded", 60, "done")
+    assert f"JOB DONE job_id={job}" in b.log() and f"JOB DONE job_id={job}" not in a.log()
+    assert [item for item, _ in fault.ticks(job)] == list(range(N))
+    # the paused worker carries on with new work under a fresh lease
+    assert "WORKER LEASE LAPSED" in a.log()
