@@ -214,7 +214,8 @@ class Maintenance:
         now = time.monotonic()
         self._next_rescue = now
         self._next_full = now + rt.settings.sweep_interval
-        self._again: float | None = None
+        #: an urgent full sweep is due (Redis back or emptied) until one succeeds
+        self._urgent = False
 
     def run_once(self, *, grace: float) -> None:
         from prosaas_core.jobs.delayed import pump
@@ -251,35 +252,35 @@ class Maintenance:
         from prosaas_core.jobs.sweeper import sweep
 
         now = time.monotonic()
-        fresh = False
+        urgent = False
         try:
             pump(self.rt)
             fresh = self._mark()
         except RedisError as exc:
             self.redis.failed(exc)
         else:
-            if self.redis.ok() or fresh:
-                # pushes failed meanwhile or Redis lost everything: look now, and once more
-                # when rows committed during the outage are past the sweep's grace
-                self._next_full = now
-                self._again = now + 1.5
-        if self._again is not None and now >= self._again:
-            self._again = None
-            self._next_full = now
-        full = now >= self._next_full and not self.redis.down
+            # back after an outage (pushes failed meanwhile) or emptied (a flush, a restart):
+            # look now, without the grace for rows between commit and push (a duplicate push
+            # is only a skipped delivery)
+            self._urgent = self.redis.ok() or fresh or self._urgent
+            urgent = self._urgent
+        full = urgent or (now >= self._next_full and not self.redis.down)
         if not full and now < self._next_rescue:
             return
         # after our own database outage, live workers get one lease period to renew before
         # their leases count as lapsed
         leases = time.monotonic() - self.db.back_at >= self.rt.settings.lease_ttl
         try:
-            sweep(self.rt, lost=full, leases=leases)
+            report = sweep(self.rt, lost=full, leases=leases, grace=0.0 if urgent else 1.0)
         except RedisError as exc:
             self.redis.failed(exc)
         except Exception as exc:  # the database is away: try again next round
             self.db.failed(exc)
         else:
             self.db.ok()
+            if report.skipped:  # another worker was sweeping: ours is still due next round
+                return
+            self._urgent = self._urgent and not full
         self._next_rescue = now + self.rescue_every
         if full:
             self._next_full = now + self.rt.settings.sweep_interval
