@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "faults"))
+sys.path.insert(0, str(HERE.parent))
 
 from prosaas_acme.testing import WorkerProcess, wait_until  # noqa: E402
-from servers import PgServer, RedisServer  # noqa: E402
+
+from tests.faults.servers import PgServer, RedisServer  # noqa: E402
 
 
 class World:

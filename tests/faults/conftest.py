@@ -9,7 +9,6 @@ Every test in this directory is marked ``slow``: ``pytest -m "not slow"`` skips 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +18,10 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import text
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from servers import PgServer, RedisServer  # noqa: E402
-
-from prosaas_core.plugins import get_plugin_manager  # noqa: E402
-from prosaas_core.runtime import Runtime  # noqa: E402
-from prosaas_core.settings import Settings  # noqa: E402
+from prosaas_core.plugins import get_plugin_manager
+from prosaas_core.runtime import Runtime
+from prosaas_core.settings import Settings
+from tests.faults.servers import PgServer, RedisServer
 
 
 def pytest_collection_modifyitems(items):

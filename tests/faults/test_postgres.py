@@ -7,7 +7,8 @@ import time
 
 import pytest
 from prosaas_acme.testing import wait_until
-from targets import SLACK
+
+from tests.faults.targets import SLACK
 
 N, BATCH = 500, 10
 COUNT = {"n": N, "batch": BATCH, "sleep": 0.05}

@@ -10,10 +10,10 @@ import time
 import redis
 import requests
 from prosaas_acme.testing import wait_until
-from targets import REDIS_BACK_TO_WORK, SLACK
 
 from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
 from prosaas_core.jobs.transport import push_many
+from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
 
 BACKLOG = 10_000
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 from prosaas_acme.testing import wait_until
-from servers import alive, children
-from targets import HORSE_DEATH_TO_REQUEUE, KILL_TO_RESUME, SLACK
+
+from tests.faults.servers import alive, children
+from tests.faults.targets import HORSE_DEATH_TO_REQUEUE, KILL_TO_RESUME, SLACK
 
 N, BATCH = 400, 10
 COUNT = {"n": N, "batch": BATCH, "sleep": 0.08}

@@ -8,7 +8,8 @@ import signal
 
 import pytest
 from prosaas_acme.testing import wait_until
-from servers import alive, children
+
+from tests.faults.servers import alive, children
 
 
 def _checkpoint(fault, job_id: int) -> int:
