@@ -57,8 +57,12 @@ def test_flush_with_10000_queued_rows(fault):
 
 
 def test_redis_restart_and_outage(fault):
+    # 10,000 queued rows on another queue, which the restarted (empty) Redis no longer holds
+    backlog = fault.bulk_queued(BACKLOG, job_type="acme_count", queue="acme", payload='{"n": 1}')
     w = fault.start_worker("--queues", "default")
     w.wait_for_log("Listening on default")
+    r = redis.Redis.from_url(fault.redis.url())
+    wait_until(lambda: r.llen("rq:queue:acme") == BACKLOG, 30, "the backlog pushed")
     fault.redis.kill()
     time.sleep(4)  # down: the worker keeps retrying, quietly
     began = time.monotonic()
@@ -71,6 +75,8 @@ def test_redis_restart_and_outage(fault):
     assert took < REDIS_BACK_TO_WORK + SLACK, took
     after = fault.enqueue("acme_echo", {"message": "after"})
     wait_until(lambda: _done(fault, [after]), 10, "a new job runs")
+    r = redis.Redis.from_url(fault.redis.url())
+    wait_until(lambda: r.llen("rq:queue:acme") == len(backlog), 30, "the backlog re-pushed")
     _quiet(w.log())
     print(f"redis_back_to_work {took:.2f}s")
 
