@@ -23,6 +23,7 @@ The lease state lives in shared memory, so a forking worker's work horse sees it
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
 import socket
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, delete, func, update
 
+from prosaas_core.errors import first_line
 from prosaas_core.jobs.outage import Outage
 from prosaas_core.jobs.store import T, c, utcnow
 
@@ -117,7 +119,9 @@ class SharedLease:
 
     def __init__(self) -> None:
         self._mem = mmap.mmap(-1, struct.calcsize(self._FMT))
-        self._write(0.0, 0)
+        # no lease taken yet (the database was unreachable at start-up): nothing to fence by,
+        # and nobody rescues by a lease row that does not exist
+        self._write(math.inf, 0)
 
     def _write(self, until: float, gen: int) -> None:
         self._mem[:] = struct.pack(self._FMT, until, gen)
@@ -207,7 +211,10 @@ class WorkerLease:
         push_many(self.rt, rows)
 
     def start(self) -> None:
-        self.renew()
+        try:
+            self.renew()
+        except Exception as exc:  # taken by the loop as soon as the database answers
+            self.outage.failed(exc)
         self._thread = threading.Thread(target=self._loop, name="worker-lease", daemon=True)
         self._thread.start()
         log.info(
@@ -239,4 +246,4 @@ class WorkerLease:
                 self._push(hand_back(conn, self.name, refund=True))
                 conn.execute(delete(LEASES).where(L.worker == self.name))
         except Exception as exc:
-            log.warning("could not drop the worker lease: %s", exc)
+            log.warning("could not drop the worker lease: %s", first_line(exc))
