@@ -134,6 +134,38 @@ class Dispatcher:
 
         return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
 
+    def _claim(self, job_id: int) -> store.Claim | None:
+        """store.claim, retried across a database blip. A claim whose answer was lost with the
+        connection may have committed: the retry then finds the row running under our name,
+        and that claim is ours (it would otherwise sit there until its heartbeat went stale)."""
+        tries = []
+
+        def claim(conn, job_id, worker):
+            tries.append(1)
+            return store.claim(conn, job_id, worker)
+
+        result = self._retrying(claim, job_id, self.worker_name)
+        if result is None and len(tries) > 1:
+            result = self._adopt(job_id)
+        return result
+
+    def _adopt(self, job_id: int) -> store.Claim | None:
+        from sqlalchemy import select
+
+        from prosaas_core.jobs.store import c
+
+        with self.rt.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    c.id, c.business_id, c.job_type, c.queue, c.payload, c.state, c.attempts,
+                    c.max_attempts, c.fence, c.cancel_requested,
+                ).where(c.id == job_id, c.status == "running", c.worker == self.worker_name)
+            ).first()  # fmt: skip
+        if row is None:
+            return None
+        log.info("job_id=%s: the claim went through before the connection was lost", job_id)
+        return store.Claim(*row)
+
     def after_fork_in_child(self) -> None:
         """A forked work horse must never use the parent's sockets: forget them, unclosed."""
         from prosaas_core.db import dispose_after_fork
@@ -187,7 +219,7 @@ class Dispatcher:
         started = time.monotonic()
         if self._pid != os.getpid():  # a work horse of a forking worker: fresh connections
             self.after_fork_in_child()
-        claim = self._retrying(store.claim, job_id, self.worker_name)
+        claim = self._claim(job_id)
         if claim is None:
             log.info("JOB SKIPPED job_id=%s: not claimable (duplicate or stale delivery)", job_id)
             return None
