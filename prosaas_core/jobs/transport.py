@@ -67,6 +67,8 @@ def push_client(rt: Runtime) -> redis.Redis:
     if client is None:
         import redis as redis_lib
 
+        if type(rt.redis) is not redis_lib.Redis:
+            return rt.redis  # a stand-in (the demo's fakeredis): used as it is
         t = rt.settings.push_timeout
         client = redis_lib.Redis.from_url(
             rt.settings.redis_url, socket_connect_timeout=t, socket_timeout=t
