@@ -59,8 +59,18 @@ class Settings:
     heartbeat_interval: float = 30.0
     #: a running job whose heartbeat is older than this is rescued by the sweeper
     stale_after: float = 90.0
-    #: seconds between sweeps
-    sweep_interval: float = 30.0
+    #: seconds between full sweeps for queued rows Redis lost (a flush or a Redis restart is
+    #: noticed within a second anyway, see prosaas_core/worker.py's Maintenance)
+    sweep_interval: float = 10.0
+    #: seconds a worker's lease lasts; renewed every second, its running jobs are rescued as
+    #: soon as it lapses (a killed worker's job resumes after about this long)
+    lease_ttl: float = 5.0
+    #: seconds a job's progress/checkpoint/finish write keeps retrying on fresh database
+    #: connections (a PostgreSQL restart, a terminated backend) before the attempt gives up
+    db_retry: float = 10.0
+    #: socket timeout of the push to Redis after an enqueue: a hung Redis never holds a request
+    #: longer; the row is committed and the sweeper pushes it later
+    push_timeout: float = 1.0
     #: first retry delay of a failed job, seconds; doubled per attempt up to retry_backoff_max
     retry_backoff: float = 10.0
     retry_backoff_max: float = 600.0
@@ -103,7 +113,10 @@ class Settings:
             migration_ddl_budget=_number(env, "PROSAAS_MIGRATION_DDL_BUDGET", 60.0),
             heartbeat_interval=_number(env, "PROSAAS_HEARTBEAT_INTERVAL", 30.0),
             stale_after=_number(env, "PROSAAS_STALE_AFTER", 90.0),
-            sweep_interval=_number(env, "PROSAAS_SWEEP_INTERVAL", 30.0),
+            sweep_interval=_number(env, "PROSAAS_SWEEP_INTERVAL", 10.0),
+            lease_ttl=_number(env, "PROSAAS_LEASE_TTL", 5.0),
+            db_retry=_number(env, "PROSAAS_DB_RETRY", 10.0),
+            push_timeout=_number(env, "PROSAAS_PUSH_TIMEOUT", 1.0),
             retry_backoff=_number(env, "PROSAAS_RETRY_BACKOFF", 10.0),
             retry_backoff_max=_number(env, "PROSAAS_RETRY_BACKOFF_MAX", 600.0),
             service_backoff=_number(env, "PROSAAS_SERVICE_BACKOFF", 1.0),

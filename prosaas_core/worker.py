@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import signal
 import socket
 import threading
 import time
@@ -44,10 +45,31 @@ class SharedFlag:
         return self._mem[0] == 1
 
 
+class _QuietReconnects(logging.Filter):
+    """RQ logs "could not connect to Redis" at every reconnect try; our outage lines already
+    say when Redis went away and came back, so only the first of a run gets through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        first = now - self._last > 60
+        self._last = now
+        return first
+
+
 class _ProsaasMixin:
     """Raise the shutdown flag on SIGTERM/SIGINT (so the running handler's should_stop() says
     True) before RQ's warm shutdown, and bound how long the shutdown may take."""
 
+    #: RQ doubles its reconnect pause up to a minute; work must resume within a second or two
+    #: of Redis returning
+    max_connection_wait_time = 1.0
+    exponential_backoff_factor = 1.0
     prosaas_shutdown: SharedFlag
     prosaas_on_stop: callable  # type: ignore[valid-type]
 
@@ -55,7 +77,7 @@ class _ProsaasMixin:
         if not self.prosaas_shutdown.is_set():
             self.prosaas_shutdown.set()
             log.info("WORKER STOPPING (signal %s): finishing the current job's checkpoint", signum)
-            self.prosaas_on_stop()
+            self.prosaas_on_stop(self)
         return super().request_stop(signum, frame)
 
 
@@ -64,7 +86,79 @@ class ProsaasSimpleWorker(_ProsaasMixin, SimpleWorker):
 
 
 class ProsaasForkWorker(_ProsaasMixin, Worker):
+    """RQ's forking worker, made to hand a job back as soon as its work horse dies, and to take
+    the work horse down with it when the worker itself dies."""
+
     log_result_lifespan = False
+    prosaas_rt: Runtime
+    prosaas_name: str
+    #: set by the stop watchdog: it hands the job back itself (without counting the attempt)
+    prosaas_stopping = False
+    _prosaas_parent = 0
+    _prosaas_dead_horse: str | None = None
+
+    def execute_job(self, job, queue):
+        self._prosaas_parent = os.getpid()
+        self._prosaas_dead_horse = None
+        try:
+            super().execute_job(job, queue)
+        finally:
+            if self._prosaas_dead_horse is not None and not self.prosaas_stopping:
+                _hand_back_dead_horse(self.prosaas_rt, self.prosaas_name, job.id)
+
+    def main_work_horse(self, job, queue):
+        _die_with_parent(self._prosaas_parent)
+        return super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        # the row is handed back after RQ has recorded the failure (execute_job's finally), so
+        # RQ's bookkeeping never overwrites the fresh push
+        self._prosaas_dead_horse = job.id
+        return super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a work horse: be SIGKILLed when the worker dies, so an orphan never keeps running a
+    job the sweeper hands to someone else (Linux only; elsewhere the fence still holds)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+def _hand_back_dead_horse(rt: Runtime, name: str, rq_id: str) -> None:
+    """A work horse died without recording an outcome: requeue its job now (the attempt
+    counts, so a job that kills its horse every time ends ``failed``)."""
+    from prosaas_core.db import autocommit
+    from prosaas_core.jobs.dbretry import retry_transient
+    from prosaas_core.jobs.lease import hand_back
+    from prosaas_core.jobs.transport import push_many
+
+    if not rq_id.startswith("prosaas-"):
+        return
+    job_id = int(rq_id.removeprefix("prosaas-"))
+
+    def _go():
+        with autocommit(rt.engine) as conn:
+            return hand_back(conn, name, job_id, refund=False)
+
+    try:
+        rows = retry_transient(_go, rt.settings.db_retry, what="hand back")
+    except Exception:
+        log.exception("could not hand back job_id=%s after its work horse died", job_id)
+        return
+    if rows:
+        push_many(rt, rows)
+        log.warning("JOB RESCUED job_id=%s: its work horse died, requeued", job_id)
+    else:
+        log.warning(
+            "work horse of job_id=%s died; not requeued (finished, or no attempts left)", job_id
+        )
 
 
 WORKER_CLASSES = {"simple": ProsaasSimpleWorker, "fork": ProsaasForkWorker}
@@ -91,19 +185,44 @@ def _log_queues(rt: Runtime, queues: list[str]) -> None:
         log.info("   queue %r: %s", q, ", ".join(types) or "(no installed job type)")
 
 
+#: a Redis key the maintenance loop keeps set: when it is missing, Redis was flushed or restarted
+#: empty, and the queued rows are re-pushed at once instead of at the next full sweep
+MARKER_KEY = "prosaas:transport"
+
+
 class Maintenance:
-    """The sweeper (every sweep_interval) and the retry pump (twice a second) in one thread."""
+    """The sweeper and the retry pump in one thread.
+
+    Twice a second it pumps due retries and checks that Redis still holds MARKER_KEY; every
+    lease renewal period it rescues the jobs of workers whose lease lapsed; every
+    ``sweep_interval`` (and at once when Redis was flushed, restarted or came back after an
+    outage) it re-pushes the queued rows Redis lost. During an outage it logs one line when the
+    dependency goes, one when it is back, and counts the failures in between.
+    """
+
+    TICK = 0.5
 
     def __init__(self, rt: Runtime) -> None:
+        from prosaas_core.jobs.outage import Outage
+
         self.rt = rt
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.db = Outage("database", "sweeper", log)
+        self.redis = Outage("redis", "sweeper", log)
+        self.rescue_every = max(min(1.0, rt.settings.lease_ttl / 4), 0.05)
+        now = time.monotonic()
+        self._next_rescue = now
+        self._next_full = now + rt.settings.sweep_interval
+        #: an urgent full sweep is due (Redis back or emptied) until one succeeds
+        self._urgent = False
 
     def run_once(self, *, grace: float) -> None:
         from prosaas_core.jobs.delayed import pump
         from prosaas_core.jobs.sweeper import sweep
 
         try:
+            self._mark()
             sweep(self.rt, grace=grace)
         except Exception:
             log.exception("sweep failed")
@@ -112,24 +231,59 @@ class Maintenance:
         except Exception:
             log.exception("retry pump failed")
 
+    def _mark(self) -> bool:
+        """Set MARKER_KEY; True when it was missing (Redis lost its data)."""
+        return bool(self.rt.redis.set(MARKER_KEY, "1", nx=True))
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        tick = min(self.TICK, self.rescue_every, self.rt.settings.sweep_interval)
+        while not self._stop.wait(tick):
+            self.round()
+
+    def round(self) -> None:
+        """One round of the loop (public for tests)."""
+        from redis.exceptions import RedisError
+
         from prosaas_core.jobs.delayed import pump
         from prosaas_core.jobs.sweeper import sweep
 
-        interval = self.rt.settings.sweep_interval
-        next_sweep = time.monotonic() + interval
-        while not self._stop.wait(min(0.5, interval)):
-            try:
-                pump(self.rt)
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + interval
-                    sweep(self.rt)
-            except Exception as exc:  # database or Redis away: try again next round
-                log.warning("sweeper round failed: %s", exc)
+        now = time.monotonic()
+        urgent = False
+        try:
+            pump(self.rt)
+            fresh = self._mark()
+        except RedisError as exc:
+            self.redis.failed(exc)
+        else:
+            # back after an outage (pushes failed meanwhile) or emptied (a flush, a restart):
+            # look now, without the grace for rows between commit and push (a duplicate push
+            # is only a skipped delivery)
+            self._urgent = self.redis.ok() or fresh or self._urgent
+            urgent = self._urgent
+        full = urgent or (now >= self._next_full and not self.redis.down)
+        if not full and now < self._next_rescue:
+            return
+        # after our own database outage, live workers get one lease period to renew before
+        # their leases count as lapsed
+        leases = time.monotonic() - self.db.back_at >= self.rt.settings.lease_ttl
+        try:
+            report = sweep(self.rt, lost=full, leases=leases, grace=0.0 if urgent else 1.0)
+        except RedisError as exc:
+            self.redis.failed(exc)
+        except Exception as exc:  # the database is away: try again next round
+            self.db.failed(exc)
+        else:
+            self.db.ok()
+            if report.skipped:  # another worker was sweeping: ours is still due next round
+                return
+            self._urgent = self._urgent and not full
+        self._next_rescue = now + self.rescue_every
+        if full:
+            self._next_full = now + self.rt.settings.sweep_interval
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,6 +299,11 @@ def run_worker(
     worker_class: str | None = None,
 ) -> int:
     """Run until stopped (or, with `burst`, until the queues are empty). Returns an exit code."""
+    from redis.exceptions import RedisError
+
+    from prosaas_core.jobs.lease import WorkerLease
+    from prosaas_core.jobs.outage import Outage
+
     kind = worker_class or rt.settings.worker_class
     if kind not in WORKER_CLASSES:
         raise ValueError(f"PROSAAS_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}")
@@ -155,8 +314,12 @@ def run_worker(
 
     rt.redis.ping()
     log.info("Redis connection established")
+    logging.getLogger("rq.worker").addFilter(_QuietReconnects())
     _log_queues(rt, names)
     disp = dispatch.configure(rt, name, shutdown)  # type: ignore[arg-type]
+    lease = WorkerLease(rt, name)
+    lease.start()
+    disp.lease = lease
     supervisor = Supervisor.from_runtime(rt)
     supervisor.start()
     heartbeat = WorkerHeartbeat(
@@ -184,36 +347,59 @@ def run_worker(
         maintenance.start()
         scheduler.start()
 
-    def on_stop() -> None:
+    def on_stop(worker) -> None:
         # services stop in parallel with the job's wind-down; a watchdog bounds the whole stop
         threading.Thread(target=supervisor.stop, args=(grace,), daemon=True).start()
-        threading.Thread(target=_watchdog, args=(disp, grace), daemon=True).start()
+        threading.Thread(target=_watchdog, args=(disp, worker, lease, grace), daemon=True).start()
 
     cls = WORKER_CLASSES[kind]
     log.info("WORKER STARTED name=%s class=%s burst=%s", name, cls.__name__, burst)
+    redis_state = Outage("redis", "worker", log)
+    runs = 0
     try:
         while True:
-            worker = cls(names, name=name, connection=rt.redis)
-            worker.prosaas_shutdown = shutdown
-            worker.prosaas_on_stop = on_stop
-            worker.work(burst=burst, logging_level=None)
-            # a burst drains retries too: wait for the next one due on our queues, if any
             try:
-                if not burst or shutdown.is_set():
+                # a restarted RQ worker registers under a new RQ name: the old one's record
+                # may survive in Redis; claims and the lease keep `name`
+                worker = cls(
+                    names, name=name if not runs else f"{name}-r{runs}", connection=rt.redis
+                )
+                runs += 1
+                worker.prosaas_shutdown = shutdown
+                worker.prosaas_on_stop = on_stop
+                worker.prosaas_rt = rt
+                worker.prosaas_name = name
+                worker.work(burst=burst, logging_level=None)
+            except RedisError as exc:  # Redis went away while RQ registered or tore down
+                if burst:
+                    raise
+                redis_state.failed(exc)
+            if shutdown.is_set():
+                break
+            if burst:
+                # a burst drains retries too: wait for the next one due on our queues, if any
+                try:
+                    if not _wait_for_parked(rt, names, shutdown) and not _wait_for_retry(
+                        rt, names, shutdown
+                    ):
+                        break
+                except StopRequested:  # a signal between two bursts
                     break
-                if not _wait_for_parked(rt, names, shutdown) and not _wait_for_retry(
-                    rt, names, shutdown
-                ):
-                    break
-            except StopRequested:  # a signal between two bursts
+                continue
+            # RQ's loop quit on an error (a Redis timeout, a lost connection): start it again
+            # as soon as Redis answers
+            if not _wait_for_redis(rt, shutdown, redis_state):
                 break
     finally:
+        if _TIMED_OUT.is_set():  # the watchdog hands the job back and exits 1: leave it to it
+            time.sleep(30)
         shutdown.set()
         maintenance.stop()
         scheduler.stop()
         waker.stop()
         late = supervisor.stop(grace)
         heartbeat.stop()
+        lease.stop()
         disp.stop()
         log.info("WORKER STOPPED name=%s%s", name, f" (late services: {late})" if late else "")
     return 0
@@ -247,6 +433,22 @@ def _wait_for_parked(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> bo
     return False
 
 
+def _wait_for_redis(rt: Runtime, shutdown: SharedFlag, state) -> bool:
+    """Poll Redis every 0.2 s until it answers (True) or the worker is stopping (False)."""
+    from redis.exceptions import RedisError
+
+    while not shutdown.is_set():
+        try:
+            rt.redis.ping()
+        except RedisError as exc:
+            state.failed(exc)
+            time.sleep(0.2)
+            continue
+        state.ok()
+        return True
+    return False
+
+
 def _wait_for_retry(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> bool:
     """Sleep until the next delayed retry on `queues` is due and push it. False if none."""
     from prosaas_core.jobs.delayed import next_due, pump
@@ -263,16 +465,64 @@ def _wait_for_retry(rt: Runtime, queues: list[str], shutdown: SharedFlag) -> boo
     return True
 
 
-def _watchdog(disp: dispatch.Dispatcher, grace: float) -> None:
-    """After a stop signal, exit anyway once `grace` seconds have passed: the running job is
-    handed back to the queue first (fenced), so nobody waits for its heartbeat to go stale."""
+#: set once the stop watchdog fired; the main thread then stays out of its way
+_TIMED_OUT = threading.Event()
+
+
+def _watchdog(disp: dispatch.Dispatcher, worker, lease, grace: float) -> None:
+    """After a stop signal, exit anyway once `grace` seconds have passed. The running job is
+    handed back to the queue first (fenced, the attempt not counted), so nobody waits for a
+    lease to lapse; a forking worker first ends the work horse it started."""
     time.sleep(grace)
-    ctx = disp.current
+    _TIMED_OUT.set()
     log.error("WORKER STOP TIMEOUT after %.0fs: exiting now", grace)
-    if ctx is not None:
+    ctx = disp.current
+    if ctx is not None:  # simple worker: the job runs in this process
         try:
             disp.release(ctx)
         except Exception:
             log.exception("could not hand job_id=%s back to the queue", ctx.job_id)
+    horse = getattr(worker, "horse_pid", 0)
+    if horse:
+        worker.prosaas_stopping = True
+        try:
+            os.killpg(os.getpgid(horse), signal.SIGKILL)
+        except OSError:
+            pass
+        end = time.monotonic() + 5
+        while worker.horse_pid and time.monotonic() < end and _alive(horse):
+            time.sleep(0.02)
+        log.warning("WORKER STOP TIMEOUT: work horse pid %s killed", horse)
+        _release_all(disp.rt, disp.worker_name)
+    try:
+        lease.stop()  # hands back anything still running under our name, drops the lease
+    except Exception:
+        log.exception("could not drop the worker lease")
     logging.shutdown()
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """False once `pid` is gone or a zombie (its parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _release_all(rt: Runtime, name: str) -> None:
+    """Hand back every job still running under this worker's name (its work horse is dead)."""
+    from prosaas_core.db import autocommit
+    from prosaas_core.jobs.lease import hand_back
+    from prosaas_core.jobs.transport import push_many
+
+    try:
+        with autocommit(rt.engine) as conn:
+            rows = hand_back(conn, name, refund=True)
+        push_many(rt, rows)
+    except Exception:
+        log.exception("could not hand the running job back to the queue")
+        return
+    for job_id, _, _ in rows:
+        log.warning("JOB RELEASED job_id=%s: handed back to the queue", job_id)

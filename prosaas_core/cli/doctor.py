@@ -105,6 +105,8 @@ def check_workers(rt: Runtime, report: Report, *, db_ok: bool) -> None:
             )
         else:
             report.add(WARN, f"queue {q!r}: no live worker consuming it (nothing pending)")
+    if db_ok:
+        _check_stranded(rt, report)
     _check_services(rt, report, workers)
     for w in workers:
         states = ", ".join(
@@ -123,6 +125,41 @@ def check_workers(rt: Runtime, report: Report, *, db_ok: bool) -> None:
                     f"worker {w['name']}: service {n!r} is crash-looping "
                     f"(restarts={s['restarts']}): {s['last_error']}",
                 )
+
+
+#: stranded rows listed by id in the doctor's line, at most
+STRANDED_SHOWN = 10
+
+
+def stranded_after(rt: Runtime) -> float:
+    """A due queued row Redis has not held for this long is stranded: a sweep (every
+    PROSAAS_SWEEP_INTERVAL, by any live worker) would have re-pushed it by now."""
+    return 2 * rt.settings.sweep_interval + 5
+
+
+def _check_stranded(rt: Runtime, report: Report) -> None:
+    """Queued rows that are due but not in Redis: no worker will ever receive them until a
+    sweep re-pushes them. Found by the sweeper's own keyset over every queued row."""
+    from prosaas_core.jobs.sweeper import find_lost
+
+    after = stranded_after(rt)
+    try:
+        with rt.engine.connect() as conn:
+            lost = find_lost(conn, rt, after)
+    except Exception as exc:
+        report.add(PROBLEM, f"stranded-job check failed: {first_line(exc)}")
+        return
+    per_queue: dict[str, list[int]] = {}
+    for job_id, queue, _ in lost:
+        per_queue.setdefault(queue, []).append(job_id)
+    for queue, ids in sorted(per_queue.items()):
+        shown = ", ".join(map(str, ids[:STRANDED_SHOWN])) + (" ..." if len(ids) > 10 else "")
+        report.add(
+            PROBLEM,
+            f"queue {queue!r}: {len(ids)} queued job(s) due for over {after:.0f}s but not in "
+            f"Redis, so no worker will receive them ({shown}): a live worker's sweeper re-pushes "
+            f"them; check that one is running and its log for SWEEPER lines",
+        )
 
 
 def _check_services(rt: Runtime, report: Report, workers: list[dict]) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from prosaas_core.errors import ProsaasError
 from prosaas_core.jobs import store
+from prosaas_core.jobs.dbretry import retry_transient
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -60,6 +61,7 @@ class JobContext:
         connect: Callable[[], AbstractContextManager[Connection]],
         shutdown: threading.Event,
         log: logging.Logger | None = None,
+        lease: Any = None,
     ) -> None:
         self.job_id: int = claim.id
         self.business_id: int = claim.business_id
@@ -87,6 +89,10 @@ class JobContext:
         self._dirty = False
         self._last_write = 0.0
         self._last_poll = time.monotonic()
+        #: the worker's lease and its generation when this attempt started (see lease.py): an
+        #: attempt stops writing once the lease lapsed, even before anyone rescued the job
+        self._lease = lease
+        self._lease_gen = lease.generation if lease is not None else 0
 
     @cached_property
     def log(self) -> JobLog:
@@ -156,7 +162,7 @@ class JobContext:
     def should_stop(self) -> bool:
         """True when the job was cancelled, or the worker is shutting down: return soon, after
         a checkpoint, and the job ends cancelled or resumes elsewhere from the checkpoint."""
-        if self._lost:
+        if self._lost or self._lease_lapsed():
             return True
         if self._shutdown.is_set():
             self.stopped_for = self.stopped_for or "shutdown"
@@ -175,8 +181,16 @@ class JobContext:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _lease_lapsed(self) -> bool:
+        """True (and the attempt lost) once the worker's lease lapsed: the sweeper may hand the
+        job to another worker any moment, so this attempt must not write again."""
+        if self._lease is not None and not self._lost and not self._lease.valid(self._lease_gen):
+            self._lost = True
+            self.log.warning("worker lease lapsed: this attempt stops writing")
+        return self._lost
+
     def _check_lost(self) -> None:
-        if self._lost:
+        if self._lost or self._lease_lapsed():
             raise JobLost(f"job {self.job_id} was taken over by another worker")
 
     def _write(self, *, state: Any = None, set_state: bool = False, conn: Any = None) -> None:
@@ -195,11 +209,22 @@ class JobContext:
             self._dirty = False
             self._last_write = self._last_poll = time.monotonic()
             values = dict(processed=processed, total=total, state=state, set_state=set_state)
+            self._check_lost()
             if conn is not None:
                 cancel = store.touch(conn.connection(), self.job_id, self._fence, **values)
             else:
-                with self._connect() as own:
-                    cancel = store.touch(own, self.job_id, self._fence, **values)
+                # on a connection of our own: again on a fresh one across a database blip,
+                # for up to PROSAAS_DB_RETRY seconds, unless the lease lapses meanwhile
+                def once() -> bool | None:
+                    with self._connect() as own:
+                        return store.touch(own, self.job_id, self._fence, **values)
+
+                cancel = retry_transient(
+                    once,
+                    self._rt.settings.db_retry,
+                    what=f"job {self.job_id} write",
+                    give_up=self._lease_lapsed,
+                )
             if cancel is None:
                 self._lost = True
             else:

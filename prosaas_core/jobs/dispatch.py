@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -21,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from prosaas_core.db import autocommit_cursor
 from prosaas_core.jobs import store
 from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.dbretry import retry_transient, transient
 from prosaas_core.jobs.flow import Held, Refusal, flow_key
 from prosaas_core.jobs.timeout import JobTimeout, deadline
 
@@ -36,6 +38,8 @@ log = logging.getLogger("prosaas.worker")
 MAX_ERROR = 4000
 #: frames of traceback kept with an error
 TRACEBACK_FRAMES = 6
+#: seconds before an attempt cut short by a lost database connection runs again
+DB_LOST_RETRY = 1.0
 
 
 def short_traceback(exc: BaseException) -> str:
@@ -69,6 +73,8 @@ class Dispatcher:
         self._beat_stop = threading.Event()
         #: the flow-control slot of the running job, renewed by the heartbeat thread
         self.held: Held | None = None
+        #: the worker's lease (prosaas_core.jobs.lease.WorkerLease), when it holds one
+        self.lease: Any = None
 
     # -- connections ------------------------------------------------------------------------
 
@@ -123,15 +129,46 @@ class Dispatcher:
             ) from err
 
     def _retrying(self, fn, *args, **kwargs):
-        """Run one statement; once more on a fresh connection if the kept one had died."""
-        try:
+        """Run one statement; again on a fresh connection while the database is unreachable
+        (a restart, a terminated backend), for up to PROSAAS_DB_RETRY seconds."""
+
+        def once():
             with self.connect() as conn:
                 return fn(conn, *args, **kwargs)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            with self.connect() as conn:
-                return fn(conn, *args, **kwargs)
+
+        return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
+
+    def _claim(self, job_id: int) -> store.Claim | None:
+        """store.claim, retried across a database blip. A claim whose answer was lost with the
+        connection may have committed: the retry then finds the row running under our name,
+        and that claim is ours (it would otherwise sit there until its heartbeat went stale)."""
+        tries = []
+
+        def claim(conn, job_id, worker):
+            tries.append(1)
+            return store.claim(conn, job_id, worker)
+
+        result = self._retrying(claim, job_id, self.worker_name)
+        if result is None and len(tries) > 1:
+            result = self._adopt(job_id)
+        return result
+
+    def _adopt(self, job_id: int) -> store.Claim | None:
+        from sqlalchemy import select
+
+        from prosaas_core.jobs.store import c
+
+        with self.rt.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    c.id, c.business_id, c.job_type, c.queue, c.payload, c.state, c.attempts,
+                    c.max_attempts, c.fence, c.cancel_requested,
+                ).where(c.id == job_id, c.status == "running", c.worker == self.worker_name)
+            ).first()  # fmt: skip
+        if row is None:
+            return None
+        log.info("job_id=%s: the claim went through before the connection was lost", job_id)
+        return store.Claim(*row)
 
     def after_fork_in_child(self) -> None:
         """A forked work horse must never use the parent's sockets: forget them, unclosed."""
@@ -198,7 +235,7 @@ class Dispatcher:
         started = time.monotonic()
         if self._pid != os.getpid():  # a work horse of a forking worker: fresh connections
             self.after_fork_in_child()
-        claim = self._retrying(store.claim, job_id, self.worker_name)
+        claim = self._claim(job_id)
         if claim is None:
             log.info("JOB SKIPPED job_id=%s: not claimable (duplicate or stale delivery)", job_id)
             return None
@@ -268,6 +305,7 @@ class Dispatcher:
             payload,
             connect=self.connect,
             shutdown=self.shutdown,
+            lease=self.lease,
         )
         self.current = ctx
         self._ensure_heartbeat()
@@ -336,10 +374,13 @@ class Dispatcher:
         if ctx is not None and ctx.stopped_for == "cancel":
             self._finish(claim, started, "cancelled", None, error, ctx)
             return None
-        if final or jt is None or claim.attempt >= claim.max_attempts:
+        # called from run()'s except clause: a database that went away under the handler (a
+        # restart, a terminated backend) is not the job's fault and does not use an attempt
+        infra = not final and jt is not None and transient(sys.exc_info()[1])
+        if not infra and (final or jt is None or claim.attempt >= claim.max_attempts):
             self._finish(claim, started, "failed", None, error, ctx)
             return None
-        delay = backoff(self.rt, claim.attempt)
+        delay = DB_LOST_RETRY if infra else backoff(self.rt, claim.attempt)
         processed, total = (ctx.processed, ctx.total) if ctx is not None else (None, None)
         ok = self._retrying(
             store.requeue,
@@ -347,6 +388,7 @@ class Dispatcher:
             claim.fence,
             delay=delay,
             error=error,
+            refund_attempt=infra,
             processed=processed,
             total=total,
         )
@@ -358,7 +400,7 @@ class Dispatcher:
         schedule(self.rt, claim.id, claim.queue, delay, timeout=jt.timeout)
         log.warning(
             "JOB RETRY job_id=%s job_type=%s business_id=%s attempt=%s/%s duration=%.3fs "
-            "retry_in=%.1fs error=%s",
+            "retry_in=%.1fs%s error=%s",
             claim.id,
             claim.job_type,
             claim.business_id,
@@ -366,6 +408,7 @@ class Dispatcher:
             claim.max_attempts,
             time.monotonic() - started,
             delay,
+            " (database connection lost: attempt not counted)" if infra else "",
             error.strip().splitlines()[-1],
         )
         return None
@@ -375,15 +418,14 @@ class Dispatcher:
         going away); it resumes from its checkpoint elsewhere."""
         from prosaas_core.jobs.transport import push
 
-        with self.connect() as conn:
-            ok = store.requeue(
-                conn,
-                ctx.job_id,
-                ctx.fence,
-                refund_attempt=True,
-                processed=ctx.processed,
-                total=ctx.total,
-            )
+        ok = self._retrying(
+            store.requeue,
+            ctx.job_id,
+            ctx.fence,
+            refund_attempt=True,
+            processed=ctx.processed,
+            total=ctx.total,
+        )
         if ok:
             jt = self.rt.registry.job_types.get(ctx.job_type)
             push(self.rt, ctx.job_id, ctx.queue, timeout=jt.timeout if jt else None)

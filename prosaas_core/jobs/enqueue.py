@@ -179,10 +179,14 @@ def enqueue(
                  jt.name, business_id, jt.queue, due.isoformat())  # fmt: skip
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     pushed = admit_and_push(rt, jt, job_id, business_id)
+    # "Enqueued" means committed and pushed; a row Redis did not take waits for the sweeper
     if pushed is None:
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     log.info(
-        "Enqueued job_id=%s job_type=%s business_id=%s queue=%r",
+        "Enqueued job_id=%s job_type=%s business_id=%s queue=%r"
+        if pushed
+        else "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not pushed "
+        "(Redis unavailable); the sweeper pushes it",
         job_id,
         jt.name,
         business_id,

@@ -75,11 +75,16 @@ class WorkerHeartbeat:
         log.info("Heartbeat monitoring started (every %gs)", self.interval)
 
     def _loop(self) -> None:
+        from prosaas_core.jobs.outage import Outage
+
+        outage = Outage("redis", "worker heartbeat", log)
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
             except Exception as exc:  # Redis down: keep trying, the record simply expires
-                log.warning("worker heartbeat failed: %s", exc)
+                outage.failed(exc)
+            else:
+                outage.ok()
 
     def stop(self) -> None:
         """Stop beating and remove the record: a clean exit is not a dead worker."""

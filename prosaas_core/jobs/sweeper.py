@@ -2,12 +2,16 @@
 
 One pass (one worker at a time, under a PostgreSQL advisory transaction lock):
 
-- rescues ``running`` rows whose heartbeat is stale (their worker died): back to ``queued`` for
-  another attempt that resumes from the last checkpoint, ``failed`` when attempts are used up,
-  ``cancelled`` when a cancel was pending. The fencing token moves on, so the dead worker's
-  writes are refused should it come back;
+- rescues ``running`` rows whose worker is gone: its lease lapsed (see lease.py; seconds after
+  a SIGKILL) or, for a worker without a lease (a plain ``rq worker``), its job heartbeat is
+  stale. Back to ``queued`` for another attempt that resumes from the last checkpoint,
+  ``failed`` when attempts are used up, ``cancelled`` when a cancel was pending. The fencing
+  token moves on, so the dead worker's writes are refused should it come back;
 - re-pushes ``queued`` rows whose RQ job Redis does not hold (a flush, or a crash between the
-  commit and the push).
+  commit and the push). It walks every due queued row, BATCH at a time in id order (a keyset,
+  not one page), so a lost row is found in the same sweep however many rows Redis still holds.
+  A row whose ``run_after`` is in the future (a retry's backoff, a parked row) is not due and
+  not looked at.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, or_, select, text, update
 
+from prosaas_core.jobs.lease import forget_lapsed, lapsed_workers
 from prosaas_core.jobs.store import T, c, utcnow
-from prosaas_core.jobs.transport import push, rq_job_id
+from prosaas_core.jobs.transport import push_many, rq_job_id
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -31,7 +36,7 @@ log = logging.getLogger("prosaas.sweeper")
 LOCK_KEY = 0x70726F73617377
 #: RQ statuses under which Redis still holds a job that will be delivered
 HELD = {b"queued", b"scheduled", b"deferred"}
-#: rows examined per pass
+#: rows examined per keyset page (one SELECT and one Redis pipeline each)
 BATCH = 2000
 
 
@@ -41,6 +46,8 @@ class SweepReport:
     failed: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     repushed: list[int] = field(default_factory=list)
+    #: due queued rows Redis did not hold (re-pushed unless Redis failed meanwhile)
+    lost: list[int] = field(default_factory=list)
     skipped: bool = False  # another worker held the sweeper lock
 
 
@@ -52,16 +59,25 @@ def _try_lock(conn: Connection) -> bool:
     )
 
 
-def _rescue(conn: Connection, rt: Runtime, report: SweepReport) -> list[tuple[int, str, str]]:
+def _gone(conn: Connection, rt: Runtime, *, leases: bool):
+    """Running rows whose worker is gone."""
     now = utcnow()
-    stale = (c.status == "running") & (
-        c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)
-    )
+    stale = c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)
+    if leases:
+        stale = or_(stale, c.worker.in_(lapsed_workers(conn)))
+    return (c.status == "running") & stale
+
+
+def _rescue(
+    conn: Connection, rt: Runtime, report: SweepReport, *, leases: bool
+) -> list[tuple[int, str, str]]:
+    now = utcnow()
+    gone = _gone(conn, rt, leases=leases)
     moved = {"worker": None, "fence": c.fence + 1, "updated_at": now}
     report.cancelled = list(
         conn.execute(
             update(T)
-            .where(stale, c.cancel_requested.is_(True))
+            .where(gone, c.cancel_requested.is_(True))
             .values(status="cancelled", finished_at=now, **moved)
             .returning(c.id)
         ).scalars()
@@ -69,11 +85,11 @@ def _rescue(conn: Connection, rt: Runtime, report: SweepReport) -> list[tuple[in
     report.failed = list(
         conn.execute(
             update(T)
-            .where(stale, c.attempts >= c.max_attempts)
+            .where(gone, c.attempts >= c.max_attempts)
             .values(
                 status="failed",
                 finished_at=now,
-                error="worker lost: heartbeat stale and no attempts left",
+                error="worker lost: lease lapsed or heartbeat stale, and no attempts left",
                 **moved,
             )
             .returning(c.id)
@@ -81,61 +97,99 @@ def _rescue(conn: Connection, rt: Runtime, report: SweepReport) -> list[tuple[in
     )
     rows = conn.execute(
         update(T)
-        .where(stale)
+        .where(gone)
         .values(status="queued", run_after=None, **moved)
         .returning(c.id, c.queue, c.job_type)
     ).all()
     report.rescued = [r[0] for r in rows]
+    if leases:
+        forget_lapsed(conn)
     return [tuple(r) for r in rows]
 
 
-def _lost(conn: Connection, rt: Runtime, grace: float) -> list[tuple[int, str, str]]:
+def find_lost(
+    conn: Connection, rt: Runtime, grace: float, *, limit: int | None = None
+) -> list[tuple[int, str, str]]:
+    """Every due ``queued`` row older than `grace` seconds whose RQ job Redis does not hold, as
+    ``(id, queue, job_type)``, in id order. Walks all queued rows by keyset, BATCH at a time;
+    stops early once `limit` lost rows were found."""
     now = utcnow()
-    rows = conn.execute(
-        select(c.id, c.queue, c.job_type)
-        .where(
-            c.status == "queued",
-            or_(c.run_after.is_(None), c.run_after <= now),
-            c.updated_at <= now - timedelta(seconds=grace),
-            c.parked.is_(None),  # kept out of Redis on purpose: the flow waker admits them
-        )
-        .order_by(c.id)
-        .limit(BATCH)
-    ).all()
-    if not rows:
-        return []
-    with rt.redis.pipeline(transaction=False) as p:
-        for job_id, _, _ in rows:
-            p.hget(f"rq:job:{rq_job_id(job_id)}", "status")
-        statuses = p.execute()
-    return [tuple(r) for r, st in zip(rows, statuses, strict=True) if st not in HELD]
+    due = (
+        (c.status == "queued")
+        & or_(c.run_after.is_(None), c.run_after <= now)
+        & (c.updated_at <= now - timedelta(seconds=grace))
+        & c.parked.is_(None)  # kept out of Redis on purpose: the flow waker admits them
+    )
+    lost: list[tuple[int, str, str]] = []
+    after = 0
+    while True:
+        rows = conn.execute(
+            select(c.id, c.queue, c.job_type).where(due, c.id > after).order_by(c.id).limit(BATCH)
+        ).all()
+        if not rows:
+            return lost
+        after = rows[-1][0]
+        with rt.redis.pipeline(transaction=False) as p:
+            for job_id, _, _ in rows:
+                p.hget(f"rq:job:{rq_job_id(job_id)}", "status")
+            statuses = p.execute()
+        lost.extend(tuple(r) for r, st in zip(rows, statuses, strict=True) if st not in HELD)
+        if len(rows) < BATCH or (limit is not None and len(lost) >= limit):
+            return lost
 
 
-def sweep(rt: Runtime, *, grace: float = 1.0) -> SweepReport:
+def interleave(rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The rows taking turns by queue, oldest first within each: after a flush, the few lost
+    jobs of a small queue are pushed in the first round trip, not after a big queue's backlog."""
+    per_queue: dict[str, list[tuple[int, str, str]]] = {}
+    for row in rows:
+        per_queue.setdefault(row[1], []).append(row)
+    lanes = list(per_queue.values())
+    out: list[tuple[int, str, str]] = []
+    for i in range(max((len(lane) for lane in lanes), default=0)):
+        out.extend(lane[i] for lane in lanes if i < len(lane))
+    return out
+
+
+def sweep(
+    rt: Runtime,
+    *,
+    grace: float = 1.0,
+    rescue: bool = True,
+    lost: bool = True,
+    leases: bool = True,
+) -> SweepReport:
     """One pass. `grace`: a queued row younger than this is not re-pushed (its enqueue may be
-    between commit and push); a duplicate push would only be a skipped delivery anyway."""
+    between commit and push); a duplicate push would only be a skipped delivery anyway.
+    `rescue`/`lost` select the two halves; `leases=False` rescues by stale heartbeat only (the
+    caller just got the database back and gives live workers one TTL to renew first)."""
     report = SweepReport()
-    with rt.engine.begin() as conn:
-        if not _try_lock(conn):
-            report.skipped = True
-            return report
-        rescued = _rescue(conn, rt, report)
+    rescued: list[tuple[int, str, str]] = []
+    if rescue:
+        with rt.engine.begin() as conn:
+            if not _try_lock(conn):
+                report.skipped = True
+                return report
+            rescued = _rescue(conn, rt, report, leases=leases)
     for job_id in report.cancelled:
         log.warning("SWEEPER cancelled job_id=%s: worker lost while a cancel was pending", job_id)
     for job_id in report.failed:
         log.error("SWEEPER failed job_id=%s: worker lost and no attempts left", job_id)
-    for job_id, queue, job_type in rescued:
+    for job_id, _queue, job_type in rescued:
         log.warning(
             "SWEEPER rescued job_id=%s job_type=%s: worker lost, requeued", job_id, job_type
         )
-        _push(rt, job_id, queue, job_type)
+    if rescued:
+        push_many(rt, rescued)
+    if not lost:
+        return report
     with rt.engine.begin() as conn:
         if not _try_lock(conn):
+            report.skipped = True
             return report
-        lost = _lost(conn, rt, grace)
-        for job_id, queue, job_type in lost:
-            if _push(rt, job_id, queue, job_type):
-                report.repushed.append(job_id)
+        found = find_lost(conn, rt, grace)
+        report.lost = [r[0] for r in found]
+        report.repushed = sorted(push_many(rt, interleave(found)))
     if report.repushed:
         log.warning(
             "SWEEPER re-pushed %d queued job(s) Redis did not hold: %s",
@@ -144,8 +198,3 @@ def sweep(rt: Runtime, *, grace: float = 1.0) -> SweepReport:
             + (" ..." if len(report.repushed) > 20 else ""),
         )
     return report
-
-
-def _push(rt: Runtime, job_id: int, queue: str, job_type: str) -> bool:
-    jt = rt.registry.job_types.get(job_type)
-    return push(rt, job_id, queue, timeout=jt.timeout if jt else None)

@@ -1,13 +1,23 @@
-"""Redis/RQ transport. The RQ job carries only the row id; the row is the source of truth."""
+"""Redis/RQ transport. The RQ job carries only the row id; the row is the source of truth.
+
+The push after an enqueue's commit uses its own Redis client with a short socket timeout
+(``PROSAAS_PUSH_TIMEOUT``): a hung Redis (one that accepts connections but stops answering)
+costs a request at most that long, and after a failed push the next pushes of this process skip
+Redis for a moment (they would only wait as long again). A row that was not pushed is committed
+and ``queued``: the sweeper pushes it.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import redis
     from rq import Queue
 
     from prosaas_core.runtime import Runtime
@@ -15,11 +25,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("prosaas.jobs")
 
 DISPATCH = "prosaas_core.jobs.dispatch.run_job"
+#: seconds the pushes of a process skip Redis after one failed
+SKIP_AFTER_FAILURE = 2.0
+#: jobs per MULTI/EXEC when many are pushed at once (the sweeper after a flush)
+PUSH_BATCH = 500
 
 # RQ Queue objects per Redis client and queue name. Building a Queue is cheap, but a new one
 # asks the server for its version (an INFO round trip) on its first push; a reused one asks once.
 _queues: weakref.WeakKeyDictionary[Any, dict[str, Queue]] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()
+# the short-timeout push client of each runtime, and when its pushes may try Redis again
+_clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
+_skip_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
 def rq_job_id(job_id: int) -> str:
@@ -44,28 +61,81 @@ def rq_queue(connection: Any, name: str) -> Queue:
     return queue
 
 
+def push_client(rt: Runtime) -> redis.Redis:
+    """The runtime's Redis client for pushes: same server, short timeouts."""
+    client = _clients.get(rt)
+    if client is None:
+        import redis as redis_lib
+
+        if type(rt.redis) is not redis_lib.Redis:
+            return rt.redis  # a stand-in (the demo's fakeredis): used as it is
+        t = rt.settings.push_timeout
+        client = redis_lib.Redis.from_url(
+            rt.settings.redis_url, socket_connect_timeout=t, socket_timeout=t
+        )
+        with _queues_lock:
+            client = _clients.setdefault(rt, client)
+    return client
+
+
+def _enqueue(pipe: Any, connection: Any, job_id: int, queue: str, timeout: float | None) -> None:
+    rq_queue(connection, queue).enqueue_call(
+        DISPATCH,
+        args=(job_id,),
+        job_id=rq_job_id(job_id),
+        # the handler's own timeout is enforced by dispatch; RQ's is a backstop
+        timeout=int(timeout) + 60 if timeout else -1,
+        result_ttl=300,
+        failure_ttl=86400,
+        # what RQ would derive from the call, without its repr() machinery
+        description=f"{DISPATCH}({job_id})",
+        pipeline=pipe,
+    )
+
+
 def push(rt: Runtime, job_id: int, queue: str, *, timeout: float | None = None) -> bool:
-    """Push the row id onto its RQ queue. False (logged) when Redis is unreachable: the row stays
-    queued and the sweeper pushes it later, so accepted work is never lost."""
+    """Push the row id onto its RQ queue. False (logged) when Redis is unreachable or slow:
+    the row stays queued and the sweeper pushes it later, so accepted work is never lost."""
     from redis.exceptions import RedisError
 
+    if time.monotonic() < _skip_until.get(rt, 0.0):
+        log.debug("push of job %s skipped: Redis failed a moment ago", job_id)
+        return False
+    client = push_client(rt)
     try:
         # one MULTI/EXEC round trip: RQ alone sends two (queue registration, then the job)
-        with rt.redis.pipeline() as pipe:
-            rq_queue(rt.redis, queue).enqueue_call(
-                DISPATCH,
-                args=(job_id,),
-                job_id=rq_job_id(job_id),
-                # the handler's own timeout is enforced by dispatch; RQ's is a backstop
-                timeout=int(timeout) + 60 if timeout else -1,
-                result_ttl=300,
-                failure_ttl=86400,
-                # what RQ would derive from the call, without its repr() machinery
-                description=f"{DISPATCH}({job_id})",
-                pipeline=pipe,
-            )
+        with client.pipeline() as pipe:
+            _enqueue(pipe, client, job_id, queue, timeout)
             pipe.execute()
         return True
     except RedisError as exc:
+        _skip_until[rt] = time.monotonic() + SKIP_AFTER_FAILURE
         log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
         return False
+
+
+def push_many(rt: Runtime, rows: Iterable[tuple[int, str, str]]) -> list[int]:
+    """Push many ``(id, queue, job_type)`` rows, PUSH_BATCH per round trip. Returns the ids
+    pushed; on a Redis error the rest are left to the next sweep (logged once)."""
+    from redis.exceptions import RedisError
+
+    rows = list(rows)
+    types = rt.registry.job_types
+    client = push_client(rt)
+    pushed: list[int] = []
+    try:
+        for i in range(0, len(rows), PUSH_BATCH):
+            batch = rows[i : i + PUSH_BATCH]
+            with client.pipeline() as pipe:
+                for job_id, queue, job_type in batch:
+                    jt = types.get(job_type)
+                    _enqueue(pipe, client, job_id, queue, jt.timeout if jt else None)
+                pipe.execute()
+            pushed.extend(r[0] for r in batch)
+    except RedisError as exc:
+        log.warning(
+            "Redis unavailable, %d job(s) stay queued for the next sweep: %s",
+            len(rows) - len(pushed),
+            exc,
+        )
+    return pushed

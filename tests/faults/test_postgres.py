@@ -1,0 +1,68 @@
+"""PostgreSQL restarted, stopped and its backends terminated under a running job: the job
+neither loses an attempt nor an item, and resumes within seconds of the database being back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prosaas_acme.testing import wait_until
+
+from tests.faults.targets import SLACK
+
+N, BATCH = 500, 10
+COUNT = {"n": N, "batch": BATCH, "sleep": 0.05}
+#: the database back -> the job making progress again (the lease renews every second)
+PG_BACK_TO_WORK = 5.0
+
+
+def _checkpoint(fault, job_id: int) -> int:
+    return (fault.job(job_id)["state"] or {}).get("next", 0)
+
+
+def _assert_complete(fault, job_id: int) -> None:
+    got = fault.job(job_id)
+    assert got["status"] == "succeeded", got
+    assert got["attempts"] == 1, got  # the blip did not cost an attempt
+    assert [item for item, _ in fault.ticks(job_id)] == list(range(N))
+
+
+@pytest.mark.parametrize("cls", ["simple", "fork"])
+def test_restart_under_load_costs_no_attempt(fault, cls):
+    w = fault.start_worker("--queues", "acme", extra_env={"PROSAAS_WORKER_CLASS": cls})
+    job = fault.enqueue("acme_count", COUNT)
+    wait_until(lambda: _checkpoint(fault, job) >= 60, 30, "first checkpoints")
+    fault.pg.restart("fast")
+    wait_until(lambda: fault.job(job)["status"] == "succeeded", 60, "done")
+    _assert_complete(fault, job)
+    assert "Traceback" not in w.log()
+
+
+def test_terminated_backends_cost_no_attempt(fault):
+    w = fault.start_worker("--queues", "acme")
+    job = fault.enqueue("acme_count", COUNT)
+    wait_until(lambda: _checkpoint(fault, job) >= 60, 30, "first checkpoints")
+    assert fault.pg.terminate_backends(fault.db) >= 1
+    wait_until(lambda: fault.job(job)["status"] == "succeeded", 60, "done")
+    _assert_complete(fault, job)
+    assert "Traceback" not in w.log()
+
+
+def test_outage_longer_than_the_lease_resumes_at_once(fault):
+    w = fault.start_worker("--queues", "acme")
+    job = fault.enqueue("acme_count", COUNT)
+    wait_until(lambda: _checkpoint(fault, job) >= 60, 30, "first checkpoints")
+    fault.pg.stop("fast")
+    time.sleep(7)  # past the lease: the worker must stop writing, then hand the job back
+    fault.pg.start()
+    back = time.monotonic()
+    before = _checkpoint(fault, job)
+    wait_until(lambda: _checkpoint(fault, job) > before, PG_BACK_TO_WORK + SLACK, "progress")
+    took = time.monotonic() - back
+    assert took < PG_BACK_TO_WORK + SLACK, took
+    wait_until(lambda: fault.job(job)["status"] == "succeeded", 60, "done")
+    _assert_complete(fault, job)
+    log = w.log()
+    assert log.count("DEPENDENCY DOWN database (sweeper)") == 1, log
+    assert "sweeper round failed" not in log
+    print(f"pg_back_to_work {took:.2f}s")

@@ -1,0 +1,115 @@
+"""Redis flushed, restarted empty, down and hung, with real workers and a real API: nothing is
+lost, work resumes within two seconds of Redis being back, the API never waits on a hung Redis,
+and an outage is two log lines, not a traceback per second."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import redis
+import requests
+from prosaas_acme.testing import wait_until
+
+from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
+from prosaas_core.jobs.transport import push_many
+from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
+
+BACKLOG = 10_000
+
+
+def _done(fault, ids) -> bool:
+    return all(fault.job(i)["status"] == "succeeded" for i in ids)
+
+
+def _held_backlog(fault) -> list[int]:
+    ids = fault.bulk_queued(BACKLOG, job_type="acme_count", queue="acme", payload='{"n": 1}')
+    assert len(push_many(fault.rt, [(i, "acme", "acme_count") for i in ids])) == BACKLOG
+    return ids
+
+
+def _quiet(log: str) -> None:
+    """An outage is reported once per loop, not once per retry."""
+    assert "Traceback" not in log, log
+    assert "sweeper round failed" not in log
+    assert log.count("could not connect to Redis") <= 1, log
+    assert log.count("DEPENDENCY DOWN redis (sweeper)") == 1, log
+    assert log.count("DEPENDENCY BACK redis (sweeper)") == 1, log
+
+
+def test_flush_with_10000_queued_rows(fault):
+    _held_backlog(fault)
+    w = fault.start_worker("--queues", "default")
+    w.wait_for_log("Listening on default")
+    w.signal(signal.SIGSTOP)  # so the flush lands while jobs are in flight to it
+    small = [fault.enqueue("acme_echo", {"message": str(i)}) for i in range(5)]
+    r = redis.Redis.from_url(fault.redis.url())
+    r.flushall()
+    flushed = time.monotonic()
+    w.signal(signal.SIGCONT)
+    wait_until(lambda: _done(fault, small), REDIS_BACK_TO_WORK + SLACK + 2, "small queue done")
+    took = time.monotonic() - flushed
+    assert took < REDIS_BACK_TO_WORK + SLACK, took
+    # the whole backlog is back in Redis too, in the same sweep
+    wait_until(lambda: r.llen("rq:queue:acme") == BACKLOG, 30, "the backlog re-pushed")
+    assert f"SWEEPER re-pushed {BACKLOG + 5} queued job(s)" in w.log()
+    print(f"flush_to_work {took:.2f}s")
+
+
+def test_redis_restart_and_outage(fault):
+    # 10,000 queued rows on another queue, which the restarted (empty) Redis no longer holds
+    backlog = fault.bulk_queued(BACKLOG, job_type="acme_count", queue="acme", payload='{"n": 1}')
+    w = fault.start_worker("--queues", "default")
+    w.wait_for_log("Listening on default")
+    r = redis.Redis.from_url(fault.redis.url())
+    wait_until(lambda: r.llen("rq:queue:acme") == BACKLOG, 30, "the backlog pushed")
+    fault.redis.kill()
+    time.sleep(4)  # down: the worker keeps retrying, quietly
+    began = time.monotonic()
+    during = [fault.enqueue("acme_echo", {"message": str(i)}) for i in range(5)]
+    assert time.monotonic() - began < 1.0  # Redis down: the pushes fail fast, rows committed
+    fault.redis.start()  # back, empty
+    back = time.monotonic()
+    wait_until(lambda: _done(fault, during), REDIS_BACK_TO_WORK + SLACK + 2, "jobs done")
+    took = time.monotonic() - back
+    assert took < REDIS_BACK_TO_WORK + SLACK, took
+    after = fault.enqueue("acme_echo", {"message": "after"})
+    wait_until(lambda: _done(fault, [after]), 10, "a new job runs")
+    r = redis.Redis.from_url(fault.redis.url())
+    wait_until(lambda: r.llen("rq:queue:acme") == len(backlog), 30, "the backlog re-pushed")
+    _quiet(w.log())
+    print(f"redis_back_to_work {took:.2f}s")
+
+
+def test_hung_redis_does_not_stall_the_api(fault):
+    _, token = business_with_token(fault.rt, "hung")
+    h = bearer(token)
+    w = fault.start_worker()
+    w.wait_for_log("Listening on")
+    with ServeProcess(fault.env, workers=1, log_path=fault.tmp / "serve.log") as srv:
+        fault.redis.freeze()
+        try:
+            ids = []
+            for i in range(4):
+                t = time.monotonic()
+                resp = requests.post(
+                    srv.url + "/api/jobs",
+                    json={"job_type": "acme_echo", "payload": {"message": str(i)}},
+                    headers=h,
+                    timeout=15,
+                )
+                took = time.monotonic() - t
+                assert resp.status_code == 202, resp.text
+                # PROSAAS_PUSH_TIMEOUT (1 s) at most, and only for the first push
+                assert took < 1.0 + SLACK, took
+                ids.append(resp.json()["id"])
+                t = time.monotonic()
+                assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+                assert time.monotonic() - t < 0.5
+        finally:
+            fault.redis.thaw()
+        wait_until(lambda: _done(fault, ids), 30, "jobs accepted during the hang done")
+    log = (fault.tmp / "serve.log").read_text()
+    # "Enqueued" means committed and pushed: the first push timed out, and it says so
+    assert f"Accepted job_id={ids[0]} " in log
+    assert f"Enqueued job_id={ids[0]} " not in log
