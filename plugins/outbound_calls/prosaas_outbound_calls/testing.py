@@ -360,3 +360,40 @@ def add_leads(runtime, business_id: int, phones: list[str | None], tags=None) ->
             ).scalar_one()
             for p in phones
         ]
+
+
+# -- API helpers -----------------------------------------------------------------------------
+
+
+def wait_for(pred, timeout: float = 60.0, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+URL = "/api/outbound-calls"
+
+
+def campaign(client, auth, cid) -> dict:
+    return client.get(f"{URL}/{cid}", headers=auth).get_json()
+
+
+def start(client, auth, **kw) -> int:
+    resp = client.post(URL, json={"all": True, "caller_id": CALLER, **kw}, headers=auth)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["campaign_id"]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] > window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best

@@ -89,3 +89,7 @@ def web(app, web_port) -> Iterator[str]:
 @pytest.fixture
 def acme(runtime) -> tuple[int, dict[str, str]]:
     return add_business(runtime, "Acme Calls")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real-process fault tests (still run by make test)")
