@@ -83,6 +83,10 @@ def status_callback():
         applied = attempts.apply_status(
             s, target_id, token, call_sid, status, answered_by=answered_by, duration=duration
         )
+        if applied.outcome == "applied" and status in attempts.FINAL and applied.campaign_id:
+            # in the same transaction: two last callbacks racing each other may both see the
+            # other's call open; the dialers' sweep finishes such a campaign soon after
+            campaigns.finish(s, [applied.campaign_id])
     if applied.release:
         _, after = rt.limits.slots.release(Slot(applied.release[0], applied.release[1], 0))
         log.info(
@@ -92,9 +96,6 @@ def status_callback():
             status,
             after,
         )
-    if applied.outcome == "applied" and status in attempts.FINAL and applied.campaign_id:
-        with rt.session() as s:
-            campaigns.finish(s, [applied.campaign_id])
     log.info(
         "OUTBOUND_CALL_STATUS target=%s call_sid=%s status=%s outcome=%s",
         target_id,

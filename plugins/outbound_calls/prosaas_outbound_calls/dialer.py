@@ -46,8 +46,10 @@ from prosaas_outbound_calls.tables import targets as T
 log = logging.getLogger("prosaas.outbound_calls.dialer")
 
 WAKE_CHANNEL = "prosaas:outbound_calls:wake"
-#: most claims one campaign gets per turn (others get theirs before it goes round again)
-PER_TURN = 50
+#: most batches one campaign gets per turn (others get theirs before it goes round again)
+PER_TURN = 10
+#: most targets claimed in one transaction
+BATCH = 20
 
 
 def rate_of(calls_per_second: float) -> Rate:
@@ -109,37 +111,57 @@ class Dialer:
         return delay
 
     def _campaign_turn(self, camp: Any) -> float:
+        """Claim what the campaign may dial now, in batches: slots first, then the rate for as
+        many as were free (or one), then that many targets in one transaction."""
         key, rate = campaigns.slot_key(camp.business_id), rate_of(camp.calls_per_second)
         for _ in range(PER_TURN):
             with self.lock:
-                if self.inflight >= self.cfg.dial_threads * 2:
-                    return self.cfg.poll_interval  # a dial ending sets the event
+                room = self.cfg.dial_threads * 2 - self.inflight
+            if room <= 0:
+                return self.cfg.poll_interval  # a dial ending sets the event
             wait = self.rates.peek(key, rate)
             if wait > 0:
                 return wait
-            slot = self.slots.acquire(key, camp.max_concurrent, self.cfg.slot_timeout)
-            if slot is None:
+            held = []
+            for _ in range(min(room, rate.burst, BATCH)):
+                slot = self.slots.acquire(key, camp.max_concurrent, self.cfg.slot_timeout)
+                if slot is None:
+                    break
+                held.append(slot)
+            if not held:
                 return self.cfg.poll_interval  # all held: a release notice wakes us
-            wait = self.rates.acquire(key, rate)
+            wait = self.rates.acquire(key, rate, cost=len(held))
+            if wait > 0 and len(held) > 1:
+                for slot in held[1:]:
+                    self.slots.release(slot, notify=False)
+                held = held[:1]
+                wait = self.rates.acquire(key, rate)
             if wait > 0:
-                self.slots.release(slot, notify=False)
+                self.slots.release(held[0], notify=False)
                 return wait
+            claimed: list[tuple[attempts.Claimed, Slot]] = []
             with self.ctx.session() as s:
-                claimed = attempts.claim(s, camp.id, slot.token)
-            if claimed is None:
+                for slot in held:
+                    c = attempts.claim(s, camp.id, slot.token)
+                    if c is None:
+                        break
+                    claimed.append((c, slot))
+            for slot in held[len(claimed) :]:
                 self.slots.release(slot, notify=False)
-                return self.cfg.poll_interval
-            log.info(
-                "OUTBOUND_CALL_CLAIMED campaign=%s target=%s attempt=%s active=%s/%s",
-                camp.id,
-                claimed.id,
-                claimed.attempt,
-                slot.active,
-                camp.max_concurrent,
-            )
-            with self.lock:
-                self.inflight += 1
-            self.pool.submit(self._dial, camp, claimed, slot)
+            for c, slot in claimed:
+                log.info(
+                    "OUTBOUND_CALL_CLAIMED campaign=%s target=%s attempt=%s active=%s/%s",
+                    camp.id,
+                    c.id,
+                    c.attempt,
+                    slot.active,
+                    camp.max_concurrent,
+                )
+                with self.lock:
+                    self.inflight += 1
+                self.pool.submit(self._dial, camp, c, slot)
+            if len(claimed) < len(held):
+                return self.cfg.poll_interval  # nothing more is due now
         return 0.0
 
     def _dial(self, camp: Any, c: attempts.Claimed, slot: Slot) -> None:

@@ -99,9 +99,11 @@ class FakeTwilio:
         self.plans: dict[str, dict[str, Any]] = {}
         self.creates: dict[str, int] = defaultdict(int)  # per To
         self.create_times: list[float] = []  # time.monotonic() of each create
+        self.final_times: list[float] = []  # ... and of each call's end
         self.live: dict[str, int] = defaultdict(int)  # per From
         self.max_live: dict[str, int] = defaultdict(int)
         self.callback_codes: list[int] = []
+        self.callback_seconds: list[float] = []  # how long prosaas took to answer each
         self.recordings_served: dict[str, int] = defaultdict(int)
         self.finished = 0
         self.stopped = threading.Event()
@@ -173,20 +175,19 @@ class FakeTwilio:
         return 201, call.as_json(self.account_sid), float(plan.get("create_delay", 0.0))
 
     def _play(self, call: FakeCall, plan: dict[str, Any], duration: float) -> None:
+        """The call's life: it ends `duration` after its creation whatever prosaas does with
+        the progress callbacks, which go out meanwhile on their own thread (as with Twilio,
+        a slow webhook delays the callbacks, not the call)."""
         outcome = plan.get("outcome", "completed")
-        steps = [("initiated", 0.0), ("ringing", 0.01)]
-        if outcome == "completed":
-            steps.append(("in-progress", 0.02))
-        for status, at in steps:
-            time.sleep(at)
-            call.status = status
-            self._status_callback(call, status, plan)
+        early = ["initiated", "ringing"] + (["in-progress"] if outcome == "completed" else [])
+        threading.Thread(target=self._progress, args=(call, early, plan), daemon=True).start()
         if self.stopped.wait(duration):
             return
         with self.lock:
             call.status = outcome
             self.live[call.from_] -= 1  # before the callback: the slot frees after this
             self.finished += 1
+            self.final_times.append(time.monotonic())
         self._status_callback(call, outcome, plan, duration=duration)
         if plan.get("replay"):
             self._status_callback(call, "ringing", plan)
@@ -202,6 +203,14 @@ class FakeTwilio:
                     "RecordingDuration": str(max(1, int(duration))),
                 },
             )
+
+    def _progress(self, call: FakeCall, statuses: list[str], plan: dict[str, Any]) -> None:
+        for status in statuses:
+            with self.lock:
+                if call.status in FINAL:
+                    return
+                call.status = status
+            self._status_callback(call, status, plan)
 
     def _status_callback(
         self, call: FakeCall, status: str, plan: dict[str, Any], duration: float | None = None
@@ -229,6 +238,7 @@ class FakeTwilio:
         req = urllib.request.Request(url, data=data, method="POST")
         req.add_header("X-Twilio-Signature", sign(self.auth_token, url, params))
         req.add_header("Content-Type", "application/x-www-form-urlencoded")
+        began = time.monotonic()
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 code = resp.status
@@ -238,6 +248,7 @@ class FakeTwilio:
             code = 0  # prosaas unreachable: a lost callback
         with self.lock:
             self.callback_codes.append(code)
+            self.callback_seconds.append(time.monotonic() - began)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
