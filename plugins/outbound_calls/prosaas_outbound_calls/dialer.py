@@ -179,7 +179,7 @@ class Dialer:
                 machine_detection=camp.machine_detection,
             )
         except TwilioRestException as exc:
-            self._refused(c, slot, exc)
+            self._refused(camp, c, slot, exc)
         except Exception as exc:
             # no answer (timeout, connection dropped): the call may exist; the sweep
             # reconciles the claim against the provider before anything is retried
@@ -199,14 +199,18 @@ class Dialer:
                 self.inflight -= 1
             self.event.set()
 
-    def _refused(self, c: attempts.Claimed, slot: Slot, exc: Any) -> None:
-        """The provider answered with an error: no call was placed."""
+    def _refused(self, camp: Any, c: attempts.Claimed, slot: Slot, exc: Any) -> None:
+        """The provider answered with an error. A 4xx placed no call: a 429 gives the target
+        back and makes every dialer of the business wait a second; any other 4xx fails it.
+        A 5xx may hide a call that was created: the sweep reconciles it, like a timeout."""
         error = f"{exc.status} {getattr(exc, 'code', '')} {getattr(exc, 'msg', exc)}".strip()
+        if exc.status >= 500:
+            log.warning("OUTBOUND_CALL_UNCERTAIN target=%s attempt=%s: %s", c.id, c.attempt, error)
+            return
         with self.ctx.session() as s:
-            if exc.status == 429 or exc.status >= 500:
+            if exc.status == 429:
                 key = campaigns.slot_key(c.business_id)
-                if exc.status == 429:
-                    self.rates.backoff(key, 1.0, rate_of(1))
+                self.rates.backoff(key, 1.0, rate_of(camp.calls_per_second))
                 attempts.give_back(s, c.id, c.token, error=error)
             else:
                 attempts.fail_attempt(s, c.id, c.token, error)
