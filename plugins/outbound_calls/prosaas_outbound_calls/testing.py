@@ -14,7 +14,9 @@ calls per caller id (``From``, one number per business in the tests) and remembe
 saw. Per destination number a test can `plan` behaviour: ``outcome`` (``busy``,
 ``no-answer``...), ``drop`` (no status callbacks at all; the call still ends), ``replay`` (each
 callback twice, then a late ``ringing``), ``create_delay`` (the call exists at once but the
-answer comes late: a client killed meanwhile never learns the sid) and ``error`` (a 400).
+answer comes late: a client killed meanwhile never learns the sid) and ``error`` (``True`` for
+a 400, or a status such as 429 or 500; no call is created), ``error_times`` times (default:
+always).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class FakeTwilio:
         self.calls: dict[str, FakeCall] = {}
         self.plans: dict[str, dict[str, Any]] = {}
         self.creates: dict[str, int] = defaultdict(int)  # per To
+        self.refused: dict[str, int] = defaultdict(int)  # error answers, per To
         self.create_times: list[float] = []  # time.monotonic() of each create
         self.final_times: list[float] = []  # ... and of each call's end
         self.live: dict[str, int] = defaultdict(int)  # per From
@@ -124,7 +127,8 @@ class FakeTwilio:
         return f"127.0.0.1:{self.server.server_address[1]}"
 
     def plan(self, to: str, **behaviour: Any) -> None:
-        """Behaviour for calls to `to`: outcome=, drop=, replay=, create_delay=, error=."""
+        """Behaviour for calls to `to`: outcome=, drop=, replay=, create_delay=, error=,
+        error_times=."""
         with self.lock:
             self.plans[to] = behaviour
 
@@ -159,9 +163,13 @@ class FakeTwilio:
     def _create(self, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], float]:
         to = form.get("To", [""])[-1]
         with self.lock:
-            plan = dict(self.plans.get(to, {}))
-            if plan.get("error"):
-                return 400, {"code": 21211, "message": f"Invalid 'To' number {to}"}, 0.0
+            plan = self.plans.get(to, {})
+            if plan.get("error") and plan.get("error_times", 1_000_000) > 0:
+                plan["error_times"] = plan.get("error_times", 1_000_000) - 1
+                self.refused[to] += 1
+                code = 400 if plan["error"] is True else int(plan["error"])
+                return code, {"code": 21211 if code == 400 else code, "message": "refused"}, 0.0
+            plan = dict(plan)
             self._seq += 1
             sid = "CA" + hashlib.md5(f"{id(self)}:{self._seq}".encode()).hexdigest()
             call = FakeCall(sid, form)

@@ -3,6 +3,8 @@ a number the provider refuses fails without a retry, and `prosaas doctor` sees p
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prosaas_outbound_calls.testing import add_leads, campaign, phone, start, wait_for
 from sqlalchemy import text
@@ -66,3 +68,26 @@ def test_skips_retries_and_refusals(runtime, client, acme, web, fake, start_work
             text("SELECT status, result FROM background_jobs WHERE id = :c"), {"c": cid}
         ).one()
     assert job[0] == "succeeded" and job[1]["to_call"] == 5
+
+
+def test_a_429_is_given_back_and_a_5xx_reconciled_before_the_retry(
+    runtime, client, acme, web, fake, start_worker
+):
+    business_id, auth = acme
+    throttled, broken, fine = phone(1), phone(2), phone(3)
+    add_leads(runtime, business_id, [throttled, broken, fine])
+    fake.plan(throttled, error=429, error_times=1)
+    fake.plan(broken, error=500, error_times=1)
+    w = start_worker()
+    began = time.monotonic()
+    cid = start(client, auth, max_concurrent=3, calls_per_second=20)
+    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "the end")
+    assert (fake.refused[throttled], fake.creates[throttled]) == (1, 1)
+    assert (fake.refused[broken], fake.creates[broken]) == (1, 1)
+    seen = outcomes(runtime, cid)
+    assert seen[throttled] == seen[broken] == seen[fine] == ("completed", None, 1)
+    # the 5xx target waited for the reconcile delay (3 s here) before it was dialed again
+    redial = min(c.created.timestamp() for c in fake.calls.values() if c.to == broken)
+    assert redial - (time.time() - (time.monotonic() - began)) >= 3 - 0.5
+    log = w.log()
+    assert "OUTBOUND_CALL_REFUSED" in log and "OUTBOUND_CLAIM_RECONCILED" in log
