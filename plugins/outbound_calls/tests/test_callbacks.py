@@ -124,6 +124,16 @@ def test_completed_before_ringing_keeps_completed(runtime, client, env, claimed)
     assert state == "completed"  # its only target is done
 
 
+def test_a_late_ringing_never_overwrites_in_progress(runtime, client, env, claimed):
+    tid = claimed["target"]
+    assert post(client, env, tid, "in-progress").get_json() == {"status": "applied"}
+    for late in ("ringing", "initiated", "in-progress"):
+        assert post(client, env, tid, late).get_json() == {"status": "duplicate"}, late
+    t = target(runtime, tid)
+    assert (t["status"], t["call_status"]) == ("live", "in-progress")
+    assert tuple(call_status(runtime)) == ("in-progress", "outbound")
+
+
 def test_an_older_attempt_or_another_sid_is_stale(runtime, client, env, claimed):
     tid = claimed["target"]
     assert post(client, env, tid, "ringing").get_json() == {"status": "applied"}
