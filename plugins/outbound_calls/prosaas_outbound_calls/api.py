@@ -2,7 +2,8 @@
 ``GET /api/outbound-calls/<id>`` and ``POST /api/outbound-calls/<id>/pause|resume|cancel``.
 
 Every route is scoped to the bearer token's business: another business's campaign is 404, the
-same as one that does not exist."""
+same as one that does not exist. A campaign's id is the id of the job that prepared it, hence
+the routes' ``job_id``."""
 
 from __future__ import annotations
 
@@ -123,13 +124,13 @@ def list_campaigns():
     )
 
 
-@bp.get("/<int:campaign_id>")
+@bp.get("/<int:job_id>")
 @authenticated
-def get_campaign(campaign_id: int):
+def get_campaign(job_id: int):
     """Counts by status, live calls, rate and ETA."""
     rt = current_runtime()
     with rt.session() as s:
-        return jsonify(report.summary(s, _row(s, campaign_id), rt.limits))
+        return jsonify(report.summary(s, _row(s, job_id), rt.limits))
 
 
 def _control(campaign_id: int, action: str):
@@ -148,21 +149,21 @@ def _control(campaign_id: int, action: str):
     return jsonify(out)
 
 
-@bp.post("/<int:campaign_id>/pause")
+@bp.post("/<int:job_id>/pause")
 @authenticated
-def pause(campaign_id: int):
+def pause(job_id: int):
     """No new calls (within a second); live calls go on."""
-    return _control(campaign_id, "pause")
+    return _control(job_id, "pause")
 
 
-@bp.post("/<int:campaign_id>/resume")
+@bp.post("/<int:job_id>/resume")
 @authenticated
-def resume(campaign_id: int):
-    return _control(campaign_id, "resume")
+def resume(job_id: int):
+    return _control(job_id, "resume")
 
 
-@bp.post("/<int:campaign_id>/cancel")
+@bp.post("/<int:job_id>/cancel")
 @authenticated
-def cancel(campaign_id: int):
+def cancel(job_id: int):
     """Targets not yet dialed are cancelled; live calls finish."""
-    return _control(campaign_id, "cancel")
+    return _control(job_id, "cancel")
