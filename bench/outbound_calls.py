@@ -65,6 +65,25 @@ def drop_db(url: str) -> None:
     admin.dispose()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its children (gunicorn's workers)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        for child in children:
+            out += tree(int(child))
+    return out
+
+
 def transport_ceiling(fake: FakeTwilio, lines: int, duration: float, n: int) -> float:
     """Calls/s of `lines` bare threads: SDK create, then hold the line for `duration`."""
     from twilio.rest import Client
@@ -146,6 +165,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--web-workers", type=int, default=2)
     ap.add_argument("--dial-threads", type=int, default=8)
+    ap.add_argument(
+        "--events",
+        default="initiated,ringing,answered,completed",
+        help="OUTBOUND_CALLS_STATUS_EVENTS (the progress callbacks asked for)",
+    )
     args = ap.parse_args()
     n = args.targets or (400 if args.quick else 2000)
     per_business = n // args.businesses
@@ -168,6 +192,7 @@ def main() -> None:
         OUTBOUND_CALLS_MAX_CONCURRENT=str(args.slots),
         OUTBOUND_CALLS_MAX_CALLS_PER_SECOND=str(args.cps),
         OUTBOUND_CALLS_DIAL_THREADS=str(args.dial_threads),
+        OUTBOUND_CALLS_STATUS_EVENTS=args.events,
         PROSAAS_DISABLE_SERVICES="acme-ticker,recording-worker",
     )
     web = ServeProcess(env, workers=args.web_workers, threads=16, log_path=tmp / "serve.log")
@@ -191,6 +216,9 @@ def main() -> None:
         wait_for(
             lambda: all("Outbound dialer loop started" in w.log.read_text() for w in workers), 60
         )
+        pids = [w.proc.pid for w in workers] + tree(web.proc.pid)
+        cpu_before = {p: cpu_seconds(p) for p in pids}
+        own_before = time.process_time()
         for _, token, caller in businesses:
             resp = requests.post(
                 f"{web.url}/api/outbound-calls",
@@ -205,6 +233,10 @@ def main() -> None:
             )
             resp.raise_for_status()
         wait_for(lambda: len(fake.final_times) >= n, 600)
+        cpu = {p: cpu_seconds(p) - cpu_before[p] for p in pids}
+        worker_cpu = sum(cpu[w.proc.pid] for w in workers)
+        web_cpu = sum(v for p, v in cpu.items() if p not in {w.proc.pid for w in workers})
+        fake_cpu = time.process_time() - own_before
         first, last = min(fake.create_times), max(fake.final_times)
         rate = n / (last - first)
         max_live = max(fake.max_live[c] for _, _, c in businesses)
@@ -230,6 +262,9 @@ def main() -> None:
         print(
             f"callbacks: {len(lat)}, answered in p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
         )
+        print(f"CPU per call: workers {worker_cpu / n * 1000:.1f} ms, web {web_cpu / n * 1000:.1f}"
+              f" ms, fake Twilio {fake_cpu / n * 1000:.1f} ms (PostgreSQL and Redis not counted);"
+              f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
         result = {
             "targets": n,
             "businesses": args.businesses,
@@ -237,6 +272,7 @@ def main() -> None:
             "calls_per_second_per_business": args.cps,
             "call_seconds": args.duration,
             "workers": args.workers,
+            "status_events": args.events,
             "calls_per_s": round(rate, 1),
             "limit_per_s": round(limit, 1),
             "vs_limit": round(rate / limit, 3),
@@ -246,6 +282,12 @@ def main() -> None:
             "called_once": once,
             "callback_p50_ms": round(p50 * 1000, 1),
             "callback_p99_ms": round(p99 * 1000, 1),
+            "cpu_ms_per_call": {
+                "workers": round(worker_cpu / n * 1000, 1),
+                "web": round(web_cpu / n * 1000, 1),
+                "fake": round(fake_cpu / n * 1000, 1),
+            },
+            "load_average": round(os.getloadavg()[0], 1),
             "ok": rate / limit >= 0.9 and max_live <= args.slots and once,
         }
     finally:

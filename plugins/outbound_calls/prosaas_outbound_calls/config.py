@@ -23,6 +23,21 @@ def _num(settings: Any, key: str, default: float, *, minimum: float = 0.0) -> fl
     return value
 
 
+EVENTS = ("initiated", "ringing", "answered", "completed")
+
+
+def _events(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return EVENTS
+    events = tuple(e.strip() for e in raw.split(",") if e.strip())
+    unknown = sorted(set(events) - set(EVENTS))
+    if unknown:
+        raise OutboundConfigError(
+            f"OUTBOUND_CALLS_STATUS_EVENTS: unknown {', '.join(unknown)}; use {','.join(EVENTS)}"
+        )
+    return tuple(dict.fromkeys((*events, "completed")))
+
+
 @dataclass(frozen=True)
 class OutboundConfig:
     """Every knob of the dialer, the callbacks and the API."""
@@ -55,6 +70,8 @@ class OutboundConfig:
     sweep_interval: float = 5.0
     #: concurrent `calls.create` requests per worker
     dial_threads: int = 4
+    #: the progress events Twilio is asked to call back with (``completed`` always comes)
+    status_events: tuple[str, ...] = EVENTS
 
     @classmethod
     def from_settings(cls, settings: Any) -> OutboundConfig:
@@ -80,6 +97,7 @@ class OutboundConfig:
             poll_interval=_num(settings, "OUTBOUND_CALLS_POLL_INTERVAL", 1.0, minimum=0.01),
             sweep_interval=_num(settings, "OUTBOUND_CALLS_SWEEP_INTERVAL", 5.0, minimum=0.05),
             dial_threads=int(_num(settings, "OUTBOUND_CALLS_DIAL_THREADS", 4, minimum=1)),
+            status_events=_events(settings.get("OUTBOUND_CALLS_STATUS_EVENTS")),
         )
 
     @property

@@ -90,7 +90,7 @@ class Provider:
             "url": url,
             "status_callback": status_cb,
             "status_callback_method": "POST",
-            "status_callback_event": ["initiated", "ringing", "answered", "completed"],
+            "status_callback_event": list(self.cfg.status_events),
             "timeout": self.cfg.ring_timeout,
         }
         if self.cfg.time_limit:

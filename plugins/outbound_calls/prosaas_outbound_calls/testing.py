@@ -28,7 +28,6 @@ import random
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import defaultdict
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -111,6 +110,9 @@ class FakeTwilio:
         self.finished = 0
         self.stopped = threading.Event()
         self._seq = 0
+        import urllib3
+
+        self.http = urllib3.PoolManager(maxsize=64, block=False)
         ThreadingHTTPServer.request_queue_size = 256
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -242,17 +244,24 @@ class FakeTwilio:
             self._post(call.status_callback, params)
 
     def _post(self, url: str, params: dict[str, str]) -> None:
-        data = urllib.parse.urlencode(params).encode()
-        req = urllib.request.Request(url, data=data, method="POST")
-        req.add_header("X-Twilio-Signature", sign(self.auth_token, url, params))
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
+        """POST a signed callback (kept-alive connections, as Twilio's senders keep them)."""
+        import urllib3
+
         began = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                code = resp.status
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-        except OSError:
+            resp = self.http.request(
+                "POST",
+                url,
+                body=urllib.parse.urlencode(params),
+                headers={
+                    "X-Twilio-Signature": sign(self.auth_token, url, params),
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+                timeout=urllib3.Timeout(connect=5, read=10),
+                retries=False,
+            )
+            code = resp.status
+        except urllib3.exceptions.HTTPError:
             code = 0  # prosaas unreachable: a lost callback
         with self.lock:
             self.callback_codes.append(code)
