@@ -13,6 +13,7 @@ The rules that keep a lead from being called twice and make callbacks safe to re
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +26,7 @@ from prosaas_outbound_calls.campaigns import dialect_insert, now, slot_key
 from prosaas_outbound_calls.tables import calls, campaigns, targets
 
 C, T = campaigns, targets
+log = logging.getLogger("prosaas.outbound_calls.attempts")
 
 FINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 RANK = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3, **dict.fromkeys(FINAL, 4)}
@@ -145,21 +147,33 @@ def upsert_call(
     )
 
 
-def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, caller: str):
+def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, caller: str) -> str:
     """After calls.create: the sid on the target (unless a callback already brought it) and
-    the core call row. False when the attempt is no longer this claim's."""
+    the core call row. Returns ``recorded``; ``adopted`` when the sweep had given the claim
+    back meanwhile (the call counts again and must take its slot back); ``lost`` when the
+    attempt is no longer this claim's."""
     t = now()
-    res = session.execute(
-        update(T)
+    row = session.execute(
+        select(T.c.status, T.c.call_sid)
         .where(T.c.id == c.id, T.c.attempt_token == c.token)
-        .values(
-            call_sid=func.coalesce(T.c.call_sid, call_sid),
-            status=case((T.c.status == "dialing", "live"), else_=T.c.status),
-            call_status=func.coalesce(T.c.call_status, status),
-            dialed_at=func.coalesce(T.c.dialed_at, t),
-            updated_at=t,
-        )
-    )
+        .with_for_update()
+    ).first()
+    outcome = "lost"
+    if row is not None:
+        adopted = row.status == "pending" and row.call_sid is None
+        values: dict[str, Any] = {
+            "call_sid": row.call_sid or call_sid,
+            "call_status": func.coalesce(T.c.call_status, status),
+            "dialed_at": func.coalesce(T.c.dialed_at, t),
+            "updated_at": t,
+        }
+        if row.status == "dialing" or adopted:
+            values["status"] = "live"
+        if adopted:
+            values.update(attempts=T.c.attempts + 1, slot_token=c.slot_token)
+            log.warning("OUTBOUND_CALL_ADOPTED target=%s call_sid=%s", c.id, call_sid)
+        session.execute(update(T).where(T.c.id == c.id).values(**values))
+        outcome = "adopted" if adopted else "recorded"
     upsert_call(
         session,
         business_id=c.business_id,
@@ -169,7 +183,7 @@ def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, 
         from_number=caller,
         to_number=c.phone,
     )
-    return res.rowcount == 1
+    return outcome
 
 
 def give_back(session: Session, target_id: int, token: str, *, error: str | None = None) -> bool:
@@ -210,6 +224,7 @@ class Applied:
     business_id: int | None = None
     campaign_id: int | None = None
     release: tuple[str, str] | None = None  # (slot key, token)
+    readd: tuple[str, str] | None = None  # a slot to take back (an adopted live call)
     status: str | None = None
 
 
@@ -251,10 +266,21 @@ def apply_status(
     base = {"business_id": row.business_id, "campaign_id": row.campaign_id}
     if row.attempt_token != token or row.call_sid not in (None, call_sid):
         return Applied("stale", **base)
-    if row.status not in ("dialing", "live") or rank(status) <= rank(row.call_status):
+    # A claim the sweep gave back because the provider's list did not show its call (yet): the
+    # target is still pending under the same token, so nothing has dialed it since. Its call
+    # is adopted rather than placed again.
+    adopted = row.status == "pending" and row.call_sid is None
+    if not adopted and (
+        row.status not in ("dialing", "live") or rank(status) <= rank(row.call_status)
+    ):
         return Applied("duplicate", **base)
     t = now()
+    attempts_made = row.attempts + 1 if adopted else row.attempts
     values: dict[str, Any] = {"call_sid": call_sid, "call_status": status, "updated_at": t}
+    readd = None
+    if adopted:
+        values["attempts"] = attempts_made
+        log.warning("OUTBOUND_CALL_ADOPTED target=%s call_sid=%s", target_id, call_sid)
     if row.dialed_at is None:
         values["dialed_at"] = t
     if answered_by:
@@ -266,7 +292,7 @@ def apply_status(
             values["duration"] = duration
         retry = (
             status in row.retry_on.split(",")
-            and row.attempts < row.retry_attempts
+            and attempts_made < row.retry_attempts
             and row.campaign_state in ("running", "paused")
         )
         if retry:
@@ -279,5 +305,8 @@ def apply_status(
             values.update(status=status, finished_at=t)
     else:
         values["status"] = "live"
+        if adopted:  # live again without a slot: it takes one back, even above the limit
+            values["slot_token"] = token
+            readd = (slot_key(row.business_id), token)
     session.execute(update(T).where(T.c.id == target_id).values(**values))
-    return Applied("applied", release=release, status=values["status"], **base)
+    return Applied("applied", release=release, readd=readd, status=values["status"], **base)

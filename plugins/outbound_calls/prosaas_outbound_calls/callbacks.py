@@ -87,6 +87,8 @@ def status_callback():
             # in the same transaction: two last callbacks racing each other may both see the
             # other's call open; the dialers' sweep finishes such a campaign soon after
             campaigns.finish(s, [applied.campaign_id])
+    if applied.readd:
+        rt.limits.slots.renew(Slot(*applied.readd, 0), cfg.slot_timeout, readd=True)
     if applied.release:
         _, after = rt.limits.slots.release(Slot(applied.release[0], applied.release[1], 0))
         log.info(

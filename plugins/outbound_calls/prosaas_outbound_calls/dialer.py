@@ -186,13 +186,15 @@ class Dialer:
             log.warning("OUTBOUND_CALL_UNCERTAIN target=%s attempt=%s: %s", c.id, c.attempt, exc)
         else:
             with self.ctx.session() as s:
-                ours = attempts.record_sid(s, c, info.sid, info.status, camp.caller_id)
+                outcome = attempts.record_sid(s, c, info.sid, info.status, camp.caller_id)
+            if outcome == "adopted":
+                self.slots.renew(slot, self.cfg.slot_timeout, readd=True)
             log.info(
                 "OUTBOUND_CALL_PLACED campaign=%s target=%s call_sid=%s%s",
                 camp.id,
                 c.id,
                 info.sid,
-                "" if ours else " (attempt already settled)",
+                "" if outcome == "recorded" else f" ({outcome})",
             )
         finally:
             with self.lock:
@@ -303,6 +305,8 @@ class Dialer:
         if status not in attempts.KNOWN:
             return
         applied = attempts.apply_status(s, row.id, row.attempt_token, call_sid, status)
+        if applied.readd:
+            self.slots.renew(Slot(*applied.readd, 0), self.cfg.slot_timeout, readd=True)
         if applied.release:
             self.slots.release(Slot(applied.release[0], applied.release[1], 0))
 

@@ -168,6 +168,27 @@ def test_busy_is_retried_per_the_policy_then_final(runtime, client, env, claimed
     assert (t["status"], t["attempts"], t["call_sid"]) == ("busy", 2, sid2)
 
 
+def test_a_call_given_back_by_the_sweep_is_adopted_not_placed_again(
+    runtime, client, env, claimed, slots
+):
+    tid, slot = claimed["target"], claimed["slot"]
+    with runtime.session() as s:  # as the sweep leaves it when the provider listed nothing
+        s.execute(
+            text(
+                "UPDATE outbound_targets SET status = 'pending', attempts = 0, slot_token = NULL,"
+                " claimed_at = NULL WHERE id = :t"
+            ),
+            {"t": tid},
+        )
+    slots.release(slot)
+    assert post(client, env, tid, "ringing").get_json() == {"status": "applied"}
+    t = target(runtime, tid)
+    assert (t["status"], t["attempts"], t["call_sid"]) == ("live", 1, SID)
+    assert slots.active(slot.key) == 1  # the live call holds a slot again
+    assert post(client, env, tid, "completed").get_json() == {"status": "applied"}
+    assert target(runtime, tid)["status"] == "completed" and slots.active(slot.key) == 0
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("CallSid", "nope"), ("CallStatus", "exploded"), ("CallDuration", "-1")],
