@@ -258,7 +258,9 @@ class FakeTwilio:
                     "Content-Type": "application/x-www-form-urlencoded",
                 },
                 timeout=urllib3.Timeout(connect=5, read=10),
-                retries=False,
+                # a kept-alive connection the server has just closed, or a refused connect:
+                # sent again, as Twilio retries a callback that could not be delivered
+                retries=urllib3.Retry(total=2, read=False, allowed_methods=None, redirect=False),
             )
             code = resp.status
         except urllib3.exceptions.HTTPError:
