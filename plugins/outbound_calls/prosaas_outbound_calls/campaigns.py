@@ -4,10 +4,10 @@ resumed, cancelled, finished, and summarised for the API. Every statement names 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from prosaas_outbound_calls.config import OutboundConfig
@@ -286,8 +286,6 @@ def finish(session: Session, campaign_ids: list[int] | None = None) -> list[int]
     ]
     if campaign_ids is not None:
         cond.append(C.c.id.in_(campaign_ids))
-    from sqlalchemy import case
-
     res = session.execute(
         update(C)
         .where(*cond)
@@ -325,8 +323,6 @@ def counts(session: Session, campaign_id: int) -> dict[str, int]:
 
 def recent_rate(session: Session, campaign_id: int, window: float = 60.0) -> float:
     """Calls placed per second over the last `window` seconds."""
-    from datetime import timedelta
-
     since = now() - timedelta(seconds=window)
     n = session.execute(
         select(func.count()).where(and_(T.c.campaign_id == campaign_id, T.c.dialed_at >= since))
