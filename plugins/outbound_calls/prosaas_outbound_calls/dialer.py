@@ -1,0 +1,368 @@
+"""The ``outbound-dialer`` service every worker runs: it places the calls of running campaigns
+whenever a live-call slot of the business is free, within the campaign's call rate.
+
+Nothing waits for a slot: the loop takes what is free now and sleeps on an event that a slot
+release anywhere sets (core `ReleaseNotices`; the final status callback frees the slot), that a
+new or resumed campaign sets (a notice on ``WAKE_CHANNEL``), or that a slow timer sets (slots
+that simply expired, retries coming due). `calls.create` runs on a small thread pool.
+
+Each turn, per running campaign: slot (`Slots.acquire`, key per business, the campaign's
+`max_concurrent`, leased for ``OUTBOUND_CALLS_SLOT_TIMEOUT``) -> rate (`RateLimiter.acquire`, key
+per business) -> claim a target (a fresh attempt token, the slot token stored with it) -> dial.
+Whatever step refuses, what was taken before it is given back.
+
+Every ``OUTBOUND_CALLS_SWEEP_INTERVAL`` each worker also:
+
+- reconciles claims whose sid was never written (a worker killed inside ``calls.create``): the
+  provider's calls to that number from that caller id since the claim are listed; a call found
+  is adopted, otherwise the target is pending again. Only claims older than
+  ``OUTBOUND_CALLS_RECONCILE_AFTER`` (3 x the REST timeout), so a claimer still waiting for its
+  answer is never second-guessed;
+- settles live calls whose final callback never came within the slot timeout, from the
+  provider's view of the call;
+- marks finished campaigns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from prosaas_core.limits import Rate, ReleaseNotices, Slot
+from prosaas_outbound_calls import attempts, campaigns
+from prosaas_outbound_calls.config import OutboundConfig
+from prosaas_outbound_calls.provider import Provider, ProviderNotConfigured
+from prosaas_outbound_calls.tables import campaigns as C
+from prosaas_outbound_calls.tables import targets as T
+
+log = logging.getLogger("prosaas.outbound_calls.dialer")
+
+WAKE_CHANNEL = "prosaas:outbound_calls:wake"
+#: most batches one campaign gets per turn (others get theirs before it goes round again)
+PER_TURN = 10
+#: most targets claimed in one transaction
+BATCH = 20
+
+
+def rate_of(calls_per_second: float) -> Rate:
+    """A campaign's call rate as a core `Rate`: one call per 1/cps seconds, bursts of a tenth
+    of a second's worth (at least 1)."""
+    count = max(1, round(calls_per_second * 1000))
+    return Rate(count, 1000.0, max(1, int(calls_per_second / 10)))
+
+
+def wake(redis: Any, origin: str = "api") -> None:
+    """Tell every dialer to look now (a campaign was created, resumed or prepared further)."""
+    try:
+        redis.publish(WAKE_CHANNEL, f"outbound_calls:wake {origin}")
+    except Exception as exc:  # the slow timer covers it
+        log.warning("could not publish a wake-up (%s)", type(exc).__name__)
+
+
+class Dialer:
+    """One worker's dialer: `turn()` dials what is allowed now, `sweep()` tidies."""
+
+    def __init__(self, ctx: Any, cfg: OutboundConfig, provider: Provider) -> None:
+        self.ctx, self.cfg, self.provider = ctx, cfg, provider
+        self.slots, self.rates = ctx.limits.slots, ctx.limits.rates
+        self.origin = f"dialer:{socket.gethostname()}:{os.getpid()}"
+        self.event = threading.Event()
+        self.pool = ThreadPoolExecutor(cfg.dial_threads, thread_name_prefix="outbound-dial")
+        self.inflight = 0
+        self.lock = threading.Lock()
+
+    # -- dialing ------------------------------------------------------------------------------
+
+    def running(self) -> list[Any]:
+        with self.ctx.session() as s:
+            return list(
+                s.execute(
+                    select(
+                        C.c.id,
+                        C.c.business_id,
+                        C.c.caller_id,
+                        C.c.twiml_url,
+                        C.c.max_concurrent,
+                        C.c.calls_per_second,
+                        C.c.record,
+                        C.c.machine_detection,
+                    )
+                    .where(C.c.state == "running")
+                    .order_by(C.c.id)
+                )
+            )
+
+    def turn(self) -> float:
+        """Dial what the slots and rates allow now; the seconds until it is worth looking again
+        (a release notice may wake the loop sooner)."""
+        delay = self.cfg.poll_interval
+        for camp in self.running():
+            if self.ctx.stop_event.is_set():
+                break
+            delay = min(delay, self._campaign_turn(camp))
+        return delay
+
+    def _campaign_turn(self, camp: Any) -> float:
+        """Claim what the campaign may dial now, in batches: slots first, then the rate for as
+        many as were free (or one), then that many targets in one transaction."""
+        key, rate = campaigns.slot_key(camp.business_id), rate_of(camp.calls_per_second)
+        for _ in range(PER_TURN):
+            with self.lock:
+                room = self.cfg.dial_threads * 2 - self.inflight
+            if room <= 0:
+                return self.cfg.poll_interval  # a dial ending sets the event
+            wait = self.rates.peek(key, rate)
+            if wait > 0:
+                return wait
+            held = []
+            for _ in range(min(room, rate.burst, BATCH)):
+                slot = self.slots.acquire(key, camp.max_concurrent, self.cfg.slot_timeout)
+                if slot is None:
+                    break
+                held.append(slot)
+            if not held:
+                return self.cfg.poll_interval  # all held: a release notice wakes us
+            wait = self.rates.acquire(key, rate, cost=len(held))
+            if wait > 0 and len(held) > 1:
+                for slot in held[1:]:
+                    self.slots.release(slot, notify=False)
+                held = held[:1]
+                wait = self.rates.acquire(key, rate)
+            if wait > 0:
+                self.slots.release(held[0], notify=False)
+                return wait
+            claimed: list[tuple[attempts.Claimed, Slot]] = []
+            with self.ctx.session() as s:
+                for slot in held:
+                    c = attempts.claim(s, camp.id, slot.token)
+                    if c is None:
+                        break
+                    claimed.append((c, slot))
+            for slot in held[len(claimed) :]:
+                self.slots.release(slot, notify=False)
+            for c, slot in claimed:
+                log.info(
+                    "OUTBOUND_CALL_CLAIMED campaign=%s target=%s attempt=%s active=%s/%s",
+                    camp.id,
+                    c.id,
+                    c.attempt,
+                    slot.active,
+                    camp.max_concurrent,
+                )
+                with self.lock:
+                    self.inflight += 1
+                self.pool.submit(self._dial, camp, c, slot)
+            if len(claimed) < len(held):
+                return self.cfg.poll_interval  # nothing more is due now
+        return 0.0
+
+    def _dial(self, camp: Any, c: attempts.Claimed, slot: Slot) -> None:
+        from twilio.base.exceptions import TwilioRestException
+
+        try:
+            info = self.provider.create(
+                to=c.phone,
+                from_=camp.caller_id,
+                url=camp.twiml_url,
+                business_id=c.business_id,
+                target_id=c.id,
+                token=c.token,
+                record=camp.record,
+                machine_detection=camp.machine_detection,
+            )
+        except TwilioRestException as exc:
+            self._refused(camp, c, slot, exc)
+        except Exception as exc:
+            # no answer (timeout, connection dropped): the call may exist; the sweep
+            # reconciles the claim against the provider before anything is retried
+            log.warning("OUTBOUND_CALL_UNCERTAIN target=%s attempt=%s: %s", c.id, c.attempt, exc)
+        else:
+            with self.ctx.session() as s:
+                outcome = attempts.record_sid(s, c, info.sid, info.status, camp.caller_id)
+            if outcome == "adopted":
+                self.slots.renew(slot, self.cfg.slot_timeout, readd=True)
+            log.info(
+                "OUTBOUND_CALL_PLACED campaign=%s target=%s call_sid=%s%s",
+                camp.id,
+                c.id,
+                info.sid,
+                "" if outcome == "recorded" else f" ({outcome})",
+            )
+        finally:
+            with self.lock:
+                self.inflight -= 1
+            self.event.set()
+
+    def _refused(self, camp: Any, c: attempts.Claimed, slot: Slot, exc: Any) -> None:
+        """The provider answered with an error. A 4xx placed no call: a 429 gives the target
+        back and makes every dialer of the business wait a second; any other 4xx fails it.
+        A 5xx may hide a call that was created: the sweep reconciles it, like a timeout."""
+        error = f"{exc.status} {getattr(exc, 'code', '')} {getattr(exc, 'msg', exc)}".strip()
+        if exc.status >= 500:
+            log.warning("OUTBOUND_CALL_UNCERTAIN target=%s attempt=%s: %s", c.id, c.attempt, error)
+            return
+        with self.ctx.session() as s:
+            if exc.status == 429:
+                key = campaigns.slot_key(c.business_id)
+                self.rates.backoff(key, 1.0, rate_of(camp.calls_per_second))
+                attempts.give_back(s, c.id, c.token, error=error)
+            else:
+                attempts.fail_attempt(s, c.id, c.token, error)
+        self.slots.release(slot)
+        log.warning("OUTBOUND_CALL_REFUSED target=%s: %s", c.id, error)
+
+    # -- tidying ------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        self.reconcile_claims()
+        self.settle_lost()
+        with self.ctx.session() as s:
+            done = campaigns.finish(s)
+        for cid in done:
+            log.info("OUTBOUND_CAMPAIGN_FINISHED campaign=%s", cid)
+
+    def _stale(self, s: Any, *, with_sid: bool, older: float) -> list[Any]:
+        cutoff = campaigns.now() - timedelta(seconds=older)
+        sid = T.c.call_sid.is_not(None) if with_sid else T.c.call_sid.is_(None)
+        statuses = ("dialing", "live") if with_sid else ("dialing",)
+        return list(
+            s.execute(
+                select(T, C.c.caller_id)
+                .join(C, C.c.id == T.c.campaign_id)
+                .where(T.c.status.in_(statuses), sid, T.c.claimed_at < cutoff)
+                .order_by(T.c.claimed_at)
+                .limit(20)
+                .with_for_update(of=T, skip_locked=True)
+            )
+        )
+
+    def reconcile_claims(self) -> None:
+        """Claims with no sid, older than the reconcile delay: adopt the call the provider has,
+        or give the target back."""
+        with self.ctx.session() as s:
+            for row in self._stale(s, with_sid=False, older=self.cfg.reconcile_after):
+                found = self.provider.calls_to(row.phone, row.caller_id, row.claimed_at)
+                known = set(
+                    s.execute(
+                        select(T.c.call_sid).where(T.c.call_sid.in_([f.sid for f in found]))
+                    ).scalars()
+                )
+                mine = [f for f in found if f.sid not in known]
+                if not mine:
+                    attempts.give_back(s, row.id, row.attempt_token, error="no call placed")
+                    self.slots.release(Slot(campaigns.slot_key(row.business_id), row.slot_token, 0))
+                    log.warning("OUTBOUND_CLAIM_RECONCILED target=%s found=none", row.id)
+                    continue
+                call = mine[0]
+                s.execute(
+                    update(T)
+                    .where(T.c.id == row.id, T.c.attempt_token == row.attempt_token)
+                    .values(call_sid=call.sid, status="live", dialed_at=row.claimed_at)
+                )
+                s.flush()
+                self._apply(s, row, call.sid, call.status)
+                log.warning(
+                    "OUTBOUND_CLAIM_RECONCILED target=%s found=%s status=%s",
+                    row.id,
+                    call.sid,
+                    call.status,
+                )
+
+    def settle_lost(self) -> None:
+        """Live calls past the slot timeout whose final callback never came."""
+        with self.ctx.session() as s:
+            for row in self._stale(s, with_sid=True, older=self.cfg.slot_timeout):
+                info = self.provider.fetch(row.call_sid)
+                if info is None:
+                    status = "failed"
+                elif info.status in attempts.FINAL:
+                    status = info.status
+                else:
+                    # still live by the provider: it counts against the limit again
+                    key = campaigns.slot_key(row.business_id)
+                    if row.slot_token:
+                        self.slots.renew(
+                            Slot(key, row.slot_token, 0), self.cfg.slot_timeout, readd=True
+                        )
+                    continue
+                self._apply(s, row, row.call_sid, status)
+                log.warning(
+                    "OUTBOUND_CALLBACK_LOST target=%s call_sid=%s settled=%s",
+                    row.id,
+                    row.call_sid,
+                    status,
+                )
+
+    def _apply(self, s: Any, row: Any, call_sid: str, status: str | None) -> None:
+        if status not in attempts.KNOWN:
+            return
+        applied = attempts.apply_status(s, row.id, row.attempt_token, call_sid, status)
+        if applied.readd:
+            self.slots.renew(Slot(*applied.readd, 0), self.cfg.slot_timeout, readd=True)
+        if applied.release:
+            self.slots.release(Slot(applied.release[0], applied.release[1], 0))
+
+
+def run(ctx: Any) -> None:
+    """The service loop (``Service("outbound-dialer", run)``)."""
+    cfg = OutboundConfig.from_settings(ctx.settings)
+    try:
+        provider = Provider(cfg)
+    except ProviderNotConfigured as exc:
+        # nothing can be dialed; stay up (and say why) rather than crash-loop
+        ctx.log.warning("OUTBOUND DIALER IDLE: %s", exc)
+        ctx.stop_event.wait()
+        return
+    dialer = Dialer(ctx, cfg, provider)
+
+    def on_release(key: str) -> None:
+        if key.startswith("outbound_calls:"):
+            dialer.event.set()
+
+    notices = [
+        ReleaseNotices(ctx.redis, dialer.slots.channel, dialer.origin, on_release).start(
+            "outbound-slot-notices"
+        ),
+        ReleaseNotices(ctx.redis, WAKE_CHANNEL, dialer.origin, on_release).start(
+            "outbound-wake-notices"
+        ),
+    ]
+    ctx.log.info("Outbound dialer loop started (origin=%s)", dialer.origin)
+    next_sweep = 0.0
+    try:
+        while not ctx.stop_event.is_set():
+            dialer.event.clear()
+            if time.monotonic() >= next_sweep:
+                dialer.sweep()
+                next_sweep = time.monotonic() + cfg.sweep_interval
+            delay = dialer.turn()
+            delay = min(delay, max(0.0, next_sweep - time.monotonic()))
+            if delay > 0:
+                dialer.event.wait(delay)
+    finally:
+        for n in notices:
+            n.stop()
+        dialer.pool.shutdown(wait=True, cancel_futures=False)
+        ctx.log.info("Outbound dialer loop stopped")
+
+
+def pending(ctx: Any) -> int:
+    """Targets waiting to be dialed in running campaigns (for `prosaas doctor`)."""
+    from sqlalchemy import func
+
+    with ctx.session() as s:
+        return int(
+            s.execute(
+                select(func.count())
+                .select_from(T.join(C, C.c.id == T.c.campaign_id))
+                .where(C.c.state == "running", T.c.status == "pending")
+            ).scalar_one()
+        )

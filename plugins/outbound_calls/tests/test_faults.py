@@ -1,0 +1,158 @@
+"""Faults with real worker processes: SIGKILL inside calls.create (twice), lost callbacks,
+pause / resume / cancel timing."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prosaas_outbound_calls.testing import CALLER, add_leads, campaign, phone, start, wait_for
+from sqlalchemy import text
+
+from prosaas_core.limits import Limits
+
+pytestmark = pytest.mark.slow
+
+
+def target_of(runtime, cid, number) -> dict:
+    with runtime.session() as s:
+        return dict(
+            s.execute(
+                text("SELECT * FROM outbound_targets WHERE campaign_id = :c AND phone = :p"),
+                {"c": cid, "p": number},
+            )
+            .mappings()
+            .one()
+        )
+
+
+def claimed_since(runtime, cid, since) -> list[str]:
+    with runtime.session() as s:
+        return list(
+            s.execute(
+                text(
+                    "SELECT phone FROM outbound_targets WHERE campaign_id = :c AND claimed_at > :t"
+                ),
+                {"c": cid, "t": since},
+            ).scalars()
+        )
+
+
+def claimed_before(runtime, cid, before) -> set[str]:
+    with runtime.session() as s:
+        return set(
+            s.execute(
+                text(
+                    "SELECT phone FROM outbound_targets WHERE campaign_id = :c AND claimed_at <= :t"
+                ),
+                {"c": cid, "t": before},
+            ).scalars()
+        )
+
+
+def test_sigkill_inside_calls_create_twice_nobody_called_twice(
+    runtime, client, acme, web, fake, start_worker
+):
+    business_id, auth = acme
+    fake.min_duration, fake.max_duration = 0.2, 0.5
+    phones = [phone(i) for i in range(60)]
+    add_leads(runtime, business_id, phones)
+    # the call exists at the provider at once, but its sid reaches the dialer only after 4 s:
+    # the worker is killed in between. The first one's callbacks still arrive (they carry the
+    # attempt token: the target adopts the sid); the second one's never do (reconciled by
+    # listing the provider's calls to that number).
+    fake.plan(phones[10], create_delay=4)
+    fake.plan(phones[30], create_delay=4, drop=True)
+    # the REST timeout outlasts the delay, so the worker is killed while it waits
+    extra = {"OUTBOUND_CALLS_SLOT_TIMEOUT": "6", "OUTBOUND_CALLS_HTTP_TIMEOUT": "10"}
+    workers = [start_worker(extra_env=extra), start_worker(extra_env=extra)]
+    cid = start(client, auth, max_concurrent=5, calls_per_second=20)
+    for number in (phones[10], phones[30]):
+        wait_for(lambda n=number: fake.creates.get(n), 60, f"the call to {number}")
+        tid = target_of(runtime, cid, number)["id"]
+        needle = f"target={tid} attempt=1"
+        [victim] = wait_for(
+            lambda n=needle: [w for w in workers if w.proc.poll() is None and n in w.log()],
+            10,
+            "the claiming worker",
+        )
+        victim.signal(9)
+        victim.wait()
+        workers.append(start_worker(extra_env=extra))
+    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 90, "completion")
+    assert sorted(fake.creates) == sorted(phones)
+    assert set(fake.creates.values()) == {1}, {k: v for k, v in fake.creates.items() if v > 1}
+    assert fake.max_live[CALLER] <= 5
+    got = campaign(client, auth, cid)
+    assert got["counts"] == {"completed": 60, "retrying": 0}
+    for number in (phones[10], phones[30]):
+        t = target_of(runtime, cid, number)
+        assert (t["status"], t["attempts"]) == ("completed", 1)
+        assert t["call_sid"] == fake.sids_to(number)[0]
+    logs = "\n".join(w.log() for w in workers)
+    assert "OUTBOUND_CLAIM_RECONCILED" in logs
+    assert Limits.on(runtime.redis).slots.active(f"outbound_calls:{business_id}") == 0
+
+
+def test_lost_callbacks_free_their_slots_after_the_timeout(
+    runtime, client, acme, web, fake, start_worker
+):
+    business_id, auth = acme
+    phones = [phone(i) for i in range(6)]
+    add_leads(runtime, business_id, phones)
+    for number in phones[:2]:
+        fake.plan(number, drop=True)  # the calls end, but no callback ever comes
+    start_worker(extra_env={"OUTBOUND_CALLS_SLOT_TIMEOUT": "3"})
+    began = time.monotonic()
+    cid = start(client, auth, max_concurrent=2, calls_per_second=50)
+    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "completion")
+    first_two, later = sorted(fake.create_times)[:2], sorted(fake.create_times)[2:]
+    # the third call had to wait for a slot the lost callbacks held until the timeout
+    assert min(later) - max(first_two) >= 3 - 1.0  # the lease runs from the slot, before create
+    assert min(later) - began < 20
+    assert set(fake.creates.values()) == {1} and len(fake.creates) == 6
+    for number in phones[:2]:
+        t = target_of(runtime, cid, number)
+        assert (t["status"], t["call_status"]) == ("completed", "completed")  # from the provider
+    assert Limits.on(runtime.redis).slots.active(f"outbound_calls:{business_id}") == 0
+
+
+def test_pause_stops_new_calls_within_a_second_resume_continues_cancel_ends(
+    runtime, client, acme, web, fake, start_worker
+):
+    business_id, auth = acme
+    phones = [phone(i) for i in range(80)]
+    add_leads(runtime, business_id, phones)
+    start_worker()
+    start_worker()
+    cid = start(client, auth, max_concurrent=5, calls_per_second=10)
+    wait_for(lambda: len(fake.creates) >= 10, 60, "ten calls")
+    resp = client.post(f"/api/outbound-calls/{cid}/pause", headers=auth)
+    paused_at = datetime.now(UTC)
+    assert resp.status_code == 200 and resp.get_json()["state"] == "paused"
+    time.sleep(2.5)
+    # nothing is claimed once the pause is committed; a call placed more than a second later
+    # can only be one claimed before it (a loaded machine may be slow to send it)
+    assert claimed_since(runtime, cid, paused_at) == []
+    late = [c.to for c in fake.calls.values() if c.created > paused_at + timedelta(seconds=1)]
+    assert set(late) <= claimed_before(runtime, cid, paused_at)
+    made = len(fake.creates)
+    assert made < 80
+    wait_for(lambda: fake.total_live() == 0, 10, "live calls to finish")  # they go on and end
+    assert campaign(client, auth, cid)["state"] == "paused"
+
+    assert client.post(f"/api/outbound-calls/{cid}/resume", headers=auth).status_code == 200
+    wait_for(lambda: len(fake.creates) >= made + 10, 30, "calls after the resume")
+    resp = client.post(f"/api/outbound-calls/{cid}/cancel", headers=auth)
+    cancelled_at = datetime.now(UTC)
+    assert resp.status_code == 200 and resp.get_json()["state"] == "cancelled"
+    got = wait_for(lambda: (c := campaign(client, auth, cid))["finished_at"] and c, 30, "the end")
+    assert got["state"] == "cancelled" and got["live_calls"] == 0
+    assert claimed_since(runtime, cid, cancelled_at) == []
+    late = [c.to for c in fake.calls.values() if c.created > cancelled_at + timedelta(seconds=1)]
+    assert set(late) <= claimed_before(runtime, cid, cancelled_at)
+    called = len(fake.creates)
+    assert got["counts"]["cancelled"] == 80 - called
+    assert got["counts"].get("completed", 0) == called  # live calls finished
+    assert set(fake.creates.values()) == {1}
