@@ -1,0 +1,15 @@
+"""huey app of bench/peers.py: RedisHuey (blocking dequeue, results stored: its defaults)."""
+
+from __future__ import annotations
+
+import os
+
+import _peer_tasks
+from huey import RedisHuey
+
+huey = RedisHuey("peers", url=os.environ["PEERS_REDIS_URL"])
+
+
+@huey.task(name="peers_echo")
+def echo(message: str) -> dict:
+    return _peer_tasks.echo(message)
