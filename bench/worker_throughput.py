@@ -8,9 +8,9 @@ Drain rate = jobs / (last finish - first finish), so process start-up is not cou
 
     python bench/worker_throughput.py [--quick] [--jobs N] [--rounds R] [--classes simple,fork]
 
-The two sides are interleaved, ABAB (RQ, prosaas, RQ, prosaas, ...), ``--rounds`` times (default
-3; 2 with ``--quick``, to stay near a minute), each run in a fresh database; the figures are the medians, with the
-spread ((max - min) / median) and every round's value in the JSON.
+The two sides are interleaved, ABAB (RQ, prosaas, RQ, prosaas, ...), ``--rounds`` times
+(default 3; 2 with ``--quick``, to stay near a minute), each run in a fresh database; the figures
+are the medians, with the spread ((max - min) / median) and every round's value in the JSON.
 
 Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
 Redis ($BENCH_REDIS_URL, default redis://127.0.0.1:6379/15; FLUSHDB'd). Plugin services are
