@@ -16,3 +16,8 @@ app.conf.update(task_default_queue="peers", broker_connection_retry_on_startup=T
 @app.task(name="peers.echo")
 def echo(message: str) -> dict:
     return _peer_tasks.echo(message)
+
+
+@app.task(name="peers.slow")
+def slow(marker: str, seconds: float) -> dict:
+    return _peer_tasks.slow(marker, seconds)

@@ -13,3 +13,8 @@ huey = RedisHuey("peers", url=os.environ["PEERS_REDIS_URL"])
 @huey.task(name="peers_echo")
 def echo(message: str) -> dict:
     return _peer_tasks.echo(message)
+
+
+@huey.task(name="peers_slow")
+def slow(marker: str, seconds: float) -> dict:
+    return _peer_tasks.slow(marker, seconds)

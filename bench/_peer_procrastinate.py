@@ -14,3 +14,8 @@ app = App(connector=PsycopgConnector(conninfo=os.environ["PEERS_PG_DSN"]))
 @app.task(name="peers_echo", queue="peers")
 def echo(message: str) -> dict:
     return _peer_tasks.echo(message)
+
+
+@app.task(name="peers_slow", queue="peers")
+def slow(marker: str, seconds: float) -> dict:
+    return _peer_tasks.slow(marker, seconds)

@@ -31,3 +31,14 @@ def echo(message: str) -> dict:
     result = {"echo": message, "attempt": 1}
     record()
     return result
+
+
+def slow(marker: str, seconds: float) -> dict:
+    """The job of peers.py --kill-check: says it started (``marker.started``), sleeps, then says
+    it finished (``marker.done``); each line is the pid of the process that ran it."""
+    with open(f"{marker}.started", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    with open(f"{marker}.done", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return {"slept": seconds}

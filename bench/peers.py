@@ -1,6 +1,7 @@
 """Peers: the same trivial job drained by ONE worker process of prosaas and of each peer.
 
     python bench/peers.py [--quick] [--jobs N] [--rounds R] [--systems a,b,...]
+                          [--kill-check] [--kill-window S]
 
 Systems (one worker process each, in the same run, in interleaved rounds: every round runs
 each system once, the order rotated by one per round, so drift in the machine's load is spread):
@@ -24,8 +25,13 @@ in memory by the job and written once at the end (no I/O per job).
 Peers come from requirements-bench.txt (``make bench-peers`` or ``.venv/bin/pip install -r
 requirements-bench.txt``), never from the product's requirements; one that is not installed is
 skipped, and the output says so. The durability column says what happens to a job whose worker
-is SIGKILLed mid-job, from each peer's source and docs (read for the pinned version), not
-measured here; prosaas's is what its test suite checks (tests/test_sweeper.py and others).
+is SIGKILLed mid-job, from each peer's source and docs (read for the pinned version);
+``--kill-check`` also measures it: each system's worker (its whole process group, as when a
+container dies) is SIGKILLed while it runs a 1.5 s job, a fresh worker is started, and the job
+either runs again within ``--kill-window`` seconds (default 20) or not. Timeouts that only delay a
+redelivery are scaled down for that check and listed with it (prosaas: heartbeat 1 s, stale
+after 4 s, sweep 1 s; Dramatiq: heartbeat_timeout 3 s); nothing else changes. prosaas's rescue
+is also what its test suite checks (tests/test_sweeper.py and others).
 
 Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
 Redis ($BENCH_REDIS_URL, default redis://127.0.0.1:6379/15; FLUSHDB'd before every system's
@@ -40,6 +46,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -69,8 +76,8 @@ DURABILITY = {
     "prosaas": (
         "rescued",
         "the row stays 'running'; the sweeper re-queues it (attempt + 1, from its last "
-        "checkpoint) once its heartbeat is older than PROSAAS_STALE_AFTER (90 s); verified by "
-        "the test suite (tests/test_sweeper.py, tests/test_lead_plugins_e2e.py)",
+        "checkpoint) once its heartbeat is older than PROSAAS_STALE_AFTER (90 s); also checked "
+        "by the test suite (tests/test_sweeper.py, tests/test_lead_plugins_e2e.py)",
     ),
     "rq_plain": (
         "lost (failed)",
@@ -149,12 +156,32 @@ class System:
     def enqueue(self, n: int) -> None:
         raise NotImplementedError
 
-    def command(self) -> list[str]:
+    def command(self, forever: bool = False) -> list[str]:
+        """The worker's command line; `forever`: without its burst/one-shot flag."""
         raise NotImplementedError
 
     def finish_times(self, out: Path, n: int) -> list[float]:
         """Unix times at which the round's jobs finished (peers: written by the job)."""
         return json.loads(out.read_text())
+
+    # -- --kill-check ------------------------------------------------------------------------
+
+    #: settings scaled down for --kill-check only, so a redelivery can show within the window
+    kill_env: dict[str, str] = {}
+
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        raise NotImplementedError
+
+    def slow_state(self, marker: str) -> tuple[int, int]:
+        """How many times the slow job has started and finished so far."""
+
+        def lines(path: str) -> int:
+            try:
+                return len(Path(path).read_text().split())
+            except FileNotFoundError:
+                return 0
+
+        return lines(f"{marker}.started"), lines(f"{marker}.done")
 
 
 class Prosaas(System):
@@ -195,8 +222,28 @@ class Prosaas(System):
         for i in range(n):
             enqueue(self.rt, "acme_echo", self.business, {"message": f"m{i}"})
 
-    def command(self) -> list[str]:
-        return [PROSAAS, "worker", "--burst", "--queues", "default"]
+    def command(self, forever: bool = False) -> list[str]:
+        return [PROSAAS, "worker", *([] if forever else ["--burst"]), "--queues", "default"]
+
+    # heartbeat each second, stale after 4 s, a sweep each second (defaults: 30, 90, 30)
+    kill_env = {
+        "PROSAAS_HEARTBEAT_INTERVAL": "1",
+        "PROSAAS_STALE_AFTER": "4",
+        "PROSAAS_SWEEP_INTERVAL": "1",
+    }
+
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        from prosaas_core.jobs.enqueue import enqueue
+
+        self.slow_id = enqueue(self.rt, "acme_sleep", self.business, {"seconds": seconds}).id
+
+    def slow_state(self, marker: str) -> tuple[int, int]:
+        with self.rt.engine.connect() as c:
+            status, attempts = c.execute(
+                text("SELECT status, attempts FROM background_jobs WHERE id = :id"),
+                {"id": self.slow_id},
+            ).one()
+        return attempts, int(status == "succeeded")
 
     def finish_times(self, out: Path, n: int) -> list[float]:
         with self.rt.engine.connect() as c:
@@ -221,13 +268,20 @@ class RqPlain(System):
         for i in range(n):
             q.enqueue("_peer_tasks.echo", f"m{i}")
 
-    def command(self) -> list[str]:
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        from rq import Queue
+
+        Queue("peers", connection=redis.Redis.from_url(REDIS_URL)).enqueue(
+            "_peer_tasks.slow", marker, seconds
+        )
+
+    def command(self, forever: bool = False) -> list[str]:
         return [
             sys.executable,
             "-m",
             "rq.cli",
             "worker",
-            "--burst",
+            *([] if forever else ["--burst"]),
             "-w",
             "rq.worker.SimpleWorker",
             "--url",
@@ -245,7 +299,12 @@ class Celery(System):
         for i in range(n):
             _peer_celery.echo.delay(f"m{i}")
 
-    def command(self) -> list[str]:
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        import _peer_celery
+
+        _peer_celery.slow.delay(marker, seconds)
+
+    def command(self, forever: bool = False) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -273,7 +332,15 @@ class Dramatiq(System):
         for i in range(n):
             _peer_dramatiq.echo.send(f"m{i}")
 
-    def command(self) -> list[str]:
+    # a dead worker's messages come back after 3 s without heartbeat (default 60 s)
+    kill_env = {"PEERS_DRAMATIQ_HEARTBEAT_MS": "3000"}
+
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        import _peer_dramatiq
+
+        _peer_dramatiq.slow.send(marker, seconds)
+
+    def command(self, forever: bool = False) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -297,7 +364,12 @@ class Huey(System):
         for i in range(n):
             _peer_huey.echo(f"m{i}")
 
-    def command(self) -> list[str]:
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        import _peer_huey
+
+        _peer_huey.slow(marker, seconds)
+
+    def command(self, forever: bool = False) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -334,7 +406,13 @@ class Procrastinate(System):
             for i in range(n):
                 _peer_procrastinate.echo.defer(message=f"m{i}")
 
-    def command(self) -> list[str]:
+    def enqueue_slow(self, marker: str, seconds: float) -> None:
+        import _peer_procrastinate
+
+        with self.app.open():
+            _peer_procrastinate.slow.defer(marker=marker, seconds=seconds)
+
+    def command(self, forever: bool = False) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -346,7 +424,7 @@ class Procrastinate(System):
             "peers",
             "--concurrency",
             "1",
-            "--one-shot",
+            *([] if forever else ["--one-shot"]),
         ]
 
 
@@ -380,13 +458,7 @@ def run_round(system: System, n: int, timeout: float) -> dict:
                     raise subprocess.TimeoutExpired(proc.args, timeout)
                 time.sleep(0.05)
     finally:
-        if proc.poll() is None:  # a non-burst worker: warm shutdown, then the hard way
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)  # a non-burst worker: warm shutdown, then the hard way
     wall = time.monotonic() - started
     if system.burst and proc.returncode != 0:
         log.seek(0)
@@ -405,6 +477,67 @@ def run_round(system: System, n: int, timeout: float) -> dict:
     }
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Warm shutdown of a worker's process group, then the hard way."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def kill_check(system: System, window: float, seconds: float = 1.5) -> dict:
+    """SIGKILL a worker (its whole process group, as when a container dies) while it runs a
+    job, start a fresh worker, and see whether the job runs again within `window` seconds."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    where = Path(tempfile.mkdtemp(prefix=f"peers-kill-{system.name}-"))
+    marker = str(where / "job")
+    system.enqueue_slow(marker, seconds)
+    env = {**system.env, **system.kill_env}
+    cmd = system.command(forever=True)
+    first = subprocess.Popen(cmd, env=env, cwd=HERE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while system.slow_state(marker)[0] < 1:
+            if time.monotonic() > deadline or first.poll() is not None:
+                return {"checked": False, "why": "the job never started"}
+            time.sleep(0.02)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    killed = time.monotonic()
+    second = subprocess.Popen(cmd, env=env, cwd=HERE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        while system.slow_state(marker)[1] < 1 and time.monotonic() - killed < window:
+            time.sleep(0.1)
+        started, done = system.slow_state(marker)
+        after = time.monotonic() - killed
+    finally:
+        stop(second)
+        shutil.rmtree(where, ignore_errors=True)
+    return {
+        "checked": True,
+        "rerun": done >= 1,
+        "after_s": round(after, 1) if done else None,
+        "window_s": window,
+        "starts": started,
+        "settings": system.kill_env,
+    }
+
+
+def kill_verdict(k: dict) -> str:
+    if not k["checked"]:
+        return f"not checked: {k['why']}"
+    if k["rerun"]:
+        return f"re-run after {k['after_s']:.1f} s"
+    return f"not re-run within {k['window_s']:g} s"
+
+
 def spread(values: list[float]) -> float:
     """(max - min) / median, as a fraction: how far apart the rounds were."""
     med = statistics.median(values)
@@ -417,6 +550,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, help="jobs per system per round (default 5,000)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    ap.add_argument(
+        "--kill-check",
+        action="store_true",
+        help="also SIGKILL each system's worker mid-job and see if a fresh worker re-runs it",
+    )
+    ap.add_argument(
+        "--kill-window", type=float, default=20.0, help="seconds to wait for the re-run"
+    )
     args = ap.parse_args()
     n = args.jobs or (200 if args.quick else 5000)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -451,6 +592,7 @@ def main() -> None:
     systems: dict[str, System] = {}
     results: dict[str, list[dict]] = {s: [] for s in systems_run}
     errors: dict[str, str] = {}
+    kills: dict[str, dict] = {}
     timeout = 60 + n / 20  # a worker at 20 jobs/s still finishes
     try:
         for s in systems_run:
@@ -473,6 +615,14 @@ def main() -> None:
                     f"{res['drain']:7.0f}/s  (worker wall {res['wall']:.1f} s)",
                     flush=True,
                 )
+        if args.kill_check:
+            print(f"kill check: SIGKILL each worker mid-job, a fresh worker, "
+                  f"{args.kill_window:g} s to re-run it", flush=True)  # fmt: skip
+            for s in systems_run:
+                kills[s] = kill_check(systems[s], args.kill_window)
+                k = kills[s]
+                seen = kill_verdict(k)
+                print(f"  {s:>13}: {seen}", flush=True)
     finally:
         for system in systems.values():
             try:
@@ -512,7 +662,8 @@ def main() -> None:
         summary[f"{s}_drain_rounds"] = [round(x["drain"], 1) for x in results[s]]
     print("\ndurability (what happens to a running job when its worker is SIGKILLed):")
     for s in SYSTEMS:
-        print(f"  {s:<14}{DURABILITY[s][0]}: {DURABILITY[s][1]}")
+        seen = f" [measured: {kill_verdict(kills[s])}]" if s in kills else ""
+        print(f"  {s:<14}{DURABILITY[s][0]}{seen}: {DURABILITY[s][1]}")
     for s in SYSTEMS[1:]:
         key = f"vs_{s}"
         if "prosaas" in med and s in med:
@@ -520,6 +671,8 @@ def main() -> None:
         else:
             summary[key] = None  # skipped, failed or not asked for: said in "skipped"/"errors"
     summary["durability"] = {s: DURABILITY[s][0] for s in SYSTEMS}
+    if kills:
+        summary["kill_check"] = kills
     summary["skipped"] = skipped
     summary["errors"] = errors
     summary["settings"] = {
