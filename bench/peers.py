@@ -646,7 +646,10 @@ def main() -> None:
             "drain": statistics.median(drains),
             "spread": spread(drains),
         }
-    for s in systems_run:
+    for s in wanted:
+        if s in skipped:
+            print(f"{s:<14}{'skipped':>10}  {skipped[s]}")
+            continue
         if s not in med:
             print(f"{s:<14}{'failed':>10}  {errors.get(s, '')}")
             continue
