@@ -1,7 +1,10 @@
 """Where a trivial job's time goes: `prosaas worker --burst` draining N acme_echo jobs, under
 cProfile, with every Redis command and PostgreSQL statement of the worker process counted.
 
-    python bench/_profile_worker.py [--jobs N] [--top K] [--out FILE.prof]
+    python bench/_profile_worker.py [--jobs N] [--top K] [--out FILE.prof] [--rq-plain]
+
+``--rq-plain``: the same for plain RQ (``rq worker --burst -w SimpleWorker``, bench/_peer_tasks.py's
+echo, no database), to tell what RQ costs per job from what prosaas adds.
 
 A helper for whoever works on the hot path, not a benchmark (no baseline; `make bench` skips
 it). Redis is a private ``redis-server`` on a spare port (so ``INFO commandstats`` counts the
@@ -69,8 +72,11 @@ def dump():
     with open(OUT, "w") as f:
         json.dump({"sql": sql, "redis_sends": rtrips["sends"]}, f)
 atexit.register(dump)
-sys.argv = ["prosaas", "worker", "--burst", "--queues", "default"]
-from prosaas_core.cli.main import main
+sys.argv = ARGV
+if ARGV[0] == "rq":
+    from rq.cli.cli import main
+else:
+    from prosaas_core.cli.main import main
 prof = cProfile.Profile()
 try:
     prof.runcall(main)
@@ -93,6 +99,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=None, help="keep the cProfile stats in this file")
+    ap.add_argument("--rq-plain", action="store_true", help="profile plain RQ instead")
     args = ap.parse_args()
     binary = shutil.which("redis-server")
     if not binary:
@@ -136,11 +143,22 @@ def main() -> None:
             s.add(b)
             s.flush()
             bid = b.id
-        for i in range(args.jobs):
-            enqueue(rt, "acme_echo", bid, {"message": f"m{i}"})
+        argv = ["prosaas", "worker", "--burst", "--queues", "default"]
+        if args.rq_plain:
+            from rq import Queue
+
+            q = Queue("peers", connection=r)
+            for i in range(args.jobs):
+                q.enqueue("_peer_tasks.echo", f"m{i}")
+            argv = ["rq", "worker", "--burst", "-w", "rq.worker.SimpleWorker", "--url", url]
+            argv.append("peers")
+            env["PYTHONPATH"] = str(HERE)
+        else:
+            for i in range(args.jobs):
+                enqueue(rt, "acme_echo", bid, {"message": f"m{i}"})
         r.config_resetstat()
         counts, prof = tmp / "counts.json", Path(args.out or tmp / "worker.prof").absolute()
-        code = f"OUT = {str(counts)!r}; PROF = {str(prof)!r}\n" + WRAPPER
+        code = f"OUT = {str(counts)!r}; PROF = {str(prof)!r}; ARGV = {argv!r}\n" + WRAPPER
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800
@@ -153,6 +171,10 @@ def main() -> None:
             done = c.execute(
                 text("SELECT count(*) FROM background_jobs WHERE status = 'succeeded'")
             ).scalar()
+        if args.rq_plain:  # RQ keeps its results: count the finished registry instead
+            from rq.registry import FinishedJobRegistry
+
+            done = FinishedJobRegistry("peers", connection=r).count
         rt.close()
     finally:
         with admin.connect() as c:
@@ -184,6 +206,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "system": "rq_plain" if args.rq_plain else "prosaas",
                 "jobs": n,
                 "succeeded": done,
                 "worker_wall_s": round(wall, 2),
