@@ -2,8 +2,9 @@
 
 N trivial jobs (acme_echo) are enqueued and drained by `prosaas worker --burst`; the baseline is
 plain RQ (`rq worker --burst`) running the same function plus one status UPDATE per job on a
-kept autocommit connection. Both workers run as subprocesses with their database round trips
-counted at the driver (every statement, implicit BEGIN, COMMIT and ROLLBACK; bench/_dbcount.py).
+kept autocommit psycopg2 cursor, as prosaas writes its own (bench/_rq_baseline.py). Both
+workers run as subprocesses with their database round trips counted at the driver (every
+statement, implicit BEGIN, COMMIT and ROLLBACK; bench/_dbcount.py).
 Drain rate = jobs / (last finish - first finish), so process start-up is not counted for either.
 
     python bench/worker_throughput.py [--quick] [--jobs N] [--rounds R] [--classes simple,fork]
