@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/setup.cfg)))
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-peers clean
 
 $(BIN)/prosaas: setup.cfg requirements-dev.txt $(wildcard plugins/*/setup.cfg)
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: install
 
 bench: install
 	for b in bench/[a-z]*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# the peers of bench/peers.py come from requirements-bench.txt, never from the product's
+bench-peers: install
+	$(BIN)/pip install -q -r requirements-bench.txt
+	$(BIN)/python bench/peers.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

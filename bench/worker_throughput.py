@@ -2,11 +2,16 @@
 
 N trivial jobs (acme_echo) are enqueued and drained by `prosaas worker --burst`; the baseline is
 plain RQ (`rq worker --burst`) running the same function plus one status UPDATE per job on a
-kept autocommit connection. Both workers run as subprocesses with their database round trips
-counted at the driver (every statement, implicit BEGIN, COMMIT and ROLLBACK; bench/_dbcount.py).
+kept autocommit psycopg2 cursor, as prosaas writes its own (bench/_rq_baseline.py). Both
+workers run as subprocesses with their database round trips counted at the driver (every
+statement, implicit BEGIN, COMMIT and ROLLBACK; bench/_dbcount.py).
 Drain rate = jobs / (last finish - first finish), so process start-up is not counted for either.
 
-    python bench/worker_throughput.py [--quick] [--jobs N] [--classes simple,fork]
+    python bench/worker_throughput.py [--quick] [--jobs N] [--rounds R] [--classes simple,fork]
+
+The two sides are interleaved, ABAB (RQ, prosaas, RQ, prosaas, ...), ``--rounds`` times
+(default 3; 2 with ``--quick``, to stay near a minute), each run in a fresh database; the figures
+are the medians, with the spread ((max - min) / median) and every round's value in the JSON.
 
 Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
 Redis ($BENCH_REDIS_URL, default redis://127.0.0.1:6379/15; FLUSHDB'd). Plugin services are
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,61 +154,103 @@ def bench_rq(env: dict, n: int, kind: str) -> dict:
     return {"enqueue": enqueue_rate, "drain": rate, "wall": wall, "counts": counts}
 
 
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far apart the rounds were, as a fraction."""
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med else 0.0
+
+
+def run_one(system: str, n: int, kind: str) -> dict:
+    """One run of one side, in a fresh database and a flushed Redis db."""
+    db = create_db()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PROSAAS_")},
+        "DATABASE_URL": f"{PG}/{db}".replace("+psycopg2", ""),
+        "REDIS_URL": REDIS_URL,
+        "PROSAAS_DISABLE_SERVICES": "acme-ticker,recording-worker",
+        "PROSAAS_SHUTDOWN_TIMEOUT": "5",
+    }
+    try:
+        fn = bench_prosaas if system == "prosaas" else bench_rq
+        return fn(env, n, kind)
+    finally:
+        drop_db(db)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 jobs instead of 5,000")
     ap.add_argument("--jobs", type=int)
+    ap.add_argument("--rounds", type=int, help="ABAB rounds (default 3; 2 with --quick)")
     ap.add_argument("--classes", default="simple", help="RQ worker classes: simple,fork")
     args = ap.parse_args()
     n = args.jobs or (200 if args.quick else 5000)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     kinds = [k.strip() for k in args.classes.split(",") if k.strip()]
-    results: dict[str, dict] = {}
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"worker_throughput: {n} jobs, {args.rounds} ABAB round(s) (RQ, prosaas, RQ, ...), "
+          f"load average {load_before}")  # fmt: skip
+    runs: dict[str, list[dict]] = {}
     for kind in kinds:
-        for system in ("rq", "prosaas"):
-            db = create_db()
-            redis.Redis.from_url(REDIS_URL).flushdb()
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("PROSAAS_")},
-                "DATABASE_URL": f"{PG}/{db}".replace("+psycopg2", ""),
-                "REDIS_URL": REDIS_URL,
-                "PROSAAS_DISABLE_SERVICES": "acme-ticker,recording-worker",
-                "PROSAAS_SHUTDOWN_TIMEOUT": "5",
-            }
-            try:
-                fn = bench_prosaas if system == "prosaas" else bench_rq
-                res = fn(env, n, kind)
-            finally:
-                drop_db(db)
-            results[f"{system}/{kind}"] = res
-            rt = res["counts"]["round_trips"] / n
-            print(
-                f"{system:>8} [{kind:>6}] enqueue {res['enqueue']:8.0f} jobs/s   drain "
-                f"{res['drain']:8.0f} jobs/s   db round trips/job {rt:5.2f}   "
-                f"(worker wall {res['wall']:.1f}s, connects {res['counts']['connects']})",
-                flush=True,
-            )
+        for r in range(args.rounds):
+            for system in ("rq", "prosaas"):
+                res = run_one(system, n, kind)
+                runs.setdefault(f"{system}/{kind}", []).append(res)
+                rt = res["counts"]["round_trips"] / n
+                print(
+                    f"  round {r + 1} {system:>8} [{kind:>6}] enqueue {res['enqueue']:8.0f} jobs/s"
+                    f"   drain {res['drain']:8.0f} jobs/s   db round trips/job {rt:5.2f}   "
+                    f"(worker wall {res['wall']:.1f}s, connects {res['counts']['connects']})",
+                    flush=True,
+                )
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(x[field] for x in runs[key])
+
+    def trips(key: str) -> float:
+        return statistics.median(x["counts"]["round_trips"] / n for x in runs[key])
+
+    def ratios(kind: str) -> list[float]:  # per round: each pair ran back to back
+        pairs = zip(runs[f"prosaas/{kind}"], runs[f"rq/{kind}"], strict=True)
+        return [p["drain"] / b["drain"] for p, b in pairs]
+
     for kind in kinds:
-        p, b = results[f"prosaas/{kind}"], results[f"rq/{kind}"]
-        print(f"[{kind}] prosaas/RQ drain ratio {p['drain'] / b['drain']:.2f}, "
-              f"enqueue ratio {p['enqueue'] / b['enqueue']:.2f}")  # fmt: skip
+        p, b = f"prosaas/{kind}", f"rq/{kind}"
+        rs = ratios(kind)
+        print(f"[{kind}] median drain: prosaas {med(p, 'drain'):.0f} jobs/s (spread "
+              f"{spread([x['drain'] for x in runs[p]]):.0%}), RQ {med(b, 'drain'):.0f} jobs/s "
+              f"(spread {spread([x['drain'] for x in runs[b]]):.0%}); prosaas/RQ drain ratio "
+              f"{med(p, 'drain') / med(b, 'drain'):.2f} (per round {min(rs):.2f}..{max(rs):.2f}), "
+              f"enqueue ratio {med(p, 'enqueue') / med(b, 'enqueue'):.2f}")  # fmt: skip
     chosen = kinds[0]
-    p, b = results[f"prosaas/{chosen}"], results[f"rq/{chosen}"]
-    summary = {
+    p, b = f"prosaas/{chosen}", f"rq/{chosen}"
+    summary: dict[str, object] = {
         "jobs": n,
+        "rounds": args.rounds,
         "worker_class": chosen,
-        "prosaas_enqueue_per_s": round(p["enqueue"], 1),
-        "rq_enqueue_per_s": round(b["enqueue"], 1),
-        "prosaas_drain_per_s": round(p["drain"], 1),
-        "rq_drain_per_s": round(b["drain"], 1),
-        "drain_vs_rq": round(p["drain"] / b["drain"], 3),
-        "db_round_trips_per_job": round(p["counts"]["round_trips"] / n, 3),
-        "rq_db_round_trips_per_job": round(b["counts"]["round_trips"] / n, 3),
+        "prosaas_enqueue_per_s": round(med(p, "enqueue"), 1),
+        "rq_enqueue_per_s": round(med(b, "enqueue"), 1),
+        "prosaas_drain_per_s": round(med(p, "drain"), 1),
+        "rq_drain_per_s": round(med(b, "drain"), 1),
+        "drain_vs_rq": round(med(p, "drain") / med(b, "drain"), 3),
+        "prosaas_drain_spread": round(spread([x["drain"] for x in runs[p]]), 3),
+        "rq_drain_spread": round(spread([x["drain"] for x in runs[b]]), 3),
+        "prosaas_drain_rounds": [round(x["drain"], 1) for x in runs[p]],
+        "rq_drain_rounds": [round(x["drain"], 1) for x in runs[b]],
+        "drain_vs_rq_rounds": [round(x, 3) for x in ratios(chosen)],
+        "db_round_trips_per_job": round(trips(p), 3),
+        "rq_db_round_trips_per_job": round(trips(b), 3),
     }
     for kind in kinds[1:]:
-        pk, bk = results[f"prosaas/{kind}"], results[f"rq/{kind}"]
-        summary[f"{kind}_prosaas_drain_per_s"] = round(pk["drain"], 1)
-        summary[f"{kind}_rq_drain_per_s"] = round(bk["drain"], 1)
-        summary[f"{kind}_drain_vs_rq"] = round(pk["drain"] / bk["drain"], 3)
+        pk, bk = f"prosaas/{kind}", f"rq/{kind}"
+        summary[f"{kind}_prosaas_drain_per_s"] = round(med(pk, "drain"), 1)
+        summary[f"{kind}_rq_drain_per_s"] = round(med(bk, "drain"), 1)
+        summary[f"{kind}_drain_vs_rq"] = round(med(pk, "drain") / med(bk, "drain"), 3)
+    summary["loadavg_before"] = load_before
+    summary["loadavg"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(json.dumps(summary))
 
 
