@@ -52,6 +52,8 @@ class BroadcastConfig:
     #: recipients per part: a broadcast of more is split into parts other workers pick up
     part_size: int
     max_parts: int
+    #: sending threads in each part job (overlap the provider's latency; the rate is shared)
+    sender_threads: int
     http_timeout: float
     webhook_url: str
     webhook_secret: str
@@ -88,6 +90,7 @@ class BroadcastConfig:
             sending_stale=stale,
             part_size=_int(settings, "BROADCAST_PART_SIZE", 500, 1, 1_000_000),
             max_parts=_int(settings, "BROADCAST_MAX_PARTS", 8, 1, 256),
+            sender_threads=_int(settings, "BROADCAST_SENDER_THREADS", 2, 1, 32),
             http_timeout=timeout,
             webhook_url=_text(settings, "BROADCAST_WEBHOOK_URL"),
             webhook_secret=_text(settings, "BROADCAST_WEBHOOK_SECRET"),

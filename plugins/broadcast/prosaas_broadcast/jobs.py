@@ -115,7 +115,7 @@ def broadcast(ctx) -> dict:
         _prepare(ctx, cfg, b)
         _enqueue_parts(ctx, cfg, b)
     sender = Sender(ctx, cfg, b, provider)
-    sender.run()
+    sender.run(threads=cfg.sender_threads)
     return _result(ctx, b, sender.tally)
 
 

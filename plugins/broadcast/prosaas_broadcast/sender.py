@@ -9,6 +9,7 @@ than the business's rate. A 429 pushes the business's limit out for every sender
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,12 +54,41 @@ class Sender:
         self.business_key, self.own_key = rate_keys(b["business_id"], b["id"])
         self._last_poll = 0.0
         self._cancelled = False
+        self._lock = threading.Lock()
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self) -> str:
-        """Send until nothing is left; returns why it stopped: ``done``, ``cancelled`` or
-        ``shutdown`` (the job resumes elsewhere)."""
+    def run(self, threads: int = 1) -> str:
+        """Send until nothing is left, in `threads` threads sharing this job's claims and the
+        business's rate (so a provider's latency is overlapped); returns why it stopped:
+        ``done``, ``cancelled`` or ``shutdown`` (the job resumes elsewhere)."""
+        if threads <= 1:
+            return self._loop()
+        results: list[str] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                results.append(self._loop())
+            except BaseException as exc:  # re-raised in the job's thread below
+                errors.append(exc)
+
+        pool = [
+            threading.Thread(target=one, name=f"broadcast-sender-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        if errors:
+            raise errors[0]
+        for why in ("cancelled", "shutdown"):
+            if why in results:
+                return why
+        return "done"
+
+    def _loop(self) -> str:
         bid = self.broadcast["id"]
         while True:
             if self._stop():
@@ -66,7 +96,9 @@ class Sender:
                     self._cancel()
                     return "cancelled"
                 return "shutdown"
-            if not self._wait_rate(peek=True):
+            # the start is taken before the claim: a claim then waits for nothing, and a
+            # start is only wasted when nothing is due (then this sender naps)
+            if not self._take_start():
                 continue
             with self._conn() as conn:
                 c = store.claim(conn, bid, self.cfg.sending_stale)
@@ -112,26 +144,24 @@ class Sender:
         if n:
             log.info("BROADCAST_CANCELLED broadcast=%s skipped=%d", bid, n)
 
-    def _wait_rate(self, *, peek: bool) -> bool:
-        """With `peek`: True when a start would be allowed now (else sleeps a little). Without:
-        takes a start, sleeping as needed; the broadcast's own rate first, then the
-        business's."""
+    def _take_start(self) -> bool:
+        """Take one start of the broadcast's own rate and of the business's; False (after a
+        nap of at most `NAP`) when one is not allowed yet. The broadcast's is checked first
+        and taken only with the business's, so a waiting broadcast wastes neither."""
         rates = self.ctx.limits.rates
-        limits = [(self.business_key, self.business_rate)]
         if self.own_rate != self.business_rate:
-            limits.insert(0, (self.own_key, self.own_rate))
-        if peek:
-            wait = max(rates.peek(k, r) for k, r in limits)
+            wait = rates.peek(self.own_key, self.own_rate)
             if wait > 0:
                 time.sleep(min(wait, NAP))
                 return False
-            return True
-        for key, rate in limits:
-            while True:
-                wait = rates.acquire(key, rate)
-                if wait <= 0:
-                    break
-                time.sleep(min(wait, NAP))
+        wait = rates.acquire(self.business_key, self.business_rate)
+        if wait > 0:
+            time.sleep(min(wait, NAP))
+            return False
+        if self.own_rate != self.business_rate:
+            # another sender of this broadcast may have taken the peeked start meanwhile:
+            # taking it anyway overshoots the broadcast's own rate by at most one per sender
+            rates.acquire(self.own_key, self.own_rate)
         return True
 
     # -- one recipient -----------------------------------------------------------------------
@@ -141,7 +171,8 @@ class Sender:
         return Message(b["id"], c.id, b["business_id"], c.lead_id, b["channel"], c.phone, c.body)
 
     def _count(self, what: str) -> None:
-        self.tally[what] = self.tally.get(what, 0) + 1
+        with self._lock:
+            self.tally[what] = self.tally.get(what, 0) + 1
 
     def _handle(self, c: store.Claim) -> None:
         msg = self._message(c)
@@ -157,7 +188,6 @@ class Sender:
                     self._record(store.mark_failed, c, "gave up: outcome unknown after retries")
                     self._count("failed")
                     return
-            self._wait_rate(peek=False)
             message_id = self.provider.send(msg)
         except RateLimited as exc:
             wait = self.ctx.limits.rates.backoff(
