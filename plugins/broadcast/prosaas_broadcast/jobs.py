@@ -100,16 +100,19 @@ def broadcast(ctx) -> dict:
             b = store.get_broadcast(s, ctx.business_id, bid)
     if b["status"] == "scheduled":
         return {"broadcast_id": b["id"], "scheduled_at": b["scheduled_at"].isoformat()}
-    if b["status"] in ("succeeded", "cancelled", "failed"):
+    if b["status"] == "failed":  # a later attempt of a job whose broadcast could not start
+        raise RuntimeError(f"broadcast {b['id']} failed: {b['error']}")
+    if b["status"] in ("succeeded", "cancelled"):
         return _result(ctx, b, None)
     provider = get_provider(_pm(ctx), b["provider"], cfg)
     try:
         provider.check()
     except ProviderError as exc:
-        with ctx.session() as s:
-            store.set_broadcast(
-                s, b["id"], status="failed", error=str(exc), finished_at=store.now()
-            )
+        if ctx.attempt >= ctx.max_attempts:  # until then a fixed setting lets a retry start it
+            with ctx.session() as s:
+                store.set_broadcast(
+                    s, b["id"], status="failed", error=str(exc), finished_at=store.now()
+                )
         raise RuntimeError(f"broadcast {b['id']}: provider {b['provider']}: {exc}") from None
     if p.part is None:
         _prepare(ctx, cfg, b)
