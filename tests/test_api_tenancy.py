@@ -14,6 +14,7 @@ from prosaas_core.models import Call
 
 PARAM = re.compile(r"<(?:[^:>]+:)?(\w+)>")
 MISSING = {"job_id": "987654321", "lead_id": "987654321", "import_id": "987654321"}
+MISSING["broadcast_id"] = "987654321"
 MISSING_SID = "CA_missing_000"
 
 
@@ -49,6 +50,10 @@ def test_other_business_objects_answer_404_like_missing_ones_and_stay_unchanged(
     with runtime.session() as s:
         s.add(Call(business_id=a_id, call_sid="CA_a_1", recording_path="/etc/hostname"))
     mine = {"job_id": str(job), "lead_id": str(lead), "import_id": str(imp), "call_sid": "CA_a_1"}
+    if "broadcast" in runtime.registry.job_types:  # the broadcast plugin's routes
+        body = {"lead_ids": [lead], "template": "Hi", "provider": "log"}
+        resp = client.post("/api/broadcasts", json=body, headers=ha)
+        mine["broadcast_id"] = str(resp.get_json()["id"])
     missing = {**MISSING, "call_sid": MISSING_SID}
     before = _snapshot(runtime)
 
