@@ -54,6 +54,7 @@ class Sender:
         self.business_key, self.own_key = rate_keys(b["business_id"], b["id"])
         self._last_poll = 0.0
         self._cancelled = False
+        self._cancel_applied = False
         self._lock = threading.Lock()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -91,15 +92,12 @@ class Sender:
     def _loop(self) -> str:
         bid = self.broadcast["id"]
         while True:
-            if self._stop():
-                if self._cancelled:
-                    self._cancel()
-                    return "cancelled"
+            # once cancelled, what is pending is skipped and the loop only drains what is
+            # `sending`: in-flight sends of other senders, and unknown outcomes to check
+            if not self._cancelled and self._stop() and not self._cancelled:
                 return "shutdown"
-            # the start is taken before the claim: a claim then waits for nothing, and a
-            # start is only wasted when nothing is due (then this sender naps)
-            if not self._take_start():
-                continue
+            if self._cancelled and not self._cancel_applied:
+                self._cancel()
             with self._conn() as conn:
                 c = store.claim(conn, bid, self.cfg.sending_stale)
             if c is None:
@@ -107,7 +105,7 @@ class Sender:
                     left, due = store.next_due(conn, bid)
                     if not left:
                         store.finish(conn, bid)
-                        return "done"
+                        return "cancelled" if self._cancelled else "done"
                 wait = NAP if due is None else (due - store.now()).total_seconds()
                 time.sleep(min(max(wait, 0.01), NAP))
                 continue
@@ -136,6 +134,7 @@ class Sender:
         return False
 
     def _cancel(self) -> None:
+        self._cancel_applied = True
         bid = self.broadcast["id"]
         with self._conn() as conn:
             store.set_broadcast(conn, bid, cancel_requested=True)
@@ -176,18 +175,19 @@ class Sender:
 
     def _handle(self, c: store.Claim) -> None:
         msg = self._message(c)
+        if c.uncertain_since is not None:
+            if not self._reconcile(c, msg):
+                return
+        elif self._cancelled:  # claimed as cancel was being applied: not started, not sent
+            self._record(store.mark_skipped, c, "cancelled")
+            return
+        # the start is taken right before the call (after the claim), so the time between the
+        # limiter's grant and the provider seeing the message stays as short as it can be
+        while not self._take_start():
+            if self._stop():  # hand the recipient back untouched; the loop cancels or stops
+                self._record(store.mark_retry, c, None, 0.0, refund=True)
+                return
         try:
-            if c.uncertain_since is not None:
-                found = self.provider.reconcile(msg, c.uncertain_since)
-                if found is not None:
-                    self._record(store.mark_sent, c, found)
-                    self._count("reconciled")
-                    log.info("BROADCAST_RECONCILED recipient=%s message=%s", c.id, found)
-                    return
-                if c.attempts > self.cfg.max_attempts:
-                    self._record(store.mark_failed, c, "gave up: outcome unknown after retries")
-                    self._count("failed")
-                    return
             message_id = self.provider.send(msg)
         except RateLimited as exc:
             wait = self.ctx.limits.rates.backoff(
@@ -218,6 +218,36 @@ class Sender:
             return
         self._record(store.mark_sent, c, message_id)
         self._count("sent")
+
+    def _reconcile(self, c: store.Claim, msg: Message) -> bool:
+        """For a recipient whose last attempt has no recorded outcome: True when it should be
+        sent now; False when it was settled here (found at the provider, given up, cancelled)
+        or must be checked again later. It never goes back to ``pending``: only a check
+        decides."""
+        try:
+            found = self.provider.reconcile(msg, c.uncertain_since)
+        except Exception as exc:
+            if isinstance(exc, RateLimited):
+                self.ctx.limits.rates.backoff(
+                    self.business_key, exc.retry_after, self.business_rate
+                )
+            error = f"check failed: {type(exc).__name__}: {exc}"
+            self._record(store.mark_uncertain, c, error, retry_delay(self.cfg, c.attempts))
+            self._count("retried")
+            return False
+        if found is not None:
+            self._record(store.mark_sent, c, found)
+            self._count("reconciled")
+            log.info("BROADCAST_RECONCILED recipient=%s message=%s", c.id, found)
+            return False
+        if self._cancelled:
+            self._record(store.mark_skipped, c, "cancelled", "outcome of the last attempt unknown")
+            return False
+        if c.attempts > self.cfg.max_attempts:
+            self._record(store.mark_failed, c, "gave up: outcome unknown after retries")
+            self._count("failed")
+            return False
+        return True
 
     def _retry(self, c: store.Claim, exc: Exception, *, uncertain: bool) -> None:
         error = f"{type(exc).__name__}: {exc}"

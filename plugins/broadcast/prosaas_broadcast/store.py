@@ -330,6 +330,22 @@ def mark_failed(conn: Connection, c: Claim, error: str) -> bool:
     )
 
 
+def mark_skipped(conn: Connection, c: Claim, reason: str, error: str | None = None) -> bool:
+    return bool(
+        conn.execute(
+            update(R)
+            .where(_mine(c), R.c.status == "sending")
+            .values(
+                status="skipped",
+                skip_reason=reason,
+                error=error,
+                next_attempt_at=None,
+                updated_at=now(),
+            )
+        ).rowcount
+    )
+
+
 def mark_retry(
     conn: Connection, c: Claim, error: str | None, delay: float, *, refund: bool = False
 ) -> bool:
