@@ -238,12 +238,58 @@ class Claim:
 _CLAIM_COLS = (R.c.id, R.c.lead_id, R.c.phone, R.c.body, R.c.attempts, R.c.sending_since)
 
 
+#: the hot statements as plain SQL on PostgreSQL: a driver cursor skips SQLAlchemy's per-call
+#: overhead, measured at about a third of a message's CPU (the sending rate is CPU-bound)
+_PG_CLAIM = {
+    status: (
+        "UPDATE broadcast_recipients SET status = 'sending', attempt_token = %(token)s, "
+        "next_attempt_at = %(check)s, attempts = attempts + 1, updated_at = %(now)s"
+        + (", sending_since = %(now)s" if status == "pending" else "")
+        + " WHERE id = (SELECT id FROM broadcast_recipients WHERE broadcast_id = %(b)s AND "
+        f"status = '{status}' AND "
+        + (
+            "(next_attempt_at IS NULL OR next_attempt_at <= %(now)s)"
+            if status == "pending"
+            else "next_attempt_at <= %(now)s"
+        )
+        + f" ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = '{status}' "
+        "RETURNING id, lead_id, phone, body, attempts, sending_since"
+    )
+    for status in ("pending", "sending")
+}
+_PG_SENT = (
+    "UPDATE broadcast_recipients SET status = 'sent', provider_message_id = %(mid)s, "
+    "sent_at = %(now)s, next_attempt_at = NULL, error = NULL, updated_at = %(now)s "
+    "WHERE id = %(id)s AND attempt_token = %(token)s AND status = 'sending'"
+)
+
+
+def _cursor(conn: Any):
+    """A driver cursor on the session's connection (in its transaction), or None off
+    PostgreSQL."""
+    if conn.get_bind().dialect.name != "postgresql":
+        return None
+    return conn.connection().connection.driver_connection.cursor()
+
+
 def claim(conn: Connection, broadcast_id: int, stale: float) -> Claim | None:
     """Take the next due recipient of the broadcast: a pending one, else one left ``sending``
     past its check time (a dead or timed-out attempt). One statement each; SKIP LOCKED lets
     many senders claim side by side."""
     t = now()
     token = secrets.token_hex(12)
+    cur = _cursor(conn)
+    if cur is not None:
+        args = {"token": token, "check": t + timedelta(seconds=stale), "now": t, "b": broadcast_id}
+        with cur:
+            for status in ("pending", "sending"):
+                cur.execute(_PG_CLAIM[status], args)
+                row = cur.fetchone()
+                if row is not None:
+                    rid, lead_id, phone, body, attempts, since = row
+                    uncertain = _aware(since) if status == "sending" else None
+                    return Claim(rid, lead_id, phone, body, attempts, token, uncertain)
+        return None
     due = or_(R.c.next_attempt_at.is_(None), R.c.next_attempt_at <= t)
     for status in ("pending", "sending"):
         pick = (
@@ -297,6 +343,13 @@ def _mine(c: Claim):
 
 def mark_sent(conn: Connection, c: Claim, message_id: str) -> bool:
     t = now()
+    cur = _cursor(conn)
+    if cur is not None:
+        with cur:
+            cur.execute(_PG_SENT, {"mid": message_id, "now": t, "id": c.id, "token": c.token})
+            done = cur.rowcount
+        if done:
+            return True
     done = conn.execute(
         update(R)
         .where(_mine(c), R.c.status == "sending")
