@@ -83,7 +83,10 @@ class BroadcastConfig:
         return cls(
             rate=rate,
             default_provider=_text(settings, "BROADCAST_PROVIDER", "log"),
-            default_region=_text(settings, "BROADCAST_DEFAULT_REGION", "US").upper(),
+            default_region=(
+                _text(settings, "BROADCAST_DEFAULT_REGION")
+                or _text(settings, "PROSAAS_PHONE_REGION", "US")
+            ).upper(),
             max_attempts=_int(settings, "BROADCAST_MAX_ATTEMPTS", 5, 1, 100),
             retry_base=_float(settings, "BROADCAST_RETRY_BASE_SECONDS", 2.0, 0.0, 3600),
             retry_max=_float(settings, "BROADCAST_RETRY_MAX_SECONDS", 300.0, 0.0, 86400),
