@@ -19,6 +19,7 @@ MISSING = {
     "import_id": "987654321",
     "schedule_id": "987654321",
 }
+MISSING["broadcast_id"] = "987654321"
 MISSING_SID = "CA_missing_000"
 
 
@@ -61,6 +62,10 @@ def test_other_business_objects_answer_404_like_missing_ones_and_stay_unchanged(
     ).get_json()["id"]  # fmt: skip
     mine = {"job_id": str(job), "lead_id": str(lead), "import_id": str(imp), "call_sid": "CA_a_1",
             "schedule_id": str(sched)}  # fmt: skip
+    if "broadcast" in runtime.registry.job_types:  # the broadcast plugin's routes
+        body = {"lead_ids": [lead], "template": "Hi", "provider": "log"}
+        resp = client.post("/api/broadcasts", json=body, headers=ha)
+        mine["broadcast_id"] = str(resp.get_json()["id"])
     missing = {**MISSING, "call_sid": MISSING_SID}
     before = _snapshot(runtime)
 

@@ -104,6 +104,24 @@ def _draw_bars(api: Api, job_ids: list[int], stop: threading.Event) -> None:
             return
 
 
+def _demo_broadcast(rt: Runtime, api: Api, transport: str) -> dict | None:
+    """When the broadcast plugin is installed: three leads with phones and a broadcast to them
+    through its ``log`` provider, over the HTTP API (the core never imports a plugin). None
+    when it is not installed, or on the stand-in Redis, which cannot run the rate limiter's
+    Lua scripts."""
+    if "broadcast" not in rt.registry.job_types:
+        return None
+    if "stand-in" in transport:
+        click.echo("Broadcast skipped: the in-process Redis stand-in cannot run rate limits.")
+        return None
+    people = (("Ada", "+14155550101"), ("Grace", "+14155550102"), ("Linus", "+14155550103"))
+    ids = [
+        api.call("POST", "/api/leads", 201, json={"name": n, "phone": p})["id"] for n, p in people
+    ]
+    body = {"lead_ids": ids, "template": "Hi {name}, thanks for trying prosaas!", "provider": "log"}
+    return api.call("POST", "/api/broadcasts", 202, json=body)
+
+
 def _run_worker_until_done(rt: Runtime, api: Api, job_ids: list[int]) -> None:
     """A burst worker in this process (RQ installs signal handlers, so it takes the main
     thread); the bars are drawn from a second thread."""
@@ -121,7 +139,8 @@ def _run_worker_until_done(rt: Runtime, api: Api, job_ids: list[int]) -> None:
     drawer = threading.Thread(target=bars, name="demo-progress", daemon=True)
     drawer.start()
     try:
-        run_worker(rt, burst=True, queues=sorted({rt.registry.job_type(t).queue for t in NEEDED}))
+        types = [*NEEDED, *(["broadcast"] if "broadcast" in rt.registry.job_types else [])]
+        run_worker(rt, burst=True, queues=sorted({rt.registry.job_type(t).queue for t in types}))
     finally:
         stop.set()
         drawer.join(timeout=30)
@@ -204,7 +223,9 @@ def demo(n_leads: int, verbose: bool) -> None:
     click.echo(
         f"Bulk update: job {update['id']}; bulk delete: job {delete['id']}. Running a worker..."
     )
-    _run_worker_until_done(rt, api, [update["id"], delete["id"]])
+    broadcast = _demo_broadcast(rt, api, transport)
+    extra = [broadcast["job"]["id"]] if broadcast else []
+    _run_worker_until_done(rt, api, [update["id"], delete["id"], *extra])
 
     jobs = [api.call("GET", f"/api/jobs/{j['id']}", 200) for j in (update, delete)]
     failed = [j for j in jobs if j["status"] != "succeeded"]
@@ -227,4 +248,7 @@ def demo(n_leads: int, verbose: bool) -> None:
     click.echo(f"  deleted      {jobs[1]['result']['deleted']} leads")
     by_status = ", ".join(f"{n} {status}" for status, n in sorted(remaining.items()))
     click.echo(f"  remaining    {sum(remaining.values())} leads ({by_status})")
+    if broadcast:
+        sent = api.call("GET", f"/api/broadcasts/{broadcast['id']}", 200)["counts"]["sent"]
+        click.echo(f"  broadcast    {sent} messages sent through the log provider")
     click.echo(f"  took         {time.monotonic() - began:.1f}s")
