@@ -210,7 +210,8 @@ class Maintenance:
         self._thread: threading.Thread | None = None
         self.db = Outage("database", "sweeper", log)
         self.redis = Outage("redis", "sweeper", log)
-        self.rescue_every = max(min(1.0, rt.settings.lease_ttl / 4), 0.05)
+        ttl = rt.settings.lease_ttl
+        self.rescue_every = max(min(1.0, ttl / 4), 0.05) if ttl > 0 else 1.0
         now = time.monotonic()
         self._next_rescue = now
         self._next_full = now + rt.settings.sweep_interval
