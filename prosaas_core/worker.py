@@ -270,7 +270,8 @@ class Maintenance:
             return
         # after our own database outage, live workers get one lease period to renew before
         # their leases count as lapsed
-        leases = time.monotonic() - self.db.back_at >= self.rt.settings.lease_ttl
+        # (the first sweep after the outage, while self.db still says down, included)
+        leases = not self.db.down and now - self.db.back_at >= self.rt.settings.lease_ttl
         try:
             report = sweep(self.rt, lost=full, leases=leases, grace=0.0 if urgent else 1.0)
         except RedisError as exc:
