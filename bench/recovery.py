@@ -2,7 +2,7 @@
 
 - kill_to_resume_s: SIGKILL of the worker running a job -> the job running again on the other
   worker (its lease lapses, the sweeper rescues it). Baseline in the same run: the rescue the
-  lease replaced, by stale job heartbeat, with the lease switched off (PROSAAS_LEASE_TTL=3600)
+  lease replaced, by stale job heartbeat, with the lease switched off (PROSAAS_LEASE_TTL=0)
   and the heartbeat settings scaled down (PROSAAS_HEARTBEAT_INTERVAL=2, PROSAAS_STALE_AFTER=6;
   the defaults are 30 and 90, which made it 91-103 s).
 - redis_back_to_work_s: Redis restarted empty after jobs were accepted while it was down ->
@@ -183,7 +183,7 @@ def main() -> None:
                 figures["baseline_stale_heartbeat_kill_to_resume_s"].append(
                     kill_to_resume(
                         world,
-                        PROSAAS_LEASE_TTL="3600",
+                        PROSAAS_LEASE_TTL="0",
                         PROSAAS_HEARTBEAT_INTERVAL="2",
                         PROSAAS_STALE_AFTER="6",
                         PROSAAS_SWEEP_INTERVAL="2",

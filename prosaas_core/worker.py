@@ -210,7 +210,8 @@ class Maintenance:
         self._thread: threading.Thread | None = None
         self.db = Outage("database", "sweeper", log)
         self.redis = Outage("redis", "sweeper", log)
-        self.rescue_every = max(min(1.0, rt.settings.lease_ttl / 4), 0.05)
+        ttl = rt.settings.lease_ttl
+        self.rescue_every = max(min(1.0, ttl / 4), 0.05) if ttl > 0 else 1.0
         now = time.monotonic()
         self._next_rescue = now
         self._next_full = now + rt.settings.sweep_interval
@@ -269,7 +270,8 @@ class Maintenance:
             return
         # after our own database outage, live workers get one lease period to renew before
         # their leases count as lapsed
-        leases = time.monotonic() - self.db.back_at >= self.rt.settings.lease_ttl
+        # (the first sweep after the outage, while self.db still says down, included)
+        leases = not self.db.down and now - self.db.back_at >= self.rt.settings.lease_ttl
         try:
             report = sweep(self.rt, lost=full, leases=leases, grace=0.0 if urgent else 1.0)
         except RedisError as exc:

@@ -211,6 +211,11 @@ class WorkerLease:
         push_many(self.rt, rows)
 
     def start(self) -> None:
+        if self.ttl <= 0:  # PROSAAS_LEASE_TTL=0: no lease; rescue by stale job heartbeat only
+            log.warning(
+                "WORKER LEASE off (PROSAAS_LEASE_TTL=0): rescues wait for a stale heartbeat"
+            )
+            return
         try:
             self.renew()
         except Exception as exc:  # taken by the loop as soon as the database answers
@@ -235,6 +240,8 @@ class WorkerLease:
 
     def stop(self) -> None:
         """Stop renewing and drop the lease: a clean exit is not a dead worker."""
+        if self.ttl <= 0:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, or_, select, text, update
 
-from prosaas_core.jobs.lease import forget_lapsed, lapsed_workers
+from prosaas_core.jobs.lease import LEASES, forget_lapsed, lapsed_workers
 from prosaas_core.jobs.store import T, c, utcnow
 from prosaas_core.jobs.transport import push_many, rq_job_id
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
 
 log = logging.getLogger("prosaas.sweeper")
+L = LEASES.c
 
 #: pg_advisory_xact_lock key of the sweeper ("prosaas" + "sweep" in ASCII, fits a bigint)
 LOCK_KEY = 0x70726F73617377
@@ -60,9 +61,12 @@ def _try_lock(conn: Connection) -> bool:
 
 
 def _gone(conn: Connection, rt: Runtime, *, leases: bool):
-    """Running rows whose worker is gone."""
+    """Running rows whose worker is gone: its lease lapsed, or it holds no lease (a plain `rq
+    worker`, leases off) and the job heartbeat is stale. A worker whose lease holds is alive,
+    however long its handler keeps the job row locked in a transaction."""
     now = utcnow()
-    stale = c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)
+    leaseless = or_(c.worker.is_(None), c.worker.not_in(select(L.worker)))
+    stale = (c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)) & leaseless
     if leases:
         stale = or_(stale, c.worker.in_(lapsed_workers(conn)))
     return (c.status == "running") & stale
