@@ -74,5 +74,6 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
         migrate_at_startup(rt)
     for bp in (core.bp, leads.bp, ops.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(__import__("prosaas_core.dashboard", fromlist=["bp"]).bp)
     _plugin_blueprints(app, rt)
     return app
