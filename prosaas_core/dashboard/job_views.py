@@ -31,7 +31,7 @@ def jobs():
         rows=rows,
         f=f,
         next_args=f.query_args(before=cursor) if cursor else None,
-        first_args=f.query_args(before=None) if f.before else None,
+        first_args=f.query_args(before=None),
         statuses=JOB_STATUSES,
         job_types=sorted(rt.registry.job_types),
         queues=rt.registry.queues,
@@ -63,7 +63,7 @@ def job(job_id: int):
         state=shown(full["state"]),
         can_cancel=full["status"] in ("queued", "running") and not full["cancel_requested"],
         can_retry=full["status"] in control.RETRYABLE,
-        message=request.args.get("done") if request.args.get("done") in _DONE else None,
+        message=_DONE.get(request.args.get("done", "")),
     )
 
 
