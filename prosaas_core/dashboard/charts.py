@@ -6,7 +6,7 @@ from typing import Any
 
 #: colour-blind-safe palette (Okabe-Ito), cycled over job types
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000")
-WIDTH, HEIGHT, LEFT, BOTTOM = 600, 160, 30, 18
+WIDTH, HEIGHT, LEFT, BOTTOM = 900, 200, 30, 18
 
 
 def stacked_bars(throughput: dict[str, Any]) -> dict[str, Any]:

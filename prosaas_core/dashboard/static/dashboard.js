@@ -45,8 +45,11 @@
   function applyJob(row, j) {
     const bar = row.querySelector('[data-field="progress"]');
     if (bar) {
-      if (j.percent === null) bar.removeAttribute("value");
-      else bar.value = j.percent;
+      // no total: full when it succeeded, moving while it runs, empty otherwise
+      const shown = j.percent !== null ? j.percent
+        : j.status === "succeeded" ? 100 : j.status === "running" ? null : 0;
+      if (shown === null) bar.removeAttribute("value");
+      else bar.value = shown;
     }
     set(row, "counts", j.processed + (j.total === null ? "" : "/" + j.total));
     set(row, "rate", j.rate ? j.rate.toFixed(1) + "/s" : "–");
