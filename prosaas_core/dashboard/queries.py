@@ -191,9 +191,11 @@ def row_dict(r: Any, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def queue_counts(rt: Runtime, scope: int | None) -> dict[str, dict[str, int]]:
-    """Per queue: queued (due, not parked), parked, waiting for a retry, running, and failed in
-    the last hour."""
+def queue_counts(
+    rt: Runtime, scope: int | None, finished: Finished | None = None
+) -> dict[str, dict[str, int]]:
+    """Per queue: queued (due, not parked), parked, waiting for a retry, running (one grouped
+    read of the active rows), and failed in the last hour (from `finished`)."""
     now = utcnow()
     due = or_(c.run_after.is_(None), c.run_after <= now)
     kind = (
@@ -206,11 +208,6 @@ def queue_counts(rt: Runtime, scope: int | None) -> dict[str, dict[str, int]]:
         )
         .where(c.status.in_(("queued", "running")))
         .group_by(c.queue, c.status, literal_column("3"), literal_column("4"))
-    )
-    failed = (
-        select(c.queue, func.count().label("n"))
-        .where(c.finished_at >= now - timedelta(hours=1), c.status == "failed")
-        .group_by(c.queue)
     )
     out: dict[str, dict[str, int]] = {}
 
@@ -229,33 +226,104 @@ def queue_counts(rt: Runtime, scope: int | None) -> dict[str, dict[str, int]]:
                 item(queue)["queued"] += n
             else:
                 item(queue)["later"] += n
-        for queue, n in conn.execute(_scoped(failed, scope)):
+    for (_, _, status, queue), n in (finished or Finished()).totals().items():
+        if status == "failed":
             item(queue)["failed_1h"] += n
     for q in rt.registry.queues:
         item(q)
     return dict(sorted(out.items()))
 
 
-def throughput(rt: Runtime, scope: int | None, minutes: int = 60) -> dict[str, Any]:
-    """Jobs finished per minute by job type over the last `minutes` minutes (an index range
-    on ``finished_at``): ``{"start": iso, "minutes": n, "series": {type: [n per minute]}}``."""
-    now = utcnow().replace(second=0, microsecond=0) + timedelta(minutes=1)
-    start = now - timedelta(minutes=minutes)
+#: one minute's finished jobs: {(job_type, status, queue): n}
+Minute = dict[tuple[str, str, str], int]
+#: minutes older than this are taken as settled (no job will still commit a finish in them)
+SETTLE = timedelta(minutes=2)
+WINDOW = 60
+
+
+@dataclass
+class Finished:
+    """Jobs finished per minute over the last `WINDOW` minutes, by (type, status, queue)."""
+
+    start: datetime | None = None
+    minutes: list[Minute] | None = None
+
+    def totals(self) -> dict[tuple[int, str, str, str], int]:
+        out: dict[tuple[int, str, str, str], int] = {}
+        for i, minute in enumerate(self.minutes or []):
+            for (job_type, status, queue), n in minute.items():
+                out[(i, job_type, status, queue)] = n
+        return out
+
+
+class FinishedCache:
+    """Settled minutes of `finished_jobs`, kept per scope in this process: an Overview poll
+    then reads only the last couple of minutes, not an hour of finished rows (measured in
+    bench/dashboard.py: the whole hour over 100,000 jobs is hundreds of milliseconds)."""
+
+    MAX_SCOPES = 512
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._minutes: dict[int | None, dict[datetime, Minute]] = {}
+
+    def get(self, scope: int | None) -> dict[datetime, Minute]:
+        with self._lock:
+            if scope not in self._minutes and len(self._minutes) >= self.MAX_SCOPES:
+                self._minutes.clear()
+            return dict(self._minutes.setdefault(scope, {}))
+
+    def put(self, scope: int | None, minutes: dict[datetime, Minute], oldest: datetime) -> None:
+        with self._lock:
+            self._minutes[scope] = {m: v for m, v in minutes.items() if m >= oldest}
+
+
+def finished_jobs(rt: Runtime, scope: int | None, cache: FinishedCache | None = None) -> Finished:
+    """Finished jobs per minute for the last `WINDOW` minutes (the current one included): an
+    index range on ``finished_at`` from the first minute not yet cached."""
+    now = utcnow().replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=WINDOW - 1)
+    settled_before = now - SETTLE
+    known = cache.get(scope) if cache is not None else {}
+    query_from = start
+    while query_from in known and query_from < settled_before:
+        query_from += timedelta(minutes=1)
     if rt.engine.dialect.name == "postgresql":
         bucket = func.date_trunc("minute", c.finished_at)
     else:
         bucket = func.strftime("%Y-%m-%d %H:%M", c.finished_at)
     q = (
-        select(c.job_type, bucket.label("minute"), func.count())
-        .where(c.finished_at >= start, c.status.in_(FINAL_STATUSES))
-        .group_by(c.job_type, bucket)
+        select(bucket.label("minute"), c.job_type, c.status, c.queue, func.count())
+        .where(c.finished_at >= query_from, c.status.in_(FINAL_STATUSES))
+        .group_by(literal_column("1"), c.job_type, c.status, c.queue)
     )
-    series: dict[str, list[int]] = {}
+    fresh: dict[datetime, Minute] = {}
     with rt.engine.connect() as conn:
-        for job_type, minute, n in conn.execute(_scoped(q, scope)):
+        for minute, job_type, status, queue, n in conn.execute(_scoped(q, scope)):
             if isinstance(minute, str):
                 minute = datetime.fromisoformat(minute).replace(tzinfo=start.tzinfo)
-            index = int((minute - start).total_seconds() // 60)
-            if 0 <= index < minutes:
-                series.setdefault(job_type, [0] * minutes)[index] += n
-    return {"start": start.isoformat(), "minutes": minutes, "series": dict(sorted(series.items()))}
+            bucket_of = fresh.setdefault(minute, {})
+            bucket_of[(job_type, status, queue)] = bucket_of.get((job_type, status, queue), 0) + n
+    merged = {m: v for m, v in known.items() if m < query_from}
+    merged.update(fresh)
+    if cache is not None:
+        settled = {m: v for m, v in merged.items() if m < settled_before}
+        m = query_from
+        while m < settled_before:  # an empty settled minute is known too
+            settled.setdefault(m, {})
+            m += timedelta(minutes=1)
+        cache.put(scope, settled, start)
+    minutes = [merged.get(start + timedelta(minutes=i), {}) for i in range(WINDOW)]
+    return Finished(start=start, minutes=minutes)
+
+
+def throughput(finished: Finished) -> dict[str, Any]:
+    """Jobs finished per minute by job type: ``{"start": iso, "minutes": n, "series": {type:
+    [n per minute]}}``."""
+    series: dict[str, list[int]] = {}
+    for (i, job_type, _, _), n in finished.totals().items():
+        series.setdefault(job_type, [0] * WINDOW)[i] += n
+    start = finished.start.isoformat() if finished.start else None
+    return {"start": start, "minutes": WINDOW, "series": dict(sorted(series.items()))}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import abort, g, jsonify, render_template
+from flask import abort, current_app, g, jsonify, render_template
 
 from prosaas_core.dashboard import bp, charts, queries
 from prosaas_core.dashboard.session import runtime
@@ -31,7 +31,9 @@ def overview_data() -> dict[str, Any]:
 
     rt = runtime()
     scope = g.viewer.scope
-    queues = queries.queue_counts(rt, scope)
+    cache = current_app.extensions.setdefault("prosaas_dashboard_finished", queries.FinishedCache())
+    finished = queries.finished_jobs(rt, scope, cache)
+    queues = queries.queue_counts(rt, scope, finished)
     if g.viewer.admin:
         for name, item in queues.items():
             item["in_redis"] = Queue(name, connection=rt.redis).count
@@ -40,7 +42,7 @@ def overview_data() -> dict[str, Any]:
     except Exception as exc:  # flow limits are an extra: never take the page down
         log.warning("dashboard: flow summary failed: %s", exc)
         flow = []
-    return {"queues": queues, "throughput": queries.throughput(rt, scope), "flow": flow}
+    return {"queues": queues, "throughput": queries.throughput(finished), "flow": flow}
 
 
 @bp.route("/")

@@ -33,10 +33,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_prosaas_admin_tokens_token_hash")),
     )
     # The dashboard's "finished per minute, last hour" chart reads a time range of finished
-    # jobs; without this it scans every finished row. job_type and status ride along so the
-    # count can come from the index alone.
+    # jobs; without this it scans every finished row. job_type, status and queue ride along so
+    # the count can come from the index alone.
     op.create_index(
-        "ix_background_jobs_finished_at", "background_jobs", ["finished_at", "job_type", "status"]
+        "ix_background_jobs_finished_at",
+        "background_jobs",
+        ["finished_at", "job_type", "status", "queue"],
     )
 
 
