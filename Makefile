@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/setup.cfg)))
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean screenshots
 
 $(BIN)/prosaas: setup.cfg requirements-dev.txt $(wildcard plugins/*/setup.cfg)
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: install
 
 bench: install
 	for b in bench/[a-z]*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# docs/img/dashboard-*.png, taken by the browser tests (needs /usr/bin/chromium)
+screenshots: install
+	PROSAAS_SCREENSHOTS_DIR=$(CURDIR)/docs/img $(BIN)/pytest tests/test_dashboard_browser.py -k operator
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

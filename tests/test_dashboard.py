@@ -89,6 +89,7 @@ def test_sign_in_out_and_the_cookie(app, admin_token, caplog):
     csrf = csrf_of(page.text)
     bad = client.post("/dashboard/login", data={"csrf": csrf, "token": "psa_nope"})
     assert bad.status_code == 401 and "unknown or revoked" in bad.text
+    assert bad.json == {"error": "Unauthorized", "details": "that token is unknown or revoked"}
     resp = client.post(
         "/dashboard/login", data={"csrf": csrf, "token": admin_token, "next": "/dashboard/jobs"}
     )
@@ -355,3 +356,24 @@ def test_admin_tokens_cli(cli, runtime, app):
             "error: give either --business ID or --admin"
         )
     assert cli("tokens", "list").returncode == 1
+
+
+def test_overview_hour_window_and_cached_minutes(app, runtime, admin_token):
+    bid, _ = business_with_token(runtime)
+    old = [enqueue(runtime, "acme_echo", bid, {"message": str(i)}).id for i in range(4)]
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE background_jobs SET status = 'succeeded', finished_at = now() - "
+                "CASE WHEN id = :last THEN interval '70 minutes' ELSE interval '10 minutes' END"
+            ),
+            {"last": old[-1]},
+        )
+    client = app.test_client()
+    sign_in(client, admin_token)
+    series = client.get("/dashboard/api/overview").json["throughput"]["series"]["acme_echo"]
+    assert sum(series) == 3 and sum(series[48:51]) == 3  # ten minutes before the current one
+    for job in [enqueue(runtime, "acme_echo", bid, {"message": "new"}).id for _ in range(2)]:
+        set_status(runtime, job, "succeeded")
+    series = client.get("/dashboard/api/overview").json["throughput"]["series"]["acme_echo"]
+    assert sum(series) == 5 and sum(series[58:]) == 2

@@ -9,6 +9,8 @@ from prosaas_core.dashboard.session import runtime
 from prosaas_core.jobs import control
 from prosaas_core.models import JOB_STATUSES
 
+#: the largest id a job can have (BIGINT); a larger one in a URL is simply not found
+MAX_ID = 2**63 - 1
 #: longest payload/result/state shown on the job page before it is cut
 MAX_SHOWN = 20_000
 
@@ -39,7 +41,7 @@ def jobs():
     )
 
 
-@bp.route("/jobs/<int:job_id>")
+@bp.route(f"/jobs/<int(max={MAX_ID}):job_id>")
 def job(job_id: int):
     import json
 
@@ -70,13 +72,13 @@ def job(job_id: int):
 _DONE = {"cancel": "Cancel requested.", "retry": "Queued again."}
 
 
-@bp.route("/jobs/<int:job_id>/cancel", methods=["POST"])
+@bp.route(f"/jobs/<int(max={MAX_ID}):job_id>/cancel", methods=["POST"])
 def cancel(job_id: int):
     control.cancel_job(runtime(), job_id, business_id=g.viewer.scope)
     return redirect(url_for("dashboard.job", job_id=job_id, done="cancel"), code=303)
 
 
-@bp.route("/jobs/<int:job_id>/retry", methods=["POST"])
+@bp.route(f"/jobs/<int(max={MAX_ID}):job_id>/retry", methods=["POST"])
 def retry(job_id: int):
     control.retry_job(runtime(), job_id, business_id=g.viewer.scope)
     return redirect(url_for("dashboard.job", job_id=job_id, done="retry"), code=303)

@@ -23,7 +23,9 @@ CSP = (
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/dashboard/api/")
+    """Errors are JSON ``{"error", "details"}`` for the polled endpoints and for any client
+    that does not ask for HTML (scripts, the API's fuzz test); a page for browsers."""
+    return request.path.startswith("/dashboard/api/") or not request.accept_mimetypes.accept_html
 
 
 @bp.before_request
@@ -34,7 +36,7 @@ def _before() -> Any:
     if request.method == "POST":
         session.check_csrf()
     if request.endpoint not in PUBLIC and g.viewer is None:
-        if wants_json():
+        if request.path.startswith("/dashboard/api/"):
             return _error(401, "Unauthorized", "sign in at /dashboard/login")
         return redirect(url_for("dashboard.login", next=_next_path()))
     return None
@@ -95,6 +97,8 @@ def login():
         return render_template("dashboard/login.html", next=nxt, failed=False)
     viewer = session.sign_in(request.form.get("token", ""))
     if viewer is None:
+        if wants_json():
+            return _error(401, "Unauthorized", "that token is unknown or revoked")
         return render_template("dashboard/login.html", next=nxt, failed=True), 401
     return redirect(nxt, code=303)
 
