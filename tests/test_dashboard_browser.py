@@ -188,7 +188,14 @@ def test_operator_watches_and_steers_jobs(browser, stack, runtime, tmp_path):
         page.get_by_role("link", name="Overview").click()
         expect(page.locator("figure.chart > svg")).to_be_visible()
         expect(page.locator("figure.chart")).to_contain_text("acme_echo: 3")
-        shots.doc("overview")
+        # concurrency_per_business=2: two run, two are parked; the page shows it by polling
+        expect(page.locator("#live")).to_contain_text("No business has work under a flow limit")
+        for _ in range(4):
+            enqueue(runtime, "acme_slot", bid, {"seconds": 30})
+        flow = page.locator("#live tr", has_text="acme_slot")
+        expect(flow).to_contain_text("2/2", timeout=30_000)
+        expect(page.locator('tr[data-queue="flow"]')).to_contain_text("2")
+        shots.doc("overview", full_page=True)
         page.get_by_role("link", name="Migrations & plugins").click()
         expect(page.get_by_test_id("drift")).to_contain_text("In sync")
         shots.doc("system", full_page=True)
