@@ -377,3 +377,28 @@ def test_overview_hour_window_and_cached_minutes(app, runtime, admin_token):
         set_status(runtime, job, "succeeded")
     series = client.get("/dashboard/api/overview").json["throughput"]["series"]["acme_echo"]
     assert sum(series) == 5 and sum(series[58:]) == 2
+
+
+def test_cookie_is_signed_with_the_shared_key(env, runtime, admin_token):
+    """Two API processes with one PROSAAS_SECRET_KEY accept each other's sessions; a cookie
+    signed with another key (or edited) is a signed-out visitor."""
+    one = create_app({**env, "PROSAAS_SECRET_KEY": "k1"}).test_client()
+    sign_in(one, admin_token)
+    value = one.get_cookie("prosaas_dashboard", path="/dashboard").value
+    for key, cookie, status in [
+        ("k1", value, 200),
+        ("k2", value, 302),
+        ("k1", value[:-2] + ("AA" if value[-2:] != "AA" else "BB"), 302),
+    ]:
+        other = create_app({**env, "PROSAAS_SECRET_KEY": key}).test_client()
+        other.set_cookie("prosaas_dashboard", cookie, path="/dashboard")
+        assert other.get("/dashboard/").status_code == status, key
+    # without the setting, every process shares a random key kept in Redis
+    a, b = create_app(env).test_client(), create_app(env).test_client()
+    sign_in(a, admin_token)
+    b.set_cookie(
+        "prosaas_dashboard",
+        a.get_cookie("prosaas_dashboard", path="/dashboard").value,
+        path="/dashboard",
+    )
+    assert b.get("/dashboard/").status_code == 200

@@ -134,7 +134,7 @@ def test_operator_watches_and_steers_jobs(browser, stack, runtime, tmp_path):
 
         step = "progress"
         wait_status(runtime, failing, "failed")
-        job = enqueue(runtime, "acme_count", bid, {"n": 400, "batch": 10, "sleep": 0.25}).id
+        job = enqueue(runtime, "acme_count", bid, {"n": 1000, "batch": 10, "sleep": 0.25}).id
         page.goto(f"{server.url}/dashboard/jobs/{job}")
         page.evaluate("window.__noReload = true")
         status = page.locator('[data-field="status"]')

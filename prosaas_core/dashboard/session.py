@@ -53,9 +53,13 @@ def _secret(rt: Runtime) -> str:
     if configured:
         return configured
     r = rt.redis
-    r.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
     value = r.get(SECRET_KEY)
-    return value.decode() if value else ""
+    if value is None:  # the first process to need one makes it; the others read that one
+        r.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
+        value = r.get(SECRET_KEY)
+    if not value:  # never sign with an empty key
+        abort(503, "the dashboard's signing key could not be read from Redis")
+    return value.decode()
 
 
 def _serializer(rt: Runtime) -> URLSafeTimedSerializer:
