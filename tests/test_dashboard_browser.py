@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from conftest import PROSAAS
 from prosaas_core.api.testing import ServeProcess, business_with_token
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.tokens import create_admin_token
@@ -52,7 +53,9 @@ def stack(env, runtime, start_worker, tmp_path):
     env = {**env, "PROSAAS_RETRY_BACKOFF": "0.2", "PROSAAS_RETRY_BACKOFF_MAX": "0.5"}
     worker = start_worker(extra_env=env)
     worker.wait_for_log("Heartbeat monitoring started", timeout=60)
-    with ServeProcess(env, workers=1, log_path=tmp_path / "serve.log") as server:
+    # with the access log on, so the test can check that no token reaches a log
+    serve = [PROSAAS, "serve", "--port", "{port}", "--workers", "1", "--access-log"]
+    with ServeProcess(env, args=serve, log_path=tmp_path / "serve.log") as server:
         yield server, worker
 
 
@@ -103,7 +106,7 @@ def poll_until(fn, what: str, timeout: float = 30.0):
 def test_operator_watches_and_steers_jobs(browser, stack, runtime, tmp_path):
     from playwright.sync_api import expect
 
-    server, _worker = stack
+    server, worker = stack
     with runtime.session() as s:
         admin = create_admin_token(s, "browser test")[0]
     bid, _ = business_with_token(runtime, "Acme Calls")
@@ -206,6 +209,11 @@ def test_operator_watches_and_steers_jobs(browser, stack, runtime, tmp_path):
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"] + 1, f"page is {width}px wide on a phone"
         shots.doc("phone")
+
+        step = "no token in a log"
+        log = server.log_path.read_text()
+        assert "POST /dashboard/login" in log  # the access log is on
+        assert admin not in log and admin not in worker.log()
     except BaseException as exc:
         path = shots.failed(step)
         raise AssertionError(f"step {step!r} failed (screenshot: {path}): {exc}") from exc
