@@ -402,3 +402,27 @@ def test_cookie_is_signed_with_the_shared_key(env, runtime, admin_token):
         path="/dashboard",
     )
     assert b.get("/dashboard/").status_code == 200
+
+
+def test_every_dashboard_id_route_is_scoped(app, runtime, two_businesses):
+    """Every dashboard route that takes a job id (read from the url_map) answers another
+    business's job exactly like a missing one, and changes nothing."""
+    (_, _, a_job), (_, b_token, _) = two_businesses
+    client = app.test_client()
+    sign_in(client, b_token)
+    csrf = csrf_of(client.get("/dashboard/jobs").text)
+    checked = []
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/dashboard/") or "job_id" not in rule.arguments:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            answers = []
+            for job_id in (a_job, 987654321):
+                url = re.sub(r"<[^>]*job_id>", str(job_id), rule.rule)
+                resp = client.open(url, method=method, data={"csrf": csrf})
+                assert resp.status_code == 404, (method, url)
+                answers.append(resp.get_data(as_text=True).replace(str(job_id), "ID"))
+            assert answers[0] == answers[1], (method, rule.rule)
+            checked.append(f"{method} {rule.rule}")
+    assert len(checked) == 3, checked
+    assert runtime_status(runtime, a_job) == "queued"
