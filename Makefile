@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/setup.cfg)))
 
-.PHONY: install demo test lint bench bench-peers clean
+.PHONY: install demo test lint bench bench-peers clean screenshots
 
 $(BIN)/prosaas: setup.cfg requirements-dev.txt $(wildcard plugins/*/setup.cfg)
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: install
 bench-peers: install
 	$(BIN)/pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/peers.py $(BENCH_ARGS)
+
+# docs/img/dashboard-*.png, taken by the browser tests (needs /usr/bin/chromium)
+screenshots: install
+	PROSAAS_SCREENSHOTS_DIR=$(CURDIR)/docs/img $(BIN)/pytest tests/test_dashboard_browser.py -k operator
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

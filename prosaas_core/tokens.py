@@ -1,4 +1,9 @@
-"""API tokens: random, shown once, stored only as a SHA-256 hash."""
+"""API tokens: random, shown once, stored only as a SHA-256 hash.
+
+Business tokens (``psk_``, table ``api_tokens``) are scoped to one business and are what the
+HTTP API accepts. Admin tokens (``psa_``, table ``prosaas_admin_tokens``) are for operators
+signing in to the dashboard; the API never accepts them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,21 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from prosaas_core.db import autocommit, autocommit_cursor
@@ -16,6 +35,21 @@ from prosaas_core.errors import NotFoundError
 from prosaas_core.models import ApiToken, Business
 
 PREFIX = "psk_"
+ADMIN_PREFIX = "psa_"
+#: characters of a token kept (in clear) to recognise it by in lists and in `revoke`
+SHOWN = 6
+
+# A Core table rather than a model: only this module reads or writes it (migration 0005).
+admin_tokens = Table(
+    "prosaas_admin_tokens",
+    MetaData(),
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("token_hash", String(64), unique=True, nullable=False),
+    Column("prefix", String(12), nullable=False),
+    Column("name", String(200)),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
 
 
 def hash_token(token: str) -> str:
@@ -31,7 +65,7 @@ def create_token(session: Session, business_id: int, name: str | None = None) ->
         ApiToken(
             business_id=business_id,
             token_hash=hash_token(token),
-            prefix=token[: len(PREFIX) + 6],
+            prefix=token[: len(PREFIX) + SHOWN],
             name=name,
         )
     )
@@ -86,8 +120,11 @@ def _live(row: Any, digest: str) -> int | None:
 
 
 def revoke_token(session: Session, token: str) -> int:
-    """Revoke by the token itself or by its printed prefix; returns how many were revoked."""
-    if token.startswith(PREFIX) and len(token) > len(PREFIX) + 6:
+    """Revoke a business or admin token, by the token itself or by its printed prefix;
+    returns how many were revoked."""
+    if token.startswith(ADMIN_PREFIX):
+        return _revoke_admin(session, token)
+    if token.startswith(PREFIX) and len(token) > len(PREFIX) + SHOWN:
         rows = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
     else:
         rows = session.scalars(select(ApiToken).where(ApiToken.prefix == token))
@@ -97,3 +134,84 @@ def revoke_token(session: Session, token: str) -> int:
             row.revoked_at = datetime.now(UTC)
             n += 1
     return n
+
+
+def create_admin_token(session: Session, name: str | None = None) -> tuple[str, str]:
+    """Create an operator token for the dashboard; return (token, prefix). Only its hash is
+    stored."""
+    token = ADMIN_PREFIX + secrets.token_urlsafe(32)
+    prefix = token[: len(ADMIN_PREFIX) + SHOWN]
+    session.execute(
+        insert(admin_tokens).values(token_hash=hash_token(token), prefix=prefix, name=name)
+    )
+    return token, prefix
+
+
+def lookup_admin_token(engine: Engine, token: str) -> int | None:
+    """The id of the live admin token `token` is, or None (constant-time final compare)."""
+    digest = hash_token(token)
+    t = admin_tokens
+    with autocommit(engine) as conn:
+        row = conn.execute(
+            select(t.c.id, t.c.token_hash, t.c.revoked_at).where(t.c.token_hash == digest)
+        ).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row.id if hmac.compare_digest(row.token_hash, digest) else None
+
+
+def admin_token_live(engine: Engine, token_id: int) -> bool:
+    """Whether the admin token with this id exists and is not revoked (a signed-in operator's
+    session ends when its token is revoked)."""
+    t = admin_tokens
+    with autocommit(engine) as conn:
+        row = conn.execute(select(t.c.revoked_at).where(t.c.id == token_id)).first()
+    return row is not None and row.revoked_at is None
+
+
+def list_admin_tokens(session: Session) -> list[dict[str, Any]]:
+    t = admin_tokens
+    return [
+        {
+            "prefix": r.prefix,
+            "name": r.name,
+            "created_at": r.created_at.isoformat(),
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in session.execute(select(t).order_by(t.c.id))
+    ]
+
+
+def _revoke_admin(session: Session, token: str) -> int:
+    t = admin_tokens
+    if len(token) > len(ADMIN_PREFIX) + SHOWN:
+        match = t.c.token_hash == hash_token(token)
+    else:
+        match = t.c.prefix == token
+    return session.execute(
+        update(t).where(match, t.c.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
+    ).rowcount
+
+
+def lookup_business_token(engine: Engine, token: str) -> tuple[int, int] | None:
+    """(token id, business id) of a live business token, or None: what a dashboard sign-in
+    keeps (the id, never the token) to check on each request that it is still live."""
+    digest = hash_token(token)
+    t = ApiToken
+    with autocommit(engine) as conn:
+        row = conn.execute(
+            select(t.id, t.business_id, t.token_hash, t.revoked_at).where(t.token_hash == digest)
+        ).first()
+    if row is None or _live(row, digest) is None:
+        return None
+    return row.id, row.business_id
+
+
+def business_token_live(engine: Engine, token_id: int, business_id: int) -> bool:
+    """Whether business token `token_id` of `business_id` is still live."""
+    t = ApiToken
+    with autocommit(engine) as conn:
+        row = conn.execute(
+            select(t.revoked_at).where(t.id == token_id, t.business_id == business_id)
+        ).first()
+    return row is not None and row.revoked_at is None

@@ -56,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     """Build the app: settings from the environment (overridden by `config`, a mapping of the
     same keys, e.g. ``{"DATABASE_URL": ...}``), the core blueprints, then every installed
     plugin's blueprints. Migrates at start-up only with ``RUN_MIGRATIONS=1``."""
+    from prosaas_core import dashboard
     from prosaas_core.api import core, errors, leads, ops, schedules
     from prosaas_core.api.metrics import make_registry
     from prosaas_core.api.params import IdConverter
@@ -74,5 +75,6 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
         migrate_at_startup(rt)
     for bp in (core.bp, leads.bp, ops.bp, schedules.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(dashboard.bp)
     _plugin_blueprints(app, rt)
     return app
