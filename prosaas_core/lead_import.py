@@ -25,7 +25,8 @@ DEFAULT_REGION = "US"
 COLUMNS = ("name", "phone", "email")
 NAME_MAX, EMAIL_MAX = 200, 254
 #: bad rows kept (in the response and on the batch row) in full; beyond that only counted
-MAX_REPORTED_ERRORS = 1000
+#: (200 rows of short messages keep the response well under 64 KB)
+MAX_REPORTED_ERRORS = 200
 BATCH_SIZE = 500
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -42,9 +43,9 @@ def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
     try:
         number = phonenumbers.parse(raw, region or None)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"phone {raw!r} is not a phone number ({exc._msg})") from None
+        raise ValueError(f"phone {raw[:40]!r} is not a phone number ({exc._msg})") from None
     if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"phone {raw!r} is not a valid number")
+        raise ValueError(f"phone {raw[:40]!r} is not a valid number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -53,6 +54,9 @@ def clean_lead(
 ) -> tuple[dict[str, Any], list[str]]:
     """The lead's fields, trimmed and normalised, and the list of what is wrong with them."""
     errors: list[str] = []
+    if any("\x00" in (v or "") for v in (name, phone, email)):
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database
+        return {"name": None, "phone": None, "email": None}, ["a field contains a NUL character"]
     name = (name or "").strip() or None
     phone = (phone or "").strip() or None
     email = (email or "").strip() or None
@@ -144,7 +148,8 @@ def import_csv(
     Runs inside the caller's transaction: an `ImportFormatError` (or a decoding/size error
     from the stream) leaves nothing behind once the caller rolls back.
     """
-    batch_row = LeadImport(business_id=business_id, filename=(filename or None) and filename[:255])
+    filename = (filename or "").replace("\x00", "")[:255] or None
+    batch_row = LeadImport(business_id=business_id, filename=filename)
     session.add(batch_row)
     session.flush()
     result = ImportResult(import_id=batch_row.id)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prosaas_core.api.params import MAX_ID
+from prosaas_core.bounds import Tags
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -39,7 +40,7 @@ class LeadIn(_Strict):
     source: str | None = Field(default=None, max_length=64)
     owner: str | None = Field(default=None, max_length=200)
     notes: str | None = Field(default=None, max_length=10_000)
-    tags: list[str] | None = None
+    tags: Tags | None = None
 
 
 class LeadListQuery(_Strict):

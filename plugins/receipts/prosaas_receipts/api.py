@@ -23,7 +23,7 @@ bp = Blueprint("receipts", __name__)
 class NewReceipt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_cents: int = Field(ge=0)
+    amount_cents: int = Field(ge=0, le=2**63 - 1)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     description: str | None = Field(default=None, max_length=2000)
 

@@ -6,16 +6,17 @@ from typing import Any
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
+from prosaas_core.bounds import Tags
 from prosaas_core.leads import LeadSelection, run_selection, updating
 
 #: The fields a bulk update may set, with the values each accepts.
 ALLOWED: dict[str, TypeAdapter] = {
     "status": TypeAdapter(str),
     "owner": TypeAdapter(str | None),
-    "tags": TypeAdapter(list[str] | None),
+    "tags": TypeAdapter(Tags | None),
     "notes": TypeAdapter(str | None),
 }
-LIMITS = {"status": 32, "owner": 200}
+LIMITS = {"status": 32, "owner": 200, "notes": 10_000}
 
 
 class UpdateLeads(LeadSelection):
@@ -25,7 +26,9 @@ class UpdateLeads(LeadSelection):
     while one given as ``null`` (owner, tags, notes) is cleared.
     """
 
-    set: dict[str, Any] = Field(description="fields to set: any of status, owner, tags, notes")
+    set: dict[str, Any] = Field(
+        max_length=len(ALLOWED), description="fields to set: any of status, owner, tags, notes"
+    )
 
     @field_validator("set")
     @classmethod
@@ -40,8 +43,10 @@ class UpdateLeads(LeadSelection):
                 )
             try:
                 value = ALLOWED[name].validate_python(value, strict=True)
-            except ValidationError:
-                raise ValueError(f"field {name!r}: invalid value {value!r}") from None
+            except ValidationError as exc:
+                # the first reason only, never the value: it may be megabytes long
+                first = exc.errors(include_url=False, include_input=False)[0]
+                raise ValueError(f"field {name!r}: {first['msg']}") from None
             if name == "status" and not value.strip():
                 raise ValueError("field 'status': must not be empty")
             if isinstance(value, str) and name in LIMITS and len(value) > LIMITS[name]:

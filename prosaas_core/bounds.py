@@ -1,0 +1,76 @@
+"""Bounds on what a request may carry, shared by the core and plugin request models.
+
+Every list and string of a request model is capped, so validating any body up to
+``PROSAAS_MAX_BODY_BYTES`` is quick and its 400 small: pydantic stops at a list's
+``max_length`` before looking at its items, and at most `MAX_ERRORS` field errors are returned.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+#: ids are PostgreSQL BIGINTs
+MAX_ID = 2**63 - 1
+#: field errors listed in a 400; the rest are counted in one last entry
+MAX_ERRORS = 20
+#: how deeply a JSON body may nest objects and arrays
+MAX_JSON_DEPTH = 32
+MAX_TAGS, MAX_TAG_LENGTH = 50, 64
+
+#: a database id: 1 .. BIGINT max (a larger number would fail in the database, not here)
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_LENGTH)]
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
+
+
+def _utc_representable(value: datetime) -> datetime:
+    """A date the database and the job can use: with its zone it must still be a valid UTC
+    instant (``9999-12-31T23:00:00-05:00`` is past year 9999 in UTC)."""
+    try:
+        (value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ValueError("date out of range") from None
+    return value
+
+
+#: a datetime that converts to UTC without overflow
+SafeDatetime = Annotated[datetime, AfterValidator(_utc_representable)]
+
+
+def truncate_errors(errors: list[dict[str, Any]], limit: int = MAX_ERRORS) -> list[dict[str, Any]]:
+    """The first `limit` errors, plus one entry counting the rest (when there are more)."""
+    if len(errors) <= limit:
+        return errors
+    rest = len(errors) - limit
+    return [
+        *errors[:limit],
+        {"loc": [], "msg": f"{rest} more error(s) not shown", "type": "too_many_errors"},
+    ]
+
+
+class BadJson(ValueError):
+    """The body is JSON the API refuses: too deep, or a NUL character in a string."""
+
+
+def check_json(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Walk parsed JSON without recursion: refuse nesting past `max_depth` and NUL characters
+    (PostgreSQL text cannot hold them) in any string or key."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise BadJson("a string contains a NUL character (\\u0000)")
+        elif isinstance(value, dict | list):
+            if depth > max_depth:
+                raise BadJson(f"the JSON nests deeper than {max_depth} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if "\x00" in key:
+                        raise BadJson("a key contains a NUL character (\\u0000)")
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
