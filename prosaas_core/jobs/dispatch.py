@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 
 from prosaas_core.db import autocommit_cursor
-from prosaas_core.jobs import store
+from prosaas_core.jobs import errortext, store
 from prosaas_core.jobs.context import JobContext, JobLost
 from prosaas_core.jobs.timeout import JobTimeout, deadline
 
@@ -30,16 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prosaas.worker")
 
-#: largest error text stored on a job row
-MAX_ERROR = 4000
-#: frames of traceback kept with an error
-TRACEBACK_FRAMES = 6
-
 
 def short_traceback(exc: BaseException) -> str:
-    """The exception line plus the innermost few frames: enough to find the bug."""
-    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
-    return text if len(text) <= MAX_ERROR else "..." + text[-(MAX_ERROR - 3) :]
+    """The stored error: a safe summary line, then the innermost few frames (errortext)."""
+    return errortext.operator_text(exc)
 
 
 def backoff(rt: Runtime, attempt: int) -> float:
@@ -270,7 +263,7 @@ class Dispatcher:
             claim.business_id,
             claim.attempt,
             took,
-            f" error={error.strip().splitlines()[-1]}" if error else "",
+            f" error={errortext.first_line(error)}" if error else "",
         )
         return result
 
@@ -308,7 +301,7 @@ class Dispatcher:
             claim.max_attempts,
             time.monotonic() - started,
             delay,
-            error.strip().splitlines()[-1],
+            errortext.first_line(error),
         )
         return None
 
