@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
+from prosaas_recordings.deadline import WATCHDOG, response_socket
 from prosaas_recordings.httpclient import HttpClient
 
 CHUNK = 64 * 1024
@@ -84,11 +85,16 @@ def fetch(
     """Download `url` to `dest` through the temporary file `tmp`; return the size in bytes.
 
     Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
-    incomplete body) or DownloadAborted when `abort` is set.
+    incomplete body) or DownloadAborted when `abort` is set. The body must arrive within what
+    is left of ``limits.total_timeout`` (the watchdog shuts the socket down at that instant).
     """
     http = http or HttpClient()
     started = time.monotonic()
     resp = _get(http, url, auth, limits)
+    watch = None
+    sock = response_socket(resp)
+    if sock is not None:
+        watch = WATCHDOG.watch(sock, max(limits.total_timeout - (time.monotonic() - started), 0))
     try:
         expected = _expected_size(resp, limits)
         size = 0
@@ -108,7 +114,11 @@ def fetch(
                     if abort is not None and abort.is_set():
                         raise DownloadAborted()
             except TRANSPORT_ERRORS as exc:
+                if watch is not None and watch.fired:
+                    raise DownloadError("download deadline exceeded", retryable=True) from None
                 raise _transport_error(exc) from None
+            if watch is not None and watch.fired:
+                raise DownloadError("download deadline exceeded", retryable=True)
             fh.flush()
             os.fsync(fh.fileno())
         if expected is not None and size != expected:
@@ -122,6 +132,8 @@ def fetch(
             os.replace(tmp, dest)
         return size
     finally:
+        if watch is not None:
+            watch.cancel()
         _done_with(resp)
         tmp.unlink(missing_ok=True)
 
@@ -197,7 +209,25 @@ def _expected_size(resp: urllib3.BaseHTTPResponse, limits: Limits) -> int | None
 
 
 def _transport_error(exc: Exception) -> DownloadError:
+    # urllib3's NewConnectionError (refused, unreachable) and NameResolutionError (DNS)
+    # subclass its ConnectTimeoutError: name the real cause before looking for a timeout
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return DownloadError(f"dns: cannot resolve {exc.conn.host}", retryable=True)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError) and not _timed_out(exc):
+        return DownloadError(f"connection failed: {_cause(exc)}", retryable=True)
     # a read timeout while streaming the body may surface as a ProtocolError or an OSError
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)) or "timed out" in str(exc):
         return DownloadError(f"timeout: {type(exc).__name__}", retryable=True)
     return DownloadError(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], retryable=True)
+
+
+def _timed_out(exc: Exception) -> bool:
+    return "timed out" in str(exc) or isinstance(exc.__cause__, TimeoutError)
+
+
+def _cause(exc: Exception) -> str:
+    """``ConnectionRefusedError: [Errno 111] Connection refused``: the socket's own error."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return f"{type(cause).__name__}: {cause.strerror or cause}"[:300]
+    return str(exc).splitlines()[0][:300]
