@@ -128,7 +128,7 @@ def fetch(
         try:
             os.replace(tmp, dest)
         except FileNotFoundError:  # the business's first recording: make its directory
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent)
             os.replace(tmp, dest)
         return size
     finally:
@@ -138,13 +138,38 @@ def fetch(
         tmp.unlink(missing_ok=True)
 
 
+#: recordings are private to the service's user and group, whatever the process umask
+FILE_MODE, DIR_MODE = 0o640, 0o750
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and any missing parent, each 0750 (set explicitly: umask only narrows)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+
+
+def _open_private(path: Path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it, or a loose one widened nothing
+    return os.fdopen(fd, "wb")
+
+
 def _create(path: Path):
-    """Open `path` for writing, making its directory only when missing (no mkdir per file)."""
+    """Open `path` for writing (0640), making its directory only when missing (no mkdir per
+    file)."""
     try:
-        return open(path, "wb")
+        return _open_private(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")
+        make_dirs(path.parent)
+        return _open_private(path)
 
 
 @lru_cache(maxsize=16)
