@@ -28,12 +28,36 @@ NAME_MAX, EMAIL_MAX = 200, 254
 #: (200 rows of short messages keep the response well under 64 KB)
 MAX_REPORTED_ERRORS = 200
 BATCH_SIZE = 500
+#: most data rows one CSV import may hold (``PROSAAS_IMPORT_MAX_ROWS``): past it the import is
+#: refused whole and rolled back, so one request cannot hold a thread and a transaction for long
+DEFAULT_MAX_ROWS = 100_000
+MAX_ROWS_ENV = "PROSAAS_IMPORT_MAX_ROWS"
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ImportFormatError(ProsaasError):
     """The CSV as a whole cannot be read: no header, no phone/email column, not UTF-8."""
+
+
+class ImportTooLarge(ImportFormatError):
+    """The CSV has more data rows than the configured cap."""
+
+
+def max_rows(settings: Any) -> int:
+    """``PROSAAS_IMPORT_MAX_ROWS`` (a positive integer), default `DEFAULT_MAX_ROWS`."""
+    from prosaas_core.errors import ConfigError
+
+    raw = (settings.get(MAX_ROWS_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_MAX_ROWS
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_ROWS_ENV} must be an integer, got {raw!r}") from None
+    if n < 1:
+        raise ConfigError(f"{MAX_ROWS_ENV} must be at least 1, got {n}")
+    return n
 
 
 def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
@@ -142,11 +166,13 @@ def import_csv(
     filename: str | None = None,
     region: str | None = DEFAULT_REGION,
     batch_size: int = BATCH_SIZE,
+    row_limit: int = DEFAULT_MAX_ROWS,
 ) -> ImportResult:
     """Import the CSV read from `stream` as one ``lead_imports`` batch of `business_id`.
 
     Runs inside the caller's transaction: an `ImportFormatError` (or a decoding/size error
-    from the stream) leaves nothing behind once the caller rolls back.
+    from the stream) leaves nothing behind once the caller rolls back. More than `row_limit`
+    data rows raise `ImportTooLarge` as soon as the next row is read.
     """
     filename = (filename or "").replace("\x00", "")[:255] or None
     batch_row = LeadImport(business_id=business_id, filename=filename)
@@ -163,6 +189,11 @@ def import_csv(
 
     for line, row in _rows(reader):
         result.total_rows += 1
+        if result.total_rows > row_limit:
+            raise ImportTooLarge(
+                f"line {line}: the CSV has more than {row_limit} rows ({MAX_ROWS_ENV}); "
+                "split it into smaller files"
+            )
         fields, errors = clean_lead(
             cell(row, "name"), cell(row, "phone"), cell(row, "email"), region
         )

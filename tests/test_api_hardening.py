@@ -125,3 +125,19 @@ def test_out_of_range_values_are_400_not_failed_jobs(served, payload):
     _bad(_post(url + "/api/leads/bulk-delete", h, json.dumps(payload)))
     _bad(_post(url + "/api/leads/bulk-update", h, json.dumps({**payload, "set": {"owner": "x"}})))
     assert requests.get(url + "/api/jobs", headers=h, timeout=10).json()["items"] == []
+
+
+def test_csv_import_row_cap_refuses_the_whole_file(env, runtime, tmp_path):
+    _, token = business_with_token(runtime, "A")
+    capped = {**env, "PROSAAS_IMPORT_MAX_ROWS": "100"}
+    with ServeProcess(capped, workers=1, log_path=tmp_path / "serve.log") as srv:
+        h = {**bearer(token), "Content-Type": "text/csv"}
+        body = "name,email\n" + "".join(f"L{i},l{i}@example.com\n" for i in range(101))
+        r = requests.post(srv.url + "/api/leads/import", data=body, headers=h, timeout=30)
+        _bad(r, 413)
+        assert "more than 100 rows" in r.json()["details"]
+        leads = requests.get(srv.url + "/api/leads", headers=bearer(token), timeout=10).json()
+        assert leads["items"] == []  # rolled back whole
+        ok = body.rsplit("L100,", 1)[0]
+        r = requests.post(srv.url + "/api/leads/import", data=ok, headers=h, timeout=30)
+        assert r.status_code == 201 and r.json()["imported"] == 100
