@@ -100,10 +100,26 @@ _Status = Annotated[str, StringConstraints(max_length=32)]
 LeadWrite = Callable[[ColumnElement[bool]], Any]
 
 
+def _given(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: schema}}
+
+
 class LeadFilter(BaseModel):
     """Leads matching every given condition. At least one condition is required."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the OpenAPI schema says "at least one condition" as the validator below does
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                _given("status", {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}),
+                _given("source", {"type": "string"}),
+                _given("import_id", {"type": "integer"}),
+                _given("created_before", {"type": "string"}),
+                _given("created_after", {"type": "string"}),
+            ]
+        },
+    )
 
     status: _Status | Annotated[list[_Status], Field(max_length=MAX_STATUSES)] | None = Field(
         default=None, description="one status or a list"
@@ -134,13 +150,23 @@ class LeadSelection(BaseModel):
     """Which leads of the job's business a bulk job acts on: exactly one of `lead_ids`,
     `filter` or ``all: true``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the OpenAPI schema says "exactly one of" as the validator below does
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                _given("lead_ids", {"type": "array"}),
+                _given("filter", {"type": "object"}),
+                _given("all", {"const": True}),
+            ]
+        },
+    )
 
     lead_ids: list[DbId] | None = Field(
         default=None, min_length=1, max_length=MAX_LEAD_IDS, description="explicit lead ids"
     )
     filter: LeadFilter | None = None
-    all: bool = Field(default=False, description="every lead of the business")
+    all: bool = Field(default=False, strict=True, description="every lead of the business")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LeadSelection:

@@ -33,9 +33,23 @@ class JobListQuery(_Strict):
 class LeadIn(_Strict):
     """``POST /api/leads``: one lead; it needs a phone or an email."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["phone"], "properties": {"phone": {"type": "string"}}},
+                {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            ]
+        },
+    )
+
     name: str | None = Field(default=None, max_length=200)
     phone: str | None = Field(default=None, max_length=64)
-    email: str | None = Field(default=None, max_length=254)
+    email: str | None = Field(
+        default=None,
+        max_length=254,
+        json_schema_extra={"pattern": r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$"},
+    )
     status: str = Field(default="new", min_length=1, max_length=32)
     source: str | None = Field(default=None, max_length=64)
     owner: str | None = Field(default=None, max_length=200)

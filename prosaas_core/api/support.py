@@ -82,8 +82,8 @@ def parse_json(model: type | None = None) -> Any:
 
 
 def _json_body() -> Any:
-    """The body parsed as JSON; 400 for malformed JSON, nesting past `MAX_JSON_DEPTH` (a
-    100,000-level body stops the parser with RecursionError) or a NUL character."""
+    """The body parsed as JSON; 400 for malformed JSON, nesting deeper than the parser's
+    recursion limit (about 1,000 levels: RecursionError) or a NUL character."""
     import json
 
     from prosaas_core.bounds import BadJson, check_json
@@ -95,7 +95,7 @@ def _json_body() -> Any:
     except ValueError:
         raise ApiError(400, "Invalid JSON", "the request body is not valid JSON") from None
     try:
-        check_json(data)
+        check_json(request.get_data(cache=True))
     except BadJson as exc:
         raise ApiError(400, "Invalid JSON", str(exc)) from None
     return data

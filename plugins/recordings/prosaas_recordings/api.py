@@ -16,7 +16,7 @@ from sqlalchemy import and_, select
 from prosaas_core.api import ApiError, authenticated, current_business_id, current_runtime
 from prosaas_core.api.openapi import describe
 from prosaas_core.api.params import parse_query
-from prosaas_core.bounds import DbId
+from prosaas_core.bounds import MAX_ID
 from prosaas_recordings.tables import calls, recording_tasks
 
 bp = Blueprint("recordings_api", __name__, url_prefix="/api/calls")
@@ -31,7 +31,9 @@ class CallListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
-    before: DbId | None = Field(default=None, description="next_before of the previous page")
+    before: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="next_before of the previous page"
+    )
 
 
 class RecordingOut(BaseModel):

@@ -28,6 +28,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select, update
 
 from prosaas_core.api import ApiError, current_runtime
+from prosaas_core.api.openapi import describe
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.download import Limits, host_allowed
@@ -161,7 +162,48 @@ def _known_recording(session: Any, recording_sid: str) -> bool:
     return found is not None
 
 
+_FORM = {
+    "application/x-www-form-urlencoded": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "CallSid": {"type": "string", "pattern": CALL_SID_RE.pattern},
+                "RecordingSid": {"type": "string", "pattern": RECORDING_SID_RE.pattern},
+                "RecordingStatus": {"type": "string", "enum": sorted(STATUSES)},
+                "RecordingUrl": {"type": "string", "format": "uri"},
+                "RecordingDuration": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                "AccountSid": {"type": "string"},
+            },
+            "required": ["CallSid", "RecordingSid", "RecordingStatus"],
+        }
+    }
+}
+_ANSWER = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "status": {"enum": ["queued", "duplicate", "ignored"]},
+                "task_id": {"type": "integer"},
+                "recording_status": {"type": "string"},
+            },
+            "required": ["status"],
+        }
+    }
+}
+
+
 @bp.post("/webhooks/twilio/recording")
+@describe(
+    body=_FORM,
+    responses={
+        200: ("Queued, a duplicate, or a non-completed status noted", _ANSWER),
+        403: ("Missing or invalid X-Twilio-Signature", None),
+        404: ("Unknown call and no known business_id in the signed URL", None),
+        503: ("TWILIO_AUTH_TOKEN or TWILIO_WEBHOOK_BASE_URL not configured", None),
+    },
+    tags=["webhooks"],
+)
 def recording_callback():
     """Accept a recording status callback; queue the download of a completed recording."""
     cfg = config()

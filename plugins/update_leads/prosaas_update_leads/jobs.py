@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, WithJsonSchema, field_validator
 
 from prosaas_core.bounds import Tags
 from prosaas_core.leads import LeadSelection, run_selection, updating
@@ -19,6 +19,27 @@ ALLOWED: dict[str, TypeAdapter] = {
 LIMITS = {"status": 32, "owner": 200, "notes": 10_000}
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+#: ``set`` as the validator below accepts it, for the OpenAPI document
+SET_SCHEMA = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "status": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "\\S"},
+        "owner": _nullable({"type": "string", "maxLength": 200}),
+        "tags": _nullable(
+            {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 64}}
+        ),
+        "notes": _nullable({"type": "string", "maxLength": 10_000}),
+    },
+    "description": "fields to set: any of status, owner, tags, notes",
+}
+
+
 class UpdateLeads(LeadSelection):
     """A lead selection and ``set``: the fields to write (status, owner, tags, notes).
 
@@ -26,9 +47,7 @@ class UpdateLeads(LeadSelection):
     while one given as ``null`` (owner, tags, notes) is cleared.
     """
 
-    set: dict[str, Any] = Field(
-        max_length=len(ALLOWED), description="fields to set: any of status, owner, tags, notes"
-    )
+    set: Annotated[dict[str, Any], WithJsonSchema(SET_SCHEMA)] = Field(max_length=len(ALLOWED))
 
     @field_validator("set")
     @classmethod
