@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
 #: ids are PostgreSQL BIGINTs
 MAX_ID = 2**63 - 1
@@ -20,7 +20,18 @@ MAX_ERRORS = 20
 MAX_TAGS, MAX_TAG_LENGTH = 50, 64
 
 #: a database id: 1 .. BIGINT max (a larger number would fail in the database, not here)
-DbId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]  # in a body: no "5", no true
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema means it (``5`` or ``5.0``), never ``"5"`` or ``true``."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+#: an integer in a JSON body, exactly as the OpenAPI document's ``"type": "integer"``
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+DbId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
 Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_LENGTH)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
 

@@ -16,6 +16,7 @@ from prosaas_core.api import (
 )
 from prosaas_core.api.openapi import describe
 from prosaas_core.api.schemas import Enqueued, Error
+from prosaas_core.bounds import JsonInt
 
 log = logging.getLogger("prosaas.plugins.receipts")
 
@@ -25,7 +26,7 @@ bp = Blueprint("receipts", __name__)
 class NewReceipt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_cents: int = Field(ge=0, le=2**63 - 1, strict=True)
+    amount_cents: JsonInt = Field(ge=0, le=2**63 - 1)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     description: str | None = Field(default=None, max_length=2000)
 
