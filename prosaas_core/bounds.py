@@ -18,6 +18,9 @@ MAX_ID = 2**63 - 1
 #: field errors listed in a 400; the rest are counted in one last entry
 MAX_ERRORS = 20
 MAX_TAGS, MAX_TAG_LENGTH = 50, 64
+#: most members one JSON object of a body may have: no model here has more than a few dozen
+#: fields, and a model refusing extra keys would otherwise list an error for every one
+MAX_OBJECT_MEMBERS = 1000
 
 #: a database id: 1 .. BIGINT max (a larger number would fail in the database, not here)
 
@@ -62,11 +65,18 @@ def truncate_errors(errors: list[dict[str, Any]], limit: int = MAX_ERRORS) -> li
 
 
 class BadJson(ValueError):
-    """The body is JSON the API refuses: a NUL character in a string or key."""
+    """The body is JSON the API refuses: a NUL character, or an object with too many members."""
 
 
 #: ``\u0000`` as an escape (an even run of backslashes before it would be literal text)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: refuse an object past `MAX_OBJECT_MEMBERS` members."""
+    if len(pairs) > MAX_OBJECT_MEMBERS:
+        raise BadJson(f"an object has more than {MAX_OBJECT_MEMBERS} members")
+    return dict(pairs)
 
 
 def check_json(raw: bytes) -> None:

@@ -24,12 +24,19 @@ def served(env, runtime, tmp_path):
 
 
 def _post(url: str, headers: dict, body: bytes | str) -> requests.Response:
+    # what parsing this body costs on this machine right now: the server may take a few
+    # times that (parse, validate, answer), not the 27 s a 4 MB body took before the caps
     t0 = time.monotonic()
-    r = requests.post(url, data=body, headers=headers, timeout=60)
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        pass
+    parse = time.monotonic() - t0
+    t0 = time.monotonic()
+    r = requests.post(url, data=body, headers=headers, timeout=120)
     elapsed = time.monotonic() - t0
     assert len(r.content) < MAX_ANSWER, (len(r.content), r.content[:300])
-    # seconds, not the 27 s seen before the caps, with room for a busy 2-core machine
-    assert elapsed < 10, elapsed
+    assert elapsed < 5 + 8 * parse, (elapsed, parse)
     return r
 
 
@@ -76,7 +83,8 @@ def test_big_bodies_get_small_quick_400s(served, name):
     path, body = BIG_BODIES[name]
     assert len(body) <= 16 * 1024 * 1024
     details = _bad(_post(url + path, h, body))["details"]
-    assert isinstance(details, list) and len(details) <= 21
+    # field errors (at most 20 and a count), or one line for JSON refused whole
+    assert isinstance(details, str) or (isinstance(details, list) and len(details) <= 21)
 
 
 def test_error_list_is_truncated_with_a_count(served):

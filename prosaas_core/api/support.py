@@ -86,12 +86,14 @@ def _json_body() -> Any:
     recursion limit (about 1,000 levels: RecursionError) or a NUL character."""
     import json
 
-    from prosaas_core.bounds import BadJson, check_json
+    from prosaas_core.bounds import BadJson, check_json, object_pairs
 
     try:
-        data = json.loads(request.get_data(cache=True))
+        data = json.loads(request.get_data(cache=True), object_pairs_hook=object_pairs)
     except RecursionError:
         raise ApiError(400, "Invalid JSON", "the JSON nests too deeply") from None
+    except BadJson as exc:
+        raise ApiError(400, "Invalid JSON", str(exc)) from None
     except ValueError:
         raise ApiError(400, "Invalid JSON", "the request body is not valid JSON") from None
     try:
