@@ -90,3 +90,20 @@ def test_gunicorn_errors_are_json(env, tmp_path, request_bytes, status):
         import json
 
         assert set(json.loads(body)) == {"error", "details"}
+
+
+def test_expect_100_continue_is_answered_before_the_body(env, runtime, tmp_path):
+    with ServeProcess({**env}, workers=1, log_path=tmp_path / "serve.log") as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(
+            b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"{}")
+        answer = b""
+        while b"HTTP/1.1 401" not in answer:  # gunicorn may repeat the 100 first: allowed
+            chunk = s.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        s.close()

@@ -59,6 +59,15 @@ def _chunked_complete(body: bytes | bytearray) -> bool:
             return False
 
 
+def expects_continue(buf: bytes | bytearray) -> bool:
+    """Whether a complete header block asks for ``100 Continue`` before the body is sent."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = bytes(buf[:end]).lower()
+    return b"\r\nexpect:" in head and b"100-continue" in head and b"http/1.0" not in head[:200]
+
+
 def request_complete(buf: bytes | bytearray, max_body: int) -> bool:
     """Whether `buf` holds a whole request (or enough for gunicorn to refuse it at once)."""
     end = buf.find(b"\r\n\r\n")
@@ -129,6 +138,7 @@ class BufferingWorker(ThreadWorker):
                 socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, usec)
             )
         conn.prebuf = bytearray()
+        conn.continued = False
         conn.sock.setblocking(False)
         self.buffering[conn] = time.monotonic() + self.read_timeout
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
@@ -157,6 +167,15 @@ class BufferingWorker(ThreadWorker):
         except OSError:
             self._drop(conn)
             return
+        if not getattr(conn, "continued", False) and expects_continue(conn.prebuf):
+            # the client waits for this before sending its body (curl does, for bodies over
+            # 1 kB); gunicorn would only send it once a thread has the request
+            conn.continued = True
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                self._drop(conn)
+                return
         if request_complete(conn.prebuf, self.max_body):
             self.buffering.pop(conn, None)
             self.poller.unregister(conn.sock)
