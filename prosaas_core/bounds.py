@@ -34,6 +34,16 @@ def _json_integer(value: Any) -> Any:
 
 #: an integer in a JSON body, exactly as the OpenAPI document's ``"type": "integer"``
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("Input should be a valid number")
+    return value
+
+
+#: a number in a JSON body (``"type": "number"``): never ``"1.5"`` or ``true``
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
 DbId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
 Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_LENGTH)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]

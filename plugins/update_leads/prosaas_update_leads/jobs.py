@@ -29,7 +29,13 @@ SET_SCHEMA = {
     "minProperties": 1,
     "additionalProperties": False,
     "properties": {
-        "status": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "\\S"},
+        # a character Python's str.strip() keeps (it also strips \x1c-\x1f and \x85)
+        "status": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 32,
+            "pattern": "[^\\s\\x1c-\\x1f\\x85]|\\ufeff",
+        },
         "owner": _nullable({"type": "string", "maxLength": 200}),
         "tags": _nullable(
             {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 64}}
