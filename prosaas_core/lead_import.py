@@ -25,14 +25,39 @@ DEFAULT_REGION = "US"
 COLUMNS = ("name", "phone", "email")
 NAME_MAX, EMAIL_MAX = 200, 254
 #: bad rows kept (in the response and on the batch row) in full; beyond that only counted
-MAX_REPORTED_ERRORS = 1000
+#: (200 rows of short messages keep the response well under 64 KB)
+MAX_REPORTED_ERRORS = 200
 BATCH_SIZE = 500
+#: most data rows one CSV import may hold (``PROSAAS_IMPORT_MAX_ROWS``): past it the import is
+#: refused whole and rolled back, so one request cannot hold a thread and a transaction for long
+DEFAULT_MAX_ROWS = 100_000
+MAX_ROWS_ENV = "PROSAAS_IMPORT_MAX_ROWS"
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ImportFormatError(ProsaasError):
     """The CSV as a whole cannot be read: no header, no phone/email column, not UTF-8."""
+
+
+class ImportTooLarge(ImportFormatError):
+    """The CSV has more data rows than the configured cap."""
+
+
+def max_rows(settings: Any) -> int:
+    """``PROSAAS_IMPORT_MAX_ROWS`` (a positive integer), default `DEFAULT_MAX_ROWS`."""
+    from prosaas_core.errors import ConfigError
+
+    raw = (settings.get(MAX_ROWS_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_MAX_ROWS
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_ROWS_ENV} must be an integer, got {raw!r}") from None
+    if n < 1:
+        raise ConfigError(f"{MAX_ROWS_ENV} must be at least 1, got {n}")
+    return n
 
 
 def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
@@ -42,9 +67,9 @@ def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
     try:
         number = phonenumbers.parse(raw, region or None)
     except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"phone {raw!r} is not a phone number ({exc._msg})") from None
+        raise ValueError(f"phone {raw[:40]!r} is not a phone number ({exc._msg})") from None
     if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"phone {raw!r} is not a valid number")
+        raise ValueError(f"phone {raw[:40]!r} is not a valid number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -53,6 +78,9 @@ def clean_lead(
 ) -> tuple[dict[str, Any], list[str]]:
     """The lead's fields, trimmed and normalised, and the list of what is wrong with them."""
     errors: list[str] = []
+    if any("\x00" in (v or "") for v in (name, phone, email)):
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database
+        return {"name": None, "phone": None, "email": None}, ["a field contains a NUL character"]
     name = (name or "").strip() or None
     phone = (phone or "").strip() or None
     email = (email or "").strip() or None
@@ -138,13 +166,16 @@ def import_csv(
     filename: str | None = None,
     region: str | None = DEFAULT_REGION,
     batch_size: int = BATCH_SIZE,
+    row_limit: int = DEFAULT_MAX_ROWS,
 ) -> ImportResult:
     """Import the CSV read from `stream` as one ``lead_imports`` batch of `business_id`.
 
     Runs inside the caller's transaction: an `ImportFormatError` (or a decoding/size error
-    from the stream) leaves nothing behind once the caller rolls back.
+    from the stream) leaves nothing behind once the caller rolls back. More than `row_limit`
+    data rows raise `ImportTooLarge` as soon as the next row is read.
     """
-    batch_row = LeadImport(business_id=business_id, filename=(filename or None) and filename[:255])
+    filename = (filename or "").replace("\x00", "")[:255] or None
+    batch_row = LeadImport(business_id=business_id, filename=filename)
     session.add(batch_row)
     session.flush()
     result = ImportResult(import_id=batch_row.id)
@@ -158,6 +189,11 @@ def import_csv(
 
     for line, row in _rows(reader):
         result.total_rows += 1
+        if result.total_rows > row_limit:
+            raise ImportTooLarge(
+                f"line {line}: the CSV has more than {row_limit} rows ({MAX_ROWS_ENV}); "
+                "split it into smaller files"
+            )
         fields, errors = clean_lead(
             cell(row, "name"), cell(row, "phone"), cell(row, "email"), region
         )

@@ -36,9 +36,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -55,6 +55,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from prosaas_core.bounds import DbId, SafeDatetime
 from prosaas_core.models import Lead, LeadImport
 
 __all__ = [
@@ -90,22 +91,43 @@ TARGET_TXN_MS = 50.0
 BATCH_SIZE_ENV = "PROSAAS_LEADS_BATCH_SIZE"
 
 _LEADS = Lead.__table__
+#: most statuses one filter may list
+MAX_STATUSES = 50
+_Status = Annotated[str, StringConstraints(max_length=32)]
 
 #: A write over a batch: given the batch's WHERE clause (always scoped to the business), the
 #: DELETE or UPDATE statement on ``leads``. Build one with `deleting()` or `updating(values)`.
 LeadWrite = Callable[[ColumnElement[bool]], Any]
 
 
+def _given(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: schema}}
+
+
 class LeadFilter(BaseModel):
     """Leads matching every given condition. At least one condition is required."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the OpenAPI schema says "at least one condition" as the validator below does
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                _given("status", {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}),
+                _given("source", {"type": "string"}),
+                _given("import_id", {"type": "integer"}),
+                _given("created_before", {"type": "string"}),
+                _given("created_after", {"type": "string"}),
+            ]
+        },
+    )
 
-    status: str | list[str] | None = Field(default=None, description="one status or a list")
-    source: str | None = None
-    import_id: PositiveInt | None = None
-    created_before: datetime | None = Field(default=None, description="created strictly before")
-    created_after: datetime | None = Field(default=None, description="created at or after")
+    status: _Status | Annotated[list[_Status], Field(max_length=MAX_STATUSES)] | None = Field(
+        default=None, description="one status or a list"
+    )
+    source: str | None = Field(default=None, max_length=64)
+    import_id: DbId | None = None
+    created_before: SafeDatetime | None = Field(default=None, description="created strictly before")
+    created_after: SafeDatetime | None = Field(default=None, description="created at or after")
 
     @model_validator(mode="after")
     def _not_empty(self) -> LeadFilter:
@@ -128,13 +150,23 @@ class LeadSelection(BaseModel):
     """Which leads of the job's business a bulk job acts on: exactly one of `lead_ids`,
     `filter` or ``all: true``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the OpenAPI schema says "exactly one of" as the validator below does
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                _given("lead_ids", {"type": "array"}),
+                _given("filter", {"type": "object"}),
+                _given("all", {"const": True}),
+            ]
+        },
+    )
 
-    lead_ids: list[PositiveInt] | None = Field(
+    lead_ids: list[DbId] | None = Field(
         default=None, min_length=1, max_length=MAX_LEAD_IDS, description="explicit lead ids"
     )
     filter: LeadFilter | None = None
-    all: bool = Field(default=False, description="every lead of the business")
+    all: bool = Field(default=False, strict=True, description="every lead of the business")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LeadSelection:

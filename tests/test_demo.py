@@ -43,3 +43,27 @@ def test_demo_runs_in_an_empty_directory_with_no_services(tmp_path):
     assert "remaining    1000 leads (1000 contacted)" in out
     assert out.count("100.0%") == 2  # both progress bars reached the end
     assert (tmp_path / "prosaas.db").exists()
+
+
+def test_demo_uses_a_real_redis_when_one_answers(tmp_path, redis_url):
+    import redis
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PROSAAS_") and k not in ("DATABASE_URL", "MIGRATION_DATABASE_URL")
+    }
+    env["REDIS_URL"] = redis_url
+    proc = subprocess.run(
+        [PROSAAS, "demo", "--leads", "300"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"transport    Redis at {redis_url}" in proc.stdout
+    assert "stand-in" not in proc.stdout
+    # the jobs really went through that Redis: RQ left its keys there
+    assert redis.Redis.from_url(redis_url).keys("rq:*")

@@ -110,11 +110,13 @@ def test_held_lock_waits_logs_holder_and_exits_3(env, admin, cli):
         holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
         assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(db)}).scalar()
         holder.commit()
+        lock_wait = 2
         started = time.monotonic()
-        proc = cli("db", "upgrade", "--lock-wait", "2")
+        proc = cli("db", "upgrade", "--lock-wait", str(lock_wait))
         elapsed = time.monotonic() - started
         assert proc.returncode == EXIT_LOCK_TIMEOUT, proc.stderr
-        assert 2 <= elapsed < 15
+        # waited the whole lock wait, then gave up (start-up of the CLI on a busy machine on top)
+        assert lock_wait <= elapsed < lock_wait + 30
         assert "Waiting for migration lock" in proc.stderr
         assert f"pid={holder_pid} application_name='lock-holder-test'" in proc.stderr
         error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -236,6 +238,7 @@ def test_long_transaction_ddl_retries_and_writers_are_not_queued(env, admin, cli
     thread = threading.Thread(target=writer)
     with admin.connect() as blocker:
         blocker.execute(text("SELECT count(*) FROM background_jobs"))  # ACCESS SHARE, held
+        block_started = time.monotonic()
         thread.start()
         # Removing acme: its unused types leave the constraint (a change), acme_echo stays.
         proc = popen(
@@ -250,6 +253,7 @@ def test_long_transaction_ddl_retries_and_writers_are_not_queued(env, admin, cli
         blocked_for = 1.0
         time.sleep(blocked_for)
         blocker.rollback()
+        held = time.monotonic() - block_started
     _out, err = proc.communicate(timeout=60)
     stop.set()
     thread.join(10)
@@ -258,7 +262,11 @@ def test_long_transaction_ddl_retries_and_writers_are_not_queued(env, admin, cli
     assert "Migration 2 complete: job_type constraint updated" in err
     assert "'acme_echo' is not provided by any installed plugin but" in err
     assert len(waits) > 20
-    assert max(waits) < lock_timeout_ms / 1000 + 0.25, max(waits)
+    # A writer waits behind one DDL attempt (about lock_timeout), never behind the blocker's
+    # whole hold (at least three lock timeouts and a second): bounded by both, with a margin
+    # for a busy machine rather than a tight constant.
+    assert held > 3 * lock_timeout_ms / 1000 + blocked_for
+    assert max(waits) < min(0.75 * held, lock_timeout_ms / 1000 + 1.0), (max(waits), held)
     assert allowed(admin) == ({*allowed(admin)[0]} | {"acme_echo"}, True)
     assert "acme_count" not in allowed(admin)[0]
 

@@ -52,6 +52,19 @@ def _plugin_blueprints(app: Flask, rt: Runtime) -> None:
             log.exception("Plugin %r: its blueprints could not be mounted", impl.plugin_name)
 
 
+def _refuse_nul() -> None:
+    """400 for a NUL character in the path or query string: PostgreSQL text cannot hold one,
+    so it would otherwise fail in the database as a 500."""
+    from flask import request
+
+    from prosaas_core.api.support import ApiError
+
+    if "\x00" in request.path or any(
+        "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)
+    ):
+        raise ApiError(400, "Invalid request", "the URL contains a NUL character")
+
+
 def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the app: settings from the environment (overridden by `config`, a mapping of the
     same keys, e.g. ``{"DATABASE_URL": ...}``), the core blueprints, then every installed
@@ -71,6 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.extensions["prosaas"] = rt
     app.extensions["prosaas_metrics"] = make_registry(rt)
     errors.install(app)
+    app.before_request(_refuse_nul)
     if rt.settings.run_migrations:
         migrate_at_startup(rt)
     for bp in (core.bp, leads.bp, ops.bp, schedules.bp):

@@ -30,9 +30,14 @@ bp = Blueprint("prosaas_core", __name__)
 
 
 def _as_dict(job: Any) -> dict[str, Any]:
+    """A job as its tenant sees it: the error's type and safe message, never the traceback
+    (that is for operators: ``prosaas jobs show``)."""
     from prosaas_core.jobs.control import job_dict
+    from prosaas_core.jobs.errortext import tenant_error
 
-    return job if isinstance(job, dict) else job_dict(job)
+    out = dict(job) if isinstance(job, dict) else job_dict(job)
+    out["error"] = tenant_error(out.get("error"))
+    return out
 
 
 @bp.post("/api/jobs")

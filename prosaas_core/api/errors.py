@@ -46,9 +46,20 @@ def _http(exc: HTTPException):
     return _json(exc.code or 500, exc.name, details, headers)
 
 
+def _payload_error(exc: PayloadError):
+    from prosaas_core.bounds import truncate_errors
+
+    details = exc.details
+    if isinstance(details, list):
+        details = truncate_errors(details)
+    return _json(400, "Invalid payload", details)
+
+
 def _unexpected(exc: Exception):
     from sqlalchemy.exc import DataError, OperationalError
 
+    if isinstance(exc, RecursionError):  # a body nested past the parser's stack
+        return _json(400, "Invalid JSON", "the JSON nests too deeply")
     if isinstance(exc, DataError):  # e.g. an id past BIGINT from a plugin's <int:...> route
         log.info("Rejected value on %s %s: %s", request.method, request.path, exc.orig)
         return _json(400, "Invalid value", "a value is out of range or malformed")
@@ -74,7 +85,7 @@ def install(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(NotFoundError, lambda e: _json(404, "Not found", str(e)))
     app.register_error_handler(ConflictError, lambda e: _json(409, "Conflict", str(e)))
-    app.register_error_handler(PayloadError, lambda e: _json(400, "Invalid payload", e.details))
+    app.register_error_handler(PayloadError, _payload_error)
     app.register_error_handler(TimingError, lambda e: _json(400, "Invalid time", str(e)))
     app.register_error_handler(
         UnknownJobTypeError, lambda e: _json(400, "Unknown job type", str(e))

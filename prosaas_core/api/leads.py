@@ -179,7 +179,8 @@ def _csv_source() -> tuple[Any, str | None]:
 @describe(
     body=CSV_BODY,
     responses={
-        201: ("The import batch: counts, and each bad row with its line number", LeadImportResult)
+        201: ("The import batch: counts, and each bad row with its line number", LeadImportResult),
+        413: ("The CSV has more rows than PROSAAS_IMPORT_MAX_ROWS: nothing imported", Error),
     },
     tags=["leads"],
 )
@@ -189,7 +190,7 @@ def import_leads():
     Rows are read and inserted as they stream in. Bad rows are reported with their line
     numbers and skipped; the good rows are kept.
     """
-    from prosaas_core.lead_import import ImportFormatError, import_csv
+    from prosaas_core.lead_import import ImportFormatError, ImportTooLarge, import_csv, max_rows
 
     source, filename = _csv_source()
     text = io.TextIOWrapper(
@@ -197,7 +198,16 @@ def import_leads():
     )
     try:
         with current_runtime().session() as s:
-            result = import_csv(s, current_business_id(), text, filename=filename, region=_region())
+            result = import_csv(
+                s,
+                current_business_id(),
+                text,
+                filename=filename,
+                region=_region(),
+                row_limit=max_rows(current_runtime().settings),
+            )
+    except ImportTooLarge as exc:
+        raise ApiError(413, "Too many rows", str(exc)) from None
     except ImportFormatError as exc:
         raise ApiError(400, "Invalid CSV", str(exc)) from None
     except UnicodeDecodeError as exc:

@@ -167,14 +167,16 @@ def _operation(
     if body is not None and method in {"POST", "PUT", "PATCH"}:
         op["requestBody"] = {"required": True, "content": _content(schemas, body)}
     responses: dict[str, Any] = {}
+    error = {"application/json": {"schema": schemas.ref(_error_model())}}
     for status, (desc, spec) in sorted(extra.get("responses", {}).items()):
         responses[str(status)] = {"description": desc}
         content = _content(schemas, spec)
+        if not content and status >= 400:  # every error answer is the JSON error body
+            content = error
         if content:
             responses[str(status)]["content"] = content
     if not responses:
         responses["200"] = {"description": "Success"}
-    error = {"application/json": {"schema": schemas.ref(_error_model())}}
     auth = getattr(view, "prosaas_authenticated", False)
     for status, desc in ERROR_STATUSES.items():
         if status == 401 and not auth:
@@ -202,15 +204,21 @@ def _enqueue_schema(app: Flask, schemas: _Schemas) -> dict[str, Any]:
     rt = app.extensions["prosaas"]
     variants = []
     for name, jt in sorted(rt.registry.job_types.items()):
+        required = ["job_type"]
         if jt.payload_model is not None:
-            payload = schemas.ref(jt.payload_model)
+            payload: dict[str, Any] = schemas.ref(jt.payload_model)
+            needs_fields = not _accepts_empty(jt.payload_model)
         else:
-            payload = {"type": "object"}
+            payload, needs_fields = {"type": "object"}, False
+        if needs_fields:
+            required.append("payload")
+        else:  # an absent or null payload is validated as {}: the model's defaults
+            payload = {"anyOf": [payload, {"type": "null"}]}
         variant: dict[str, Any] = {
             "type": "object",
             "title": name,
             "properties": {"job_type": {"const": name}, "payload": payload},
-            "required": ["job_type"],
+            "required": required,
             "additionalProperties": False,
         }
         if jt.description:
@@ -220,7 +228,19 @@ def _enqueue_schema(app: Flask, schemas: _Schemas) -> dict[str, Any]:
         from prosaas_core.api.schemas import EnqueueRequest
 
         return schemas.ref(EnqueueRequest)
+    # a union discriminated by job_type: exactly one variant matches any body
     return {"oneOf": variants}
+
+
+def _accepts_empty(model: type[BaseModel]) -> bool:
+    """Whether `model` validates ``{}`` (what an absent or null payload becomes)."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate({})
+    except ValidationError:
+        return False
+    return True
 
 
 def _paths(app: Flask, schemas: _Schemas) -> dict[str, dict[str, Any]]:

@@ -9,11 +9,9 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.routing import IntegerConverter
 
 from prosaas_core.api.support import ApiError, _field_errors
+from prosaas_core.bounds import MAX_ID  # ids are BIGINTs: a larger one in a URL is not found
 
 M = TypeVar("M", bound=BaseModel)
-
-#: ids are PostgreSQL BIGINTs: a larger number in a URL is simply not found
-MAX_ID = 2**63 - 1
 
 
 class IdConverter(IntegerConverter):

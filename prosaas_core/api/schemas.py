@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prosaas_core.api.params import MAX_ID
+from prosaas_core.bounds import Tags
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -32,14 +33,28 @@ class JobListQuery(_Strict):
 class LeadIn(_Strict):
     """``POST /api/leads``: one lead; it needs a phone or an email."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["phone"], "properties": {"phone": {"type": "string"}}},
+                {"required": ["email"], "properties": {"email": {"type": "string"}}},
+            ]
+        },
+    )
+
     name: str | None = Field(default=None, max_length=200)
     phone: str | None = Field(default=None, max_length=64)
-    email: str | None = Field(default=None, max_length=254)
+    email: str | None = Field(
+        default=None,
+        max_length=254,
+        json_schema_extra={"pattern": r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$"},
+    )
     status: str = Field(default="new", min_length=1, max_length=32)
     source: str | None = Field(default=None, max_length=64)
     owner: str | None = Field(default=None, max_length=200)
     notes: str | None = Field(default=None, max_length=10_000)
-    tags: list[str] | None = None
+    tags: Tags | None = None
 
 
 class LeadListQuery(_Strict):

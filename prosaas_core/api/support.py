@@ -70,9 +70,7 @@ def parse_json(model: type | None = None) -> Any:
     """
     if not request.is_json:
         raise ApiError(415, "Unsupported Media Type", "send Content-Type: application/json")
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ApiError(400, "Invalid JSON", "the request body is not valid JSON")
+    data = _json_body()
     if model is None:
         return data
     from pydantic import ValidationError
@@ -83,11 +81,37 @@ def parse_json(model: type | None = None) -> Any:
         raise ApiError(400, "Invalid payload", _field_errors(exc)) from None
 
 
+def _json_body() -> Any:
+    """The body parsed as JSON; 400 for malformed JSON, nesting deeper than the parser's
+    recursion limit (about 1,000 levels: RecursionError) or a NUL character."""
+    import json
+
+    from prosaas_core.bounds import BadJson, check_json, object_pairs
+
+    try:
+        data = json.loads(request.get_data(cache=True), object_pairs_hook=object_pairs)
+    except RecursionError:
+        raise ApiError(400, "Invalid JSON", "the JSON nests too deeply") from None
+    except BadJson as exc:
+        raise ApiError(400, "Invalid JSON", str(exc)) from None
+    except ValueError:
+        raise ApiError(400, "Invalid JSON", "the request body is not valid JSON") from None
+    try:
+        check_json(request.get_data(cache=True))
+    except BadJson as exc:
+        raise ApiError(400, "Invalid JSON", str(exc)) from None
+    return data
+
+
 def _field_errors(exc: Any) -> list[dict]:
-    return [
-        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
+    """Pydantic's errors as ``{loc, msg, type}``: the first `MAX_ERRORS`, then a count."""
+    from prosaas_core.bounds import MAX_ERRORS, truncate_errors
+
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return truncate_errors(
+        [{"loc": list(e["loc"]), "msg": e["msg"][:500], "type": e["type"]} for e in errors],
+        MAX_ERRORS,
+    )
 
 
 def enqueue_job(job_type: str, payload: Any) -> Any:

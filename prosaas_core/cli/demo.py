@@ -34,7 +34,9 @@ def _use_redis_or_stand_in(rt: Runtime) -> str:
     """Use the Redis at REDIS_URL when it answers; otherwise an in-process fakeredis."""
     from redis.exceptions import RedisError
 
-    url = rt.settings.redis_url
+    from prosaas_core.urls import mask_url
+
+    url = mask_url(rt.settings.redis_url)
     try:
         rt.redis.ping()
         return f"Redis at {url}"

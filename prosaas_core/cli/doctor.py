@@ -14,6 +14,7 @@ import click
 
 from prosaas_core.cli.common import pass_runtime
 from prosaas_core.errors import first_line
+from prosaas_core.urls import mask_url, mask_urls_in
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -40,7 +41,8 @@ def check_database(rt: Runtime, report: Report) -> bool:
         with rt.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
-        report.add(PROBLEM, f"database unreachable ({rt.engine.url.render_as_string()}): {exc}")
+        url = mask_url(rt.engine.url.render_as_string(hide_password=False))
+        report.add(PROBLEM, f"database unreachable ({url}): {mask_urls_in(str(exc))}")
         return False
     report.add(OK, f"database reachable ({rt.engine.dialect.name})")
     try:
@@ -61,7 +63,8 @@ def check_redis(rt: Runtime, report: Report) -> bool:
     try:
         rt.redis.ping()
     except Exception as exc:
-        report.add(PROBLEM, f"Redis unreachable ({rt.settings.redis_url}): {exc}")
+        url = mask_url(rt.settings.redis_url)
+        report.add(PROBLEM, f"Redis unreachable ({url}): {mask_urls_in(str(exc))}")
         return False
     report.add(OK, "Redis reachable")
     return True

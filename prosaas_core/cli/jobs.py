@@ -262,7 +262,9 @@ def watch(rt, job_id: int, business_id: int | None, interval: float, timeout: fl
     if tty:
         click.echo()
     if j["status"] == "failed":
-        last = (j["error"] or "unknown error").strip().splitlines()[-1]
+        from prosaas_core.jobs.errortext import first_line
+
+        last = first_line(j["error"] or "") or "unknown error"
         click.echo(f"job {job_id} failed: {last}", err=True)
         sys.exit(EXIT_FAILED)
     if j["status"] == "cancelled":

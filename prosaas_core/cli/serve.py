@@ -17,14 +17,24 @@ def run_gunicorn(
     threads: int = 4,
     timeout: int = 60,
     access_log: bool = False,
+    read_timeout: float = 30.0,
+    max_body: int = 16 * 1024 * 1024,
 ) -> None:
-    """Serve the WSGI app `factory()` builds with gunicorn (gthread workers).
+    """Serve the WSGI app `factory()` builds with gunicorn, on `BufferingWorker` (gthread
+    threads that only ever get a request already read whole, so slow clients hold no thread;
+    one not received within `read_timeout` seconds is answered 408).
 
     The app is built once in the master before forking (``preload_app``), so plugins load and
     ``RUN_MIGRATIONS`` runs once, not once per worker; each forked worker then drops the
     database connections it inherited (SQLAlchemy's pool is not fork-safe) and opens its own.
     """
     from gunicorn.app.base import BaseApplication
+
+    from prosaas_core.api.gworker import BufferingWorker
+
+    BufferingWorker.read_timeout = read_timeout
+    # the buffer's bound: a body announced bigger is refused (413) without being read
+    BufferingWorker.max_body = max_body
 
     holder: dict[str, Any] = {}
 
@@ -41,7 +51,7 @@ def run_gunicorn(
             options = {
                 "bind": f"{host}:{port}",
                 "workers": workers,
-                "worker_class": "gthread",
+                "worker_class": "prosaas_core.api.gworker.BufferingWorker",
                 "threads": threads,
                 "timeout": timeout,
                 "preload_app": True,
@@ -73,14 +83,32 @@ def run_gunicorn(
 )
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--timeout", default=60, show_default=True, type=click.IntRange(1, 3600))
+@click.option(
+    "--read-timeout",
+    default=30.0,
+    show_default=True,
+    envvar="PROSAAS_READ_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a client has to send a whole request (and to read a response write); "
+    "408 past it (env: PROSAAS_READ_TIMEOUT).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
-def serve(host: str, port: int, workers: int, threads: int, timeout: int, access_log: bool) -> None:
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    timeout: int,
+    read_timeout: float,
+    access_log: bool,
+) -> None:
     """Serve the HTTP API with gunicorn: the core endpoints and every plugin's blueprints.
 
     Settings come from the environment. With RUN_MIGRATIONS=1 the schema is upgraded once at
     start-up (skipped, not crashed, when another migrator holds the lock).
     """
     from prosaas_core.api.app import create_app
+    from prosaas_core.settings import Settings
 
     run_gunicorn(
         create_app,
@@ -90,4 +118,6 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, access
         threads=threads,
         timeout=timeout,
         access_log=access_log,
+        read_timeout=read_timeout,
+        max_body=Settings.from_env().max_body_bytes,
     )

@@ -30,7 +30,10 @@ def worker(rt, burst: bool, queues: str) -> None:
     try:
         code = run_worker(rt, queues=names or None, burst=burst)
     except RedisError as exc:
-        raise UserError(f"Redis unreachable at {rt.settings.redis_url}: {exc}") from None
+        from prosaas_core.urls import mask_url, mask_urls_in
+
+        url = mask_url(rt.settings.redis_url)
+        raise UserError(f"Redis unreachable at {url}: {mask_urls_in(str(exc))}") from None
     except ValueError as exc:
         raise UserError(str(exc)) from None
     _exit_within(rt.settings.shutdown_timeout, code)

@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
 from prosaas_core.db import autocommit_cursor
-from prosaas_core.jobs import store
+from prosaas_core.jobs import errortext, store
 from prosaas_core.jobs.context import JobContext, JobLost
 from prosaas_core.jobs.dbretry import retry_transient, transient
 from prosaas_core.jobs.flow import Held, Refusal, flow_key
@@ -34,18 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prosaas.worker")
 
-#: largest error text stored on a job row
-MAX_ERROR = 4000
-#: frames of traceback kept with an error
-TRACEBACK_FRAMES = 6
 #: seconds before an attempt cut short by a lost database connection runs again
 DB_LOST_RETRY = 1.0
 
 
 def short_traceback(exc: BaseException) -> str:
-    """The exception line plus the innermost few frames: enough to find the bug."""
-    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
-    return text if len(text) <= MAX_ERROR else "..." + text[-(MAX_ERROR - 3) :]
+    """The stored error: a safe summary line, then the innermost few frames (errortext)."""
+    return errortext.operator_text(exc)
 
 
 def backoff(rt: Runtime, attempt: int) -> float:
@@ -366,7 +360,7 @@ class Dispatcher:
             claim.business_id,
             claim.attempt,
             took,
-            f" error={error.strip().splitlines()[-1]}" if error else "",
+            f" error={errortext.first_line(error)}" if error else "",
         )
         return result
 
@@ -409,7 +403,7 @@ class Dispatcher:
             time.monotonic() - started,
             delay,
             " (database connection lost: attempt not counted)" if infra else "",
-            error.strip().splitlines()[-1],
+            errortext.first_line(error),
         )
         return None
 

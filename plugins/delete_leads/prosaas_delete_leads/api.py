@@ -18,7 +18,14 @@ from prosaas_core.api import (
     enqueue_job,
     parse_json,
 )
+from prosaas_core.api.openapi import describe
+from prosaas_core.api.schemas import Enqueued, Error
 from prosaas_delete_leads.jobs import DeleteLeads
+
+_ACCEPTED = {
+    202: ("Job accepted (Location: the job)", Enqueued),
+    409: ("The same job already runs for the business; details carry its id", Error),
+}
 
 log = logging.getLogger("prosaas.plugins.delete_leads")
 
@@ -35,6 +42,7 @@ def _enqueue(job_type: str, payload: dict, what: str):
 
 @bp.post("/api/leads/bulk-delete")
 @authenticated
+@describe(body=DeleteLeads, responses=_ACCEPTED, tags=["leads"])
 def bulk_delete():
     """Delete leads of the caller's business in the background: ``{"lead_ids": [...]}``,
     ``{"filter": {...}}`` or ``{"all": true}``."""
@@ -44,8 +52,9 @@ def bulk_delete():
     )
 
 
-@bp.post("/api/imports/<int:import_id>/delete")
+@bp.post("/api/imports/<id:import_id>/delete")
 @authenticated
+@describe(responses=_ACCEPTED, tags=["leads"])
 def delete_import(import_id: int):
     """Delete every lead of one of the caller's imports in the background (404 for an import
     that is not the caller's)."""

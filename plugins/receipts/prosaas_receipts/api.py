@@ -14,6 +14,9 @@ from prosaas_core.api import (
     enqueue_job,
     parse_json,
 )
+from prosaas_core.api.openapi import describe
+from prosaas_core.api.schemas import Enqueued, Error
+from prosaas_core.bounds import JsonInt
 
 log = logging.getLogger("prosaas.plugins.receipts")
 
@@ -23,13 +26,18 @@ bp = Blueprint("receipts", __name__)
 class NewReceipt(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount_cents: int = Field(ge=0)
+    amount_cents: JsonInt = Field(ge=0, le=2**63 - 1)
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     description: str | None = Field(default=None, max_length=2000)
 
 
+class Receipt(NewReceipt):
+    id: int
+
+
 @bp.post("/api/receipts")
 @authenticated
+@describe(body=NewReceipt, responses={201: ("The receipt, recorded", Receipt)}, tags=["receipts"])
 def create_receipt():
     """Record a receipt for the caller's business."""
     from sqlalchemy import text
@@ -50,6 +58,13 @@ def create_receipt():
 
 @bp.post("/api/receipts/delete-all")
 @authenticated
+@describe(
+    responses={
+        202: ("Job accepted (Location: the job)", Enqueued),
+        409: ("A delete-all already runs for the business; details carry its id", Error),
+    },
+    tags=["receipts"],
+)
 def delete_all():
     """Delete every receipt of the caller's business in the background."""
     log.info("Creating delete-all-receipts job (tenant=%s)", current_business_id())

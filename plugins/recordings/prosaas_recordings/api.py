@@ -9,16 +9,67 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, request, send_file, url_for
+from flask import Blueprint, jsonify, send_file, url_for
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, select
 
 from prosaas_core.api import ApiError, authenticated, current_business_id, current_runtime
+from prosaas_core.api.openapi import describe
+from prosaas_core.api.params import parse_query
+from prosaas_core.bounds import MAX_ID
 from prosaas_recordings.tables import calls, recording_tasks
 
 bp = Blueprint("recordings_api", __name__, url_prefix="/api/calls")
 
 T = recording_tasks
 MAX_LIMIT = 500
+
+
+class CallListQuery(BaseModel):
+    """``GET /api/calls`` parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
+    before: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="next_before of the previous page"
+    )
+
+
+class RecordingOut(BaseModel):
+    state: str = Field(
+        description="none, queued, retrying, downloading, downloaded, failed or a Twilio status"
+    )
+    recording_sid: str | None
+    duration: int | None
+    bytes: int | None
+    attempts: int
+    error: str | None
+    next_attempt_at: str | None
+    url: str | None = Field(description="the recording file, once downloaded")
+
+
+class CallOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    call_sid: str
+    direction: str | None
+    status: str | None
+    from_: str | None = Field(alias="from")
+    to: str | None
+    created_at: str | None
+    recording: RecordingOut
+    transcript: str | None
+
+
+class CallPage(BaseModel):
+    calls: list[CallOut]
+    next_before: int | None
+
+
+_AUDIO = {
+    "audio/mpeg": {"schema": {"type": "string", "contentMediaType": "audio/mpeg"}},
+}
 
 
 def _query(business_id: int):
@@ -31,7 +82,11 @@ def _query(business_id: int):
             T.c.run_after.label("task_run_after"),
         )
         .select_from(calls)
-        .outerjoin(T, and_(T.c.recording_sid == calls.c.recording_sid))
+        # the business condition on the task too: a task is only ever its own call's
+        .outerjoin(
+            T,
+            and_(T.c.recording_sid == calls.c.recording_sid, T.c.business_id == business_id),
+        )
         .where(calls.c.business_id == business_id)
     )
 
@@ -83,16 +138,12 @@ def to_json(row: Any) -> dict[str, Any]:
 
 @bp.get("")
 @authenticated
+@describe(query=CallListQuery, responses={200: ("Calls, newest first", CallPage)}, tags=["calls"])
 def list_calls():
     """The business's calls, newest first: ``?limit=`` (default 50, at most 500) and
     ``?before=<id>`` to page on (``next_before`` in the answer)."""
-    try:
-        limit = int(request.args.get("limit", 50))
-        before = int(request.args["before"]) if "before" in request.args else None
-    except ValueError:
-        raise ApiError(400, "Invalid query", "limit and before must be integers") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(400, "Invalid query", f"limit must be between 1 and {MAX_LIMIT}")
+    q = parse_query(CallListQuery)
+    limit, before = q.limit, q.before
     stmt = _query(current_business_id()).order_by(calls.c.id.desc()).limit(limit)
     if before is not None:
         stmt = stmt.where(calls.c.id < before)
@@ -107,6 +158,10 @@ def list_calls():
 
 
 def _one(call_sid: str) -> Any:
+    from prosaas_recordings.webhook import CALL_SID_RE
+
+    if not CALL_SID_RE.match(call_sid):  # not a SID: no such call, no query
+        raise ApiError(404, "Not found", "no such call")
     with current_runtime().session() as s:
         row = s.execute(_query(current_business_id()).where(calls.c.call_sid == call_sid)).first()
     if row is None:
@@ -116,6 +171,7 @@ def _one(call_sid: str) -> Any:
 
 @bp.get("/<call_sid>")
 @authenticated
+@describe(responses={200: ("The call", CallOut)}, tags=["calls"])
 def get_call(call_sid: str):
     """One call of the business with its recording state."""
     return jsonify(to_json(_one(call_sid)))
@@ -123,6 +179,15 @@ def get_call(call_sid: str):
 
 @bp.get("/<call_sid>/recording")
 @authenticated
+@describe(
+    responses={
+        200: ("The recording (Range requests answer 206)", _AUDIO),
+        206: ("Part of the recording", _AUDIO),
+        304: ("Not modified", None),
+        416: ("Range not satisfiable", None),
+    },
+    tags=["calls"],
+)
 def get_recording(call_sid: str):
     """The recording as ``audio/mpeg``, with Range and conditional requests."""
     row = _one(call_sid)

@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
+from prosaas_recordings.deadline import WATCHDOG, response_socket
 from prosaas_recordings.httpclient import HttpClient
 
 CHUNK = 64 * 1024
@@ -84,11 +85,16 @@ def fetch(
     """Download `url` to `dest` through the temporary file `tmp`; return the size in bytes.
 
     Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
-    incomplete body) or DownloadAborted when `abort` is set.
+    incomplete body) or DownloadAborted when `abort` is set. The body must arrive within what
+    is left of ``limits.total_timeout`` (the watchdog shuts the socket down at that instant).
     """
     http = http or HttpClient()
     started = time.monotonic()
     resp = _get(http, url, auth, limits)
+    watch = None
+    sock = response_socket(resp)
+    if sock is not None:
+        watch = WATCHDOG.watch(sock, max(limits.total_timeout - (time.monotonic() - started), 0))
     try:
         expected = _expected_size(resp, limits)
         size = 0
@@ -108,7 +114,11 @@ def fetch(
                     if abort is not None and abort.is_set():
                         raise DownloadAborted()
             except TRANSPORT_ERRORS as exc:
+                if watch is not None and watch.fired:
+                    raise DownloadError("download deadline exceeded", retryable=True) from None
                 raise _transport_error(exc) from None
+            if watch is not None and watch.fired:
+                raise DownloadError("download deadline exceeded", retryable=True)
             fh.flush()
             os.fsync(fh.fileno())
         if expected is not None and size != expected:
@@ -118,21 +128,48 @@ def fetch(
         try:
             os.replace(tmp, dest)
         except FileNotFoundError:  # the business's first recording: make its directory
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent)
             os.replace(tmp, dest)
         return size
     finally:
+        if watch is not None:
+            watch.cancel()
         _done_with(resp)
         tmp.unlink(missing_ok=True)
 
 
+#: recordings are private to the service's user and group, whatever the process umask
+FILE_MODE, DIR_MODE = 0o640, 0o750
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and any missing parent, each 0750 (set explicitly: umask only narrows)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+
+
+def _open_private(path: Path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it, or a loose one widened nothing
+    return os.fdopen(fd, "wb")
+
+
 def _create(path: Path):
-    """Open `path` for writing, making its directory only when missing (no mkdir per file)."""
+    """Open `path` for writing (0640), making its directory only when missing (no mkdir per
+    file)."""
     try:
-        return open(path, "wb")
+        return _open_private(path)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")
+        make_dirs(path.parent)
+        return _open_private(path)
 
 
 @lru_cache(maxsize=16)
@@ -197,7 +234,25 @@ def _expected_size(resp: urllib3.BaseHTTPResponse, limits: Limits) -> int | None
 
 
 def _transport_error(exc: Exception) -> DownloadError:
+    # urllib3's NewConnectionError (refused, unreachable) and NameResolutionError (DNS)
+    # subclass its ConnectTimeoutError: name the real cause before looking for a timeout
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return DownloadError(f"dns: cannot resolve {exc.conn.host}", retryable=True)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError) and not _timed_out(exc):
+        return DownloadError(f"connection failed: {_cause(exc)}", retryable=True)
     # a read timeout while streaming the body may surface as a ProtocolError or an OSError
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)) or "timed out" in str(exc):
         return DownloadError(f"timeout: {type(exc).__name__}", retryable=True)
     return DownloadError(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], retryable=True)
+
+
+def _timed_out(exc: Exception) -> bool:
+    return "timed out" in str(exc) or isinstance(exc.__cause__, TimeoutError)
+
+
+def _cause(exc: Exception) -> str:
+    """``ConnectionRefusedError: [Errno 111] Connection refused``: the socket's own error."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return f"{type(cause).__name__}: {cause.strerror or cause}"[:300]
+    return str(exc).splitlines()[0][:300]

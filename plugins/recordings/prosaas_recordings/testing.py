@@ -82,7 +82,8 @@ class StubTwilio:
 
     def plan(self, recording_sid: str, steps: list[str]) -> None:
         """Responses for the next requests of `recording_sid`: ok, 404, 500, hang, drip,
-        short; after the plan runs out every request gets ok."""
+        short, trickle (a slow loris: one byte every 0.1 s until released); after the plan
+        runs out every request gets ok."""
         with self.lock:
             self.plans[recording_sid] = list(steps)
 
@@ -170,6 +171,14 @@ class StubTwilio:
                 self.send_header("Content-Type", "audio/mpeg")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if step == "trickle":
+                    for i in range(len(body)):
+                        if stub.released.wait(0.1):
+                            break
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 if step in ("drip", "short"):
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()

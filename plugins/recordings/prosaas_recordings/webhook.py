@@ -1,9 +1,12 @@
 """``POST /webhooks/twilio/recording``: Twilio's recording status callback.
 
 Verified with the Twilio SDK's ``RequestValidator`` and ``TWILIO_AUTH_TOKEN`` against the URL
-Twilio called (``TWILIO_WEBHOOK_BASE_URL`` + path and query when behind a proxy). A completed
-recording becomes a durable ``recording_tasks`` row, once per ``RecordingSid``; the answer is
-immediate, the download is the recording worker's.
+Twilio called: ``TWILIO_WEBHOOK_BASE_URL`` + path and query. Without a base URL the webhook is
+not served (503, and an error line at start-up): the URL Flask sees is built from the request's
+``Host`` header, which the caller chooses. ``TWILIO_WEBHOOK_TRUST_HOST=1`` allows it for
+development. A completed recording becomes a durable ``recording_tasks`` row, once per
+``RecordingSid``; a repeated callback writes nothing. The answer is immediate, the download is
+the recording worker's.
 
 Which business a recording belongs to:
 
@@ -25,6 +28,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select, update
 
 from prosaas_core.api import ApiError, current_runtime
+from prosaas_core.api.openapi import describe
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.download import Limits, host_allowed
@@ -34,16 +38,46 @@ log = logging.getLogger("prosaas.recordings.webhook")
 
 bp = Blueprint("recordings_webhook", __name__)
 
-SID_RE = re.compile(r"^[A-Za-z]{2}[A-Za-z0-9]{1,62}$")
+#: Twilio's SID shapes: two letters naming the kind, then 32 hex digits
+CALL_SID_RE = re.compile(r"^CA[0-9a-fA-F]{32}$")
+RECORDING_SID_RE = re.compile(r"^RE[0-9a-fA-F]{32}$")
+#: every value Twilio sends as RecordingStatus
+STATUSES = frozenset({"in-progress", "completed", "absent", "failed"})
+#: development switch: check signatures against the URL built from the Host header
+TRUST_HOST = "TWILIO_WEBHOOK_TRUST_HOST"
 
 
 def config() -> RecordingsConfig:
     return RecordingsConfig.from_settings(current_runtime().settings)
 
 
+def _trust_host(settings: Any) -> bool:
+    return (settings.get(TRUST_HOST) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@bp.record_once
+def _check_at_startup(state: Any) -> None:
+    """Say at start-up, once, that the webhook will refuse callbacks without a base URL."""
+    rt = state.app.extensions.get("prosaas")
+    if rt is None:
+        return
+    if not rt.settings.get("TWILIO_WEBHOOK_BASE_URL") and not _trust_host(rt.settings):
+        log.error(
+            "RECORDINGS WEBHOOK DISABLED: set TWILIO_WEBHOOK_BASE_URL to the public base URL "
+            "Twilio calls (e.g. https://api.example.com); %s=1 is for development only",
+            TRUST_HOST,
+        )
+
+
 def signed_url(cfg: RecordingsConfig) -> str:
-    """The URL Twilio signed: the public base URL when configured, else the one Flask saw."""
+    """The URL Twilio signed: the public base URL, or (development switch) the one Flask saw."""
     if not cfg.webhook_base_url:
+        if not _trust_host(current_runtime().settings):
+            raise ApiError(
+                503,
+                "Webhook not configured",
+                "set TWILIO_WEBHOOK_BASE_URL (the public base URL Twilio calls)",
+            )
         return request.url
     query = request.query_string.decode("latin-1")
     return cfg.webhook_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
@@ -79,13 +113,14 @@ def _duration() -> int | None:
         raise ApiError(400, "Invalid callback", "RecordingDuration must be an integer") from None
 
 
-def _business_for(session: Any, call_sid: str) -> int:
-    """The business owning `call_sid` (see the module docstring); creates the call if new."""
+def _business_for(session: Any, call_sid: str) -> tuple[int, bool]:
+    """The business owning `call_sid` (see the module docstring), and whether the call is new.
+    Reads only: the call row is created by `_create_call`, after the duplicate check."""
     found = session.execute(
         select(calls.c.business_id).where(calls.c.call_sid == call_sid)
     ).scalar_one_or_none()
     if found is not None:
-        return found
+        return found, False
     raw = request.args.get("business_id", "")
     business_id = int(raw) if raw.isdigit() else None
     if (
@@ -96,6 +131,11 @@ def _business_for(session: Any, call_sid: str) -> int:
         is None
     ):
         raise ApiError(404, "Unknown call", f"no call {call_sid} and no known business_id in URL")
+    return business_id, True
+
+
+def _create_call(session: Any, business_id: int, call_sid: str) -> int:
+    """Create the call for `business_id`; the business that owns it once it exists."""
     insert = store.dialect_insert(session)
     session.execute(
         insert(calls)
@@ -113,16 +153,72 @@ def _business_for(session: Any, call_sid: str) -> int:
     ).scalar_one()
 
 
+def _known_recording(session: Any, recording_sid: str) -> bool:
+    from prosaas_recordings.tables import recording_tasks
+
+    found = session.execute(
+        select(recording_tasks.c.id).where(recording_tasks.c.recording_sid == recording_sid)
+    ).first()
+    return found is not None
+
+
+_FORM = {
+    "application/x-www-form-urlencoded": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "CallSid": {"type": "string", "pattern": CALL_SID_RE.pattern},
+                "RecordingSid": {"type": "string", "pattern": RECORDING_SID_RE.pattern},
+                "RecordingStatus": {"type": "string", "enum": sorted(STATUSES)},
+                "RecordingUrl": {"type": "string", "format": "uri"},
+                "RecordingDuration": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                "AccountSid": {"type": "string"},
+            },
+            "required": ["CallSid", "RecordingSid", "RecordingStatus"],
+        }
+    }
+}
+_ANSWER = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "status": {"enum": ["queued", "duplicate", "ignored"]},
+                "task_id": {"type": "integer"},
+                "recording_status": {"type": "string"},
+            },
+            "required": ["status"],
+        }
+    }
+}
+
+
 @bp.post("/webhooks/twilio/recording")
+@describe(
+    body=_FORM,
+    responses={
+        200: ("Queued, a duplicate, or a non-completed status noted", _ANSWER),
+        403: ("Missing or invalid X-Twilio-Signature", None),
+        404: ("Unknown call and no known business_id in the signed URL", None),
+        503: ("TWILIO_AUTH_TOKEN or TWILIO_WEBHOOK_BASE_URL not configured", None),
+    },
+    tags=["webhooks"],
+)
 def recording_callback():
     """Accept a recording status callback; queue the download of a completed recording."""
     cfg = config()
     verify_signature(cfg)
     call_sid = _field("CallSid")
     recording_sid = _field("RecordingSid")
-    status = (_field("RecordingStatus", required=False) or "completed").lower()
-    if not SID_RE.match(call_sid) or not SID_RE.match(recording_sid):
-        raise ApiError(400, "Invalid callback", "CallSid and RecordingSid must be Twilio SIDs")
+    status = _field("RecordingStatus").lower()
+    if not CALL_SID_RE.match(call_sid) or not RECORDING_SID_RE.match(recording_sid):
+        raise ApiError(
+            400, "Invalid callback", "CallSid must be CA + 32 hex digits, RecordingSid RE + 32"
+        )
+    if status not in STATUSES:
+        raise ApiError(
+            400, "Invalid callback", f"RecordingStatus must be one of {', '.join(sorted(STATUSES))}"
+        )
     url = _field("RecordingUrl", required=status == "completed")
     if url is not None and not host_allowed(url, Limits(cfg.allowed_hosts, cfg.allow_http)):
         log.warning("RECORDING_URL_REJECTED call_sid=%s url=%s", call_sid, url)
@@ -130,7 +226,13 @@ def recording_callback():
     duration = _duration()
 
     with current_runtime().session() as s:
-        business_id = _business_for(s, call_sid)
+        business_id, new_call = _business_for(s, call_sid)
+        if status == "completed" and _known_recording(s, recording_sid):
+            # a repeated callback (Twilio retries): answered before anything is written
+            log.info("RECORDING_DUPLICATE call_sid=%s recording_sid=%s", call_sid, recording_sid)
+            return jsonify({"status": "duplicate"})
+        if new_call:
+            business_id = _create_call(s, business_id, call_sid)
         if status != "completed":
             # in-progress, absent, failed: noted on the call, nothing to download
             s.execute(

@@ -40,6 +40,7 @@ def env(env: dict[str, str], stub: StubTwilio, recordings_dir: Path) -> dict[str
         "RECORDINGS_DIR": str(recordings_dir),
         "RECORDINGS_ALLOWED_HOSTS": stub.host,
         "RECORDINGS_ALLOW_HTTP": "1",
+        "TWILIO_WEBHOOK_TRUST_HOST": "1",  # the test client signs for http://localhost
         "RECORDINGS_POLL_INTERVAL": "0.05",
         "RECORDINGS_LEASE_SECONDS": "1.5",
         "RECORDINGS_RETRY_BASE_SECONDS": "0.2",

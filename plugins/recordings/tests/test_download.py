@@ -128,3 +128,34 @@ def test_abort_stops_between_chunks(stub, limits, tmp_path):
     with pytest.raises(DownloadAborted):
         _fetch(stub, slow, tmp_path, abort=abort, on_progress=progress, http=HttpClient())
     assert seen and files(tmp_path) == []
+
+
+@pytest.mark.timeout(30)  # without the socket deadline this download would last for hours
+def test_total_deadline_is_enforced_at_the_socket(stub, limits, tmp_path):
+    """A server sending a byte every 0.1 s never trips a 1 s read timeout; the 1.5 s total
+    deadline still ends the download at 1.5 s, not when the server gives up."""
+    stub.plan("RE1", ["trickle"])
+    slow = Limits(**{**limits.__dict__, "read_timeout": 1, "total_timeout": 1.5})
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        _fetch(stub, slow, tmp_path, http=HttpClient())
+    took = time.monotonic() - t0
+    assert err.value.reason == "download deadline exceeded" and err.value.retryable
+    assert 1.4 <= took < 4, took
+    assert files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://no-such-host.invalid/rec/1/RE1.mp3", "dns: cannot resolve no-such-host.invalid"),
+        ("http://127.0.0.1:1/rec/1/RE1.mp3", "connection failed: ConnectionRefusedError"),
+    ],
+)
+def test_dns_failure_and_refused_connection_name_their_cause(tmp_path, url, reason):
+    host = url.split("/")[2]
+    lim = Limits(allowed_hosts=frozenset({host, host.split(":")[0]}), allow_http=True)
+    with pytest.raises(DownloadError) as err:
+        fetch(url, tmp_path / "a.mp3", tmp=tmp_path / "a.part", auth=None, limits=lim)
+    assert err.value.reason.startswith(reason) and err.value.retryable
+    assert "timeout" not in err.value.reason

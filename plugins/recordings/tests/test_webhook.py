@@ -169,3 +169,78 @@ def test_no_auth_token_configured_refuses_everything(runtime, env, business, stu
     )
     assert resp.status_code == 503
     rt.close()
+
+
+def _signed(client, params, path=WEBHOOK):
+    sig = sign(TEST_AUTH_TOKEN, "http://localhost" + path, params)
+    return client.post(path, data=params, headers={"X-Twilio-Signature": sig})
+
+
+def test_sids_must_have_twilios_shapes(runtime, business, client, stub):
+    make_call(runtime, business, call_sid(10))
+    good = {"CallSid": call_sid(10), "RecordingSid": recording_sid(10)}
+    for bad in (
+        {"CallSid": "CA123"},
+        {"CallSid": "XY" + "0" * 32},
+        {"CallSid": call_sid(10) + "0"},
+        {"RecordingSid": "RE" + "g" * 32},
+        {"RecordingSid": "CA" + "0" * 32},
+        {"RecordingSid": "RE" + "0" * 31},
+    ):
+        params = {
+            **good,
+            "RecordingUrl": stub.url(business, recording_sid(10)),
+            "RecordingStatus": "completed",
+            **bad,
+        }
+        resp = _signed(client, params)
+        assert resp.status_code == 400, bad
+        assert resp.get_json()["error"] == "Invalid callback"
+    assert tasks(runtime) == []
+
+
+def test_recording_status_is_required_and_known(runtime, business, client, stub):
+    make_call(runtime, business, call_sid(11))
+    params = {
+        "CallSid": call_sid(11),
+        "RecordingSid": recording_sid(11),
+        "RecordingUrl": stub.url(business, recording_sid(11)),
+    }
+    missing = _signed(client, params)
+    assert missing.status_code == 400
+    assert missing.get_json()["details"] == "RecordingStatus is required"
+    assert _signed(client, {**params, "RecordingStatus": "whatever"}).status_code == 400
+    assert tasks(runtime) == []
+
+
+def test_duplicate_writes_nothing_not_even_a_call(runtime, business, post_callback):
+    make_call(runtime, business, call_sid(12))
+    assert post_callback(business, call_sid(12), recording_sid(12)).get_json()["status"] == "queued"
+    # the same recording again, now naming an unknown call and a business: still a duplicate,
+    # answered before the unknown call would be created
+    again = post_callback(
+        business, call_sid(13), recording_sid(12), query=f"business_id={business}"
+    )
+    assert again.status_code == 200 and again.get_json()["status"] == "duplicate"
+    assert call_row(runtime, call_sid(13)) is None
+    assert len(tasks(runtime)) == 1
+
+
+def test_no_base_url_in_production_refuses_webhooks(runtime, env, business, stub, caplog):
+    prod = {k: v for k, v in env.items() if k != "TWILIO_WEBHOOK_TRUST_HOST"}
+    rt = Runtime(Settings.from_env(prod), pm=runtime.pm)
+    with caplog.at_level("ERROR", logger="prosaas.recordings.webhook"):
+        client = create_app(runtime=rt).test_client()
+    assert any("RECORDINGS WEBHOOK DISABLED" in r.getMessage() for r in caplog.records)
+    make_call(runtime, business, call_sid(14))
+    params = {
+        "CallSid": call_sid(14),
+        "RecordingSid": recording_sid(14),
+        "RecordingUrl": stub.url(business, recording_sid(14)),
+        "RecordingStatus": "completed",
+    }
+    resp = _signed(client, params)  # signed for the Host header it sent: not trusted
+    assert resp.status_code == 503
+    assert resp.get_json()["error"] == "Webhook not configured"
+    assert tasks(runtime) == []
+    rt.close()

@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, WithJsonSchema, field_validator
 
+from prosaas_core.bounds import Tags
 from prosaas_core.leads import LeadSelection, run_selection, updating
 
 #: The fields a bulk update may set, with the values each accepts.
 ALLOWED: dict[str, TypeAdapter] = {
     "status": TypeAdapter(str),
     "owner": TypeAdapter(str | None),
-    "tags": TypeAdapter(list[str] | None),
+    "tags": TypeAdapter(Tags | None),
     "notes": TypeAdapter(str | None),
 }
-LIMITS = {"status": 32, "owner": 200}
+LIMITS = {"status": 32, "owner": 200, "notes": 10_000}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+#: ``set`` as the validator below accepts it, for the OpenAPI document
+SET_SCHEMA = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        # a character Python's str.strip() keeps (it also strips \x1c-\x1f and \x85)
+        "status": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 32,
+            "pattern": "[^\\s\\x1c-\\x1f\\x85]|\\ufeff",
+        },
+        "owner": _nullable({"type": "string", "maxLength": 200}),
+        "tags": _nullable(
+            {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 64}}
+        ),
+        "notes": _nullable({"type": "string", "maxLength": 10_000}),
+    },
+    "description": "fields to set: any of status, owner, tags, notes",
+}
 
 
 class UpdateLeads(LeadSelection):
@@ -25,7 +53,7 @@ class UpdateLeads(LeadSelection):
     while one given as ``null`` (owner, tags, notes) is cleared.
     """
 
-    set: dict[str, Any] = Field(description="fields to set: any of status, owner, tags, notes")
+    set: Annotated[dict[str, Any], WithJsonSchema(SET_SCHEMA)] = Field(max_length=len(ALLOWED))
 
     @field_validator("set")
     @classmethod
@@ -40,8 +68,10 @@ class UpdateLeads(LeadSelection):
                 )
             try:
                 value = ALLOWED[name].validate_python(value, strict=True)
-            except ValidationError:
-                raise ValueError(f"field {name!r}: invalid value {value!r}") from None
+            except ValidationError as exc:
+                # the first reason only, never the value: it may be megabytes long
+                first = exc.errors(include_url=False, include_input=False)[0]
+                raise ValueError(f"field {name!r}: {first['msg']}") from None
             if name == "status" and not value.strip():
                 raise ValueError("field 'status': must not be empty")
             if isinstance(value, str) and name in LIMITS and len(value) > LIMITS[name]:
