@@ -49,7 +49,7 @@ Tag = Annotated[str, StringConstraints(max_length=MAX_TAG_LENGTH)]
 Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
 
 
-def _utc_representable(value: datetime) -> datetime:
+def utc_representable(value: datetime) -> datetime:
     """A date the database and the job can use: with its zone it must still be a valid UTC
     instant (``9999-12-31T23:00:00-05:00`` is past year 9999 in UTC)."""
     try:
@@ -59,8 +59,15 @@ def _utc_representable(value: datetime) -> datetime:
     return value
 
 
+def iso_string(value: Any) -> Any:
+    """A date in JSON is an ISO 8601 string: pydantic would also take a number (a Unix time)."""
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("a date must be an ISO 8601 string")
+    return value
+
+
 #: a datetime that converts to UTC without overflow
-SafeDatetime = Annotated[datetime, AfterValidator(_utc_representable)]
+SafeDatetime = Annotated[datetime, AfterValidator(utc_representable)]
 
 
 def truncate_errors(errors: list[dict[str, Any]], limit: int = MAX_ERRORS) -> list[dict[str, Any]]:

@@ -67,3 +67,30 @@ def test_a_business_schedule_fires_for_that_business_only(runtime):
     fired = tick(runtime, "test")
     assert fired.occurrences >= 1
     assert {b for _, b, _, _ in fired.jobs} == {a_id}
+
+
+def test_post_jobs_takes_run_at_or_delay(runtime):
+    from datetime import UTC, datetime, timedelta
+
+    client = create_app(runtime=runtime).test_client()
+    _, tok = business_with_token(runtime, "A")
+    h = bearer(tok)
+    body = {"job_type": "acme_echo", "payload": {"message": "later"}}
+    later = client.post("/api/jobs", json={**body, "delay": 120}, headers=h)
+    assert later.status_code == 202, later.get_json()
+    job = client.get(f"/api/jobs/{later.get_json()['id']}", headers=h).get_json()
+    due = datetime.fromisoformat(job["run_after"])
+    assert timedelta(seconds=100) < due - datetime.now(UTC) <= timedelta(seconds=120)
+    at = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    sched = client.post("/api/jobs", json={**body, "run_at": at}, headers=h).get_json()
+    got = client.get(f"/api/jobs/{sched['id']}", headers=h).get_json()
+    assert datetime.fromisoformat(got["run_after"]) == datetime.fromisoformat(at)
+    for extra, error in [
+        ({"delay": 5, "run_at": at}, "Invalid time"),
+        ({"run_at": "2026-12-24T18:00:00"}, "Invalid payload"),  # no offset: ambiguous
+        ({"delay": -1}, "Invalid payload"),
+        ({"run_at": "9999-12-31T23:00:00-05:00"}, "Invalid payload"),  # past 9999 in UTC
+        ({"delay": 1e9}, "Invalid payload"),
+    ]:
+        res = client.post("/api/jobs", json={**body, **extra}, headers=h)
+        assert res.status_code == 400 and res.get_json()["error"] == error, (extra, res.json)

@@ -45,6 +45,27 @@ checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403"]
 [[operations]]
 include-name = "POST /api/leads/import"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403", "413"]
+# Job payloads carry phone numbers (libphonenumber), a caller id that must be one of the
+# business's numbers, a template whose placeholders must be lead fields; a schedule's cron and
+# time zone are read by croniter and zoneinfo; opt-outs are phone numbers.
+[[operations]]
+include-name = "POST /api/jobs"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403", "409"]
+[[operations]]
+include-name = "POST /api/schedules"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403", "409"]
+[[operations]]
+include-name = "POST /api/broadcasts"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403"]
+[[operations]]
+include-name = "POST /api/broadcasts/opt-outs"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403"]
+[[operations]]
+include-name = "DELETE /api/broadcasts/opt-outs"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403"]
+[[operations]]
+include-name = "POST /api/outbound-calls"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "400", "401", "403"]
 """
 
 

@@ -57,7 +57,7 @@ def create_job():
     answers 202 and is pushed by the sweeper later.
     """
     body = parse_json(EnqueueRequest)
-    return enqueue_job(body.job_type, body.payload)
+    return enqueue_job(body.job_type, body.payload, run_at=body.run_at, delay=body.delay)
 
 
 @bp.get("/api/jobs")

@@ -164,7 +164,7 @@ def _operation(
     if params:
         op["parameters"] = params
     body = extra.get("body")
-    if body is not None and method in {"POST", "PUT", "PATCH"}:
+    if body is not None and method in {"POST", "PUT", "PATCH", "DELETE"}:
         op["requestBody"] = {"required": True, "content": _content(schemas, body)}
     responses: dict[str, Any] = {}
     error = {"application/json": {"schema": schemas.ref(_error_model())}}
@@ -217,7 +217,19 @@ def _enqueue_schema(app: Flask, schemas: _Schemas) -> dict[str, Any]:
         variant: dict[str, Any] = {
             "type": "object",
             "title": name,
-            "properties": {"job_type": {"const": name}, "payload": payload},
+            "not": {"required": ["run_at", "delay"]},
+            "properties": {
+                "job_type": {"const": name},
+                "payload": payload,
+                # when the job is due: at most one of the two, at most a year ahead
+                "run_at": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+                "delay": {
+                    "anyOf": [
+                        {"type": "number", "minimum": 0, "maximum": 366 * 86400},
+                        {"type": "null"},
+                    ]
+                },
+            },
             "required": required,
             "additionalProperties": False,
         }
@@ -246,8 +258,8 @@ def _accepts_empty(model: type[BaseModel]) -> bool:
 def _paths(app: Flask, schemas: _Schemas) -> dict[str, dict[str, Any]]:
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or rule.endpoint.startswith("dashboard."):
+            continue  # the dashboard is pages for people, not part of the HTTP API
         view = app.view_functions[rule.endpoint]
         for method in sorted((rule.methods or set()) - _SKIP_METHODS):
             op = _operation(app, rule, method, view, schemas)

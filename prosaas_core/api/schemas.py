@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from prosaas_core.api.params import MAX_ID
-from prosaas_core.bounds import Tags
+from prosaas_core.bounds import JsonFloat, Tags, iso_string, utc_representable
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -17,10 +17,16 @@ class _Strict(BaseModel):
 
 
 class EnqueueRequest(_Strict):
-    """``POST /api/jobs``: the job type and its payload (validated by the type's model)."""
+    """``POST /api/jobs``: the job type and its payload (validated by the type's model), and
+    optionally when it is due: ``run_at`` (ISO 8601 with an offset) or ``delay`` (seconds)."""
 
     job_type: str = Field(min_length=1, max_length=63)
     payload: dict[str, Any] | None = None
+    run_at: (
+        Annotated[AwareDatetime, BeforeValidator(iso_string), AfterValidator(utc_representable)]
+        | None
+    ) = None
+    delay: Annotated[JsonFloat, Field(ge=0, le=366 * 86400)] | None = None
 
 
 class JobListQuery(_Strict):

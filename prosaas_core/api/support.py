@@ -114,15 +114,18 @@ def _field_errors(exc: Any) -> list[dict]:
     )
 
 
-def enqueue_job(job_type: str, payload: Any) -> Any:
+def enqueue_job(job_type: str, payload: Any, *, run_at: Any = None, delay: Any = None) -> Any:
     """Enqueue a job for the current business and answer as the jobs API does:
     202 ``{id, status, job_type}`` with a Location, or 409 with the active job's id for a
-    unique type; 400 for a bad payload, 503 when the database needs a migration."""
+    unique type; 400 for a bad payload or time, 503 when the database needs a migration.
+    `run_at` (a datetime) or `delay` (seconds) make the job due later."""
     from prosaas_core.jobs.enqueue import enqueue
 
-    # PayloadError, UnknownJobTypeError and MigrationRequiredError are answered by the app's
-    # error handlers (api/errors.py), the same for every endpoint.
-    res = enqueue(current_runtime(), job_type, current_business_id(), payload)
+    # PayloadError, TimingError, UnknownJobTypeError and MigrationRequiredError are answered
+    # by the app's error handlers (api/errors.py), the same for every endpoint.
+    res = enqueue(
+        current_runtime(), job_type, current_business_id(), payload, run_at=run_at, delay=delay
+    )
     body = {"id": res.id, "status": res.status, "job_type": res.job_type}
     if not res.created:
         raise ApiError(409, "Job already active", body)

@@ -32,6 +32,8 @@ from prosaas_core.api import (
     current_runtime,
     parse_json,
 )
+from prosaas_core.api.openapi import describe
+from prosaas_core.api.schemas import Error
 
 log = logging.getLogger("prosaas.broadcast.api")
 
@@ -117,8 +119,20 @@ def _own(s, broadcast_id: int) -> dict:
     return b
 
 
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+
+
 @bp.post("/api/broadcasts")
 @authenticated
+@describe(
+    body=BroadcastRequest,
+    responses={
+        202: ("Broadcast accepted: its job and broadcast id", _OBJECT),
+        200: ("dry_run: the preview (count, skipped by reason, samples)", _OBJECT),
+        400: ("Invalid broadcast (unknown placeholder, provider, selection)", Error),
+    },
+    tags=["broadcasts"],
+)
 def create():
     """Start a broadcast to a lead selection of the caller's business, or preview it."""
     body: BroadcastRequest = parse_json(BroadcastRequest)
@@ -236,6 +250,13 @@ def get_recipients(broadcast_id: int):
 
 @bp.post("/api/broadcasts/<int:broadcast_id>/cancel")
 @authenticated
+@describe(
+    responses={
+        202: ("Cancel requested: the broadcast", _OBJECT),
+        404: ("No such broadcast", Error),
+    },
+    tags=["broadcasts"],
+)
 def cancel(broadcast_id: int):
     """Stop a broadcast between two sends: what is not sent yet becomes skipped (cancelled)."""
     rt = current_runtime()
@@ -257,6 +278,12 @@ def _phones(body: OptOuts) -> list[str]:
 
 @bp.post("/api/broadcasts/opt-outs")
 @authenticated
+@describe(
+    body=OptOuts,
+    responses={200: ("The numbers, normalized, and how many were added", _OBJECT),
+               400: ("A number that is not a phone number", Error)},
+    tags=["broadcasts"],
+)  # fmt: skip
 def add_opt_outs():
     """Numbers of the caller's business that must never get a broadcast."""
     body = parse_json(OptOuts)
@@ -268,7 +295,14 @@ def add_opt_outs():
 
 @bp.delete("/api/broadcasts/opt-outs")
 @authenticated
+@describe(
+    body=OptOuts,
+    responses={200: ("The numbers, normalized, and how many were removed", _OBJECT),
+               400: ("A number that is not a phone number", Error)},
+    tags=["broadcasts"],
+)  # fmt: skip
 def remove_opt_outs():
+    """Numbers of the caller's business that may get broadcasts again."""
     body = parse_json(OptOuts)
     phones = _phones(body)
     with current_runtime().session() as s:

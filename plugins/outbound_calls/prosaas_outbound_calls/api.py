@@ -20,6 +20,8 @@ from prosaas_core.api import (
     enqueue_job,
     parse_json,
 )
+from prosaas_core.api.openapi import describe
+from prosaas_core.api.schemas import Error
 from prosaas_outbound_calls import campaigns, report
 from prosaas_outbound_calls.config import OutboundConfig
 from prosaas_outbound_calls.dialer import wake
@@ -46,8 +48,20 @@ def _resolve(s, body: OutboundCalls, cfg: OutboundConfig) -> campaigns.Resolved:
         raise ApiError(400, "Invalid campaign", exc.details) from None
 
 
+_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+
+
 @bp.post("")
 @authenticated
+@describe(
+    body=OutboundCallsRequest,
+    responses={
+        202: ("Campaign accepted: its job (the campaign's id)", _OBJECT),
+        200: ("dry_run: the preview", _OBJECT),
+        400: ("Invalid campaign (caller id not the business's, selection, limits)", Error),
+    },
+    tags=["outbound-calls"],
+)
 def create_campaign():
     """Start a campaign over a lead selection (or preview it with ``"dry_run": true``)."""
     body = parse_json(OutboundCallsRequest)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
+from prosaas_core.bounds import JsonFloat
 from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.tables import calls
 
@@ -21,7 +23,7 @@ BATCH = 500
 
 
 class Retention(BaseModel):
-    days: float | None = Field(default=None, ge=0, le=36500)
+    days: Annotated[JsonFloat, Field(ge=0, le=36500)] | None = None
 
 
 def run(ctx) -> dict:
