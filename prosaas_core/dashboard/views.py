@@ -109,4 +109,4 @@ def logout():
     return redirect(url_for("dashboard.login"), code=303)
 
 
-from prosaas_core.dashboard import job_views, system_views  # noqa: E402,F401
+from prosaas_core.dashboard import job_views, schedule_views, system_views  # noqa: E402,F401
