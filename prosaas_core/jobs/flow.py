@@ -314,21 +314,27 @@ class FlowControl:
                 r.delete(PARKED_FLAG + key)
                 return None
             r.set(PARKED_FLAG + key, 1, px=int(self.lease * 2000))
-            for job_id in ids:
-                if pol is not None:
-                    refusal = self.admit(job_id, business_id, jt, pol)
-                    if refusal is not None:
-                        return refusal.retry_after
-                with autocommit(self.rt.engine) as conn:
+            woken: list[tuple[int, str]] = []
+            again = 0.0 if len(ids) == WAKE_BATCH else 0.05
+            # one connection for the pass; the pushes wait until its writes are committed
+            with autocommit(self.rt.engine) as conn:
+                for job_id in ids:
+                    if pol is not None:
+                        refusal = self.admit(job_id, business_id, jt, pol)
+                        if refusal is not None:
+                            again = refusal.retry_after
+                            break
                     woke = conn.execute(
                         update(T)
                         .where(c.id == job_id, c.parked.is_not(None), c.status == "queued")
                         .values(parked=None, run_after=None, updated_at=utcnow())
                         .returning(c.queue)
                     ).first()
-                if woke is not None:
-                    push(self.rt, job_id, woke[0], timeout=jt.timeout)
-            return 0.0 if len(ids) == WAKE_BATCH else 0.05
+                    if woke is not None:
+                        woken.append((job_id, woke[0]))
+            for job_id, queue in woken:
+                push(self.rt, job_id, queue, timeout=jt.timeout)
+            return again
         finally:
             r.delete(WAKE_LOCK + key)
 
@@ -371,11 +377,10 @@ class Waker:
         self.flow.waker = None
 
     def _scan(self) -> None:
-        now_wall = None
-        for job_type, business_id, look_at in self.flow.parked_keys():
-            from prosaas_core.jobs.store import utcnow
+        from prosaas_core.jobs.store import utcnow
 
-            now_wall = now_wall or utcnow()
+        now_wall = utcnow()
+        for job_type, business_id, look_at in self.flow.parked_keys():
             after = 0.0
             if look_at is not None:
                 if look_at.tzinfo is None:  # SQLite gives naive UTC
