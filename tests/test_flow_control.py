@@ -152,6 +152,25 @@ def test_sigkill_and_flush_lose_nothing_and_bound_the_overshoot(flow_rt, flow_en
     assert status_counts(flow_rt) == {"succeeded": 20}
 
 
+def test_a_slot_admitted_long_ago_is_taken_again_at_the_start(flow_rt, start_worker):
+    """A job started soon after its admission trusts the slot admission took (one round trip
+    fewer per job); one that waited in RQ past half a lease must take it again, since its
+    lease may have run out and another job may hold the slot now."""
+    from prosaas_core.jobs.flow import set_override
+
+    (b,) = businesses(flow_rt, 1)
+    set_override(flow_rt, b, "acme_slot", concurrency=1, rate=None)
+    stale = enqueue(flow_rt, "acme_slot", b, {"seconds": 1.0})
+    time.sleep(LEASE + 0.5)  # the stale job's slot expires, nobody having started it
+    fresh = enqueue(flow_rt, "acme_slot", b, {"seconds": 1.0})
+    assert stale.pushed is True and fresh.pushed is True  # both admitted, neither parked
+    start_worker(), start_worker()
+    wait_until(lambda: all_done(flow_rt, 2), 60, "both jobs done")
+    got = runs(flow_rt)
+    assert {r["job_id"] for r in got} == {stale.id, fresh.id}
+    assert max_overlap([(r["started_at"], r["finished_at"]) for r in got]) == 1
+
+
 def test_override_takes_effect_within_one_lease(flow_rt, flow_env, cli, start_worker):
     (b,) = businesses(flow_rt, 1)
     for _ in range(40):

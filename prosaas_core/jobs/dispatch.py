@@ -225,7 +225,7 @@ class Dispatcher:
 
     # -- running one job ---------------------------------------------------------------------
 
-    def run(self, job_id: int) -> Any:
+    def run(self, job_id: int, *, slot_at: float | None = None) -> Any:
         started = time.monotonic()
         if self._pid != os.getpid():  # a work horse of a forking worker: fresh connections
             self.after_fork_in_child()
@@ -251,7 +251,7 @@ class Dispatcher:
         if pol is None:
             return self._run_claimed(claim, jt, started)
         try:
-            got = self.rt.flow.enter(claim, pol)
+            got = self.rt.flow.enter(claim, pol, slot_at=slot_at)
         except RedisError as exc:  # can't tell whether a slot is free: look again later
             got = Refusal("concurrency", f"flow limits unavailable ({type(exc).__name__})", 1.0)
         if isinstance(got, Refusal):
@@ -483,4 +483,8 @@ def current() -> Dispatcher:
 
 def run_job(job_id: int) -> Any:
     """The RQ entry point: run job row `job_id`. Returns the handler's result."""
-    return current().run(int(job_id))
+    from rq import get_current_job
+
+    rq_job = get_current_job()
+    slot_at = rq_job.meta.get("slot_at") if rq_job is not None else None
+    return current().run(int(job_id), slot_at=slot_at)

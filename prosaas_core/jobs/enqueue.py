@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -204,13 +205,15 @@ def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> b
 
     from prosaas_core.jobs.flow import flow_key
 
+    admitted_at = time.time()
     try:
         refusal = rt.flow.admit(job_id, business_id, jt, pol)
     except RedisError as exc:  # the row is committed: the sweeper pushes it, the worker gates it
         log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
         return False
     if refusal is None:
-        return push(rt, job_id, jt.queue, timeout=jt.timeout)
+        slot_at = admitted_at if pol.concurrency is not None else None
+        return push(rt, job_id, jt.queue, timeout=jt.timeout, slot_at=slot_at)
     try:
         rt.flow.park_new(job_id, flow_key(jt.name, business_id), refusal)
     except RedisError as exc:

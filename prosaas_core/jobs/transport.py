@@ -78,7 +78,14 @@ def push_client(rt: Runtime) -> redis.Redis:
     return client
 
 
-def _enqueue(pipe: Any, connection: Any, job_id: int, queue: str, timeout: float | None) -> None:
+def _enqueue(
+    pipe: Any,
+    connection: Any,
+    job_id: int,
+    queue: str,
+    timeout: float | None,
+    meta: dict[str, Any] | None = None,
+) -> None:
     rq_queue(connection, queue).enqueue_call(
         DISPATCH,
         args=(job_id,),
@@ -89,13 +96,23 @@ def _enqueue(pipe: Any, connection: Any, job_id: int, queue: str, timeout: float
         failure_ttl=86400,
         # what RQ would derive from the call, without its repr() machinery
         description=f"{DISPATCH}({job_id})",
+        meta=meta,
         pipeline=pipe,
     )
 
 
-def push(rt: Runtime, job_id: int, queue: str, *, timeout: float | None = None) -> bool:
+def push(
+    rt: Runtime,
+    job_id: int,
+    queue: str,
+    *,
+    timeout: float | None = None,
+    slot_at: float | None = None,
+) -> bool:
     """Push the row id onto its RQ queue. False (logged) when Redis is unreachable or slow:
-    the row stays queued and the sweeper pushes it later, so accepted work is never lost."""
+    the row stays queued and the sweeper pushes it later, so accepted work is never lost.
+    `slot_at` (epoch seconds) says the job's concurrency slot was taken then, by admission:
+    the worker that starts it soon after trusts it instead of taking it again."""
     from redis.exceptions import RedisError
 
     if time.monotonic() < _skip_until.get(rt, 0.0):
@@ -105,7 +122,8 @@ def push(rt: Runtime, job_id: int, queue: str, *, timeout: float | None = None) 
     try:
         # one MULTI/EXEC round trip: RQ alone sends two (queue registration, then the job)
         with client.pipeline() as pipe:
-            _enqueue(pipe, client, job_id, queue, timeout)
+            meta = {"slot_at": slot_at} if slot_at is not None else None
+            _enqueue(pipe, client, job_id, queue, timeout, meta)
             pipe.execute()
         return True
     except RedisError as exc:
