@@ -252,4 +252,5 @@ def versions(pm: PluginManager) -> dict[str, Any]:
         "prosaas": __version__,
         "contract": CONTRACT_VERSION,
         "plugins": {name: dists.get(name, (None, None))[1] for name in loaded},
+        "incompatible": {name: i.reason for name, i in sorted(pm.incompatible.items())},
     }
