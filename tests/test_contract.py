@@ -57,7 +57,7 @@ LOGGED = "Plugin 'future' is incompatible and was not loaded"
 
 
 def test_a_plugin_needing_a_newer_contract_is_not_loaded_and_nothing_else_breaks(
-    cli, env, tmp_path, start_worker, monkeypatch
+    cli, env, tmp_path, start_worker, monkeypatch, caplog
 ):
     # Installed while it fitted: the constraint allows its type and a row uses it.
     plugins = write_plugin(tmp_path / "v1", contract=">=1,<2")
@@ -138,6 +138,7 @@ def test_a_plugin_needing_a_newer_contract_is_not_loaded_and_nothing_else_breaks
         "/api/jobs", json={"job_type": "acme_echo", "payload": {"message": "x"}}, headers=auth
     )
     assert accepted.status_code == 202, accepted.get_json()
+    assert [r.getMessage() for r in caplog.records].count(f"{LOGGED}: {REASON}") == 1
     rt.close()
 
 
