@@ -194,9 +194,9 @@ def main() -> None:
     import redis
     from sqlalchemy import create_engine, text
 
-    from prosaas_core.api.testing import ServeProcess, business_with_token
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
+    from prosaas_core.testing import ServeProcess, business_with_token
 
     name = f"prosaas_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")

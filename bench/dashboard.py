@@ -159,7 +159,7 @@ def drain_round(rt, env: dict, bid: int, n: int, pages: Pages | None) -> float:
 
 
 def serve(env: dict, log: Path):
-    from prosaas_core.api.testing import ServeProcess
+    from prosaas_core.testing import ServeProcess
 
     return ServeProcess(env, workers=2, threads=4, log_path=log).start(timeout=90)
 

@@ -37,12 +37,11 @@ from prosaas_outbound_calls.testing import (
     TEST_ACCOUNT_SID,
     TEST_AUTH_TOKEN,
     FakeTwilio,
-    wait_for,
 )
 from sqlalchemy import create_engine, text
 
 from prosaas_core import Runtime, Settings
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, wait_until
 
 PG = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("OUTBOUND_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -215,7 +214,7 @@ def main() -> None:
         web.start()
         businesses = seed(rt, args.businesses, per_business)
         workers = [Worker(env, tmp / f"worker{i}.log") for i in range(args.workers)]
-        wait_for(
+        wait_until(
             lambda: all("Outbound dialer loop started" in w.log.read_text() for w in workers), 60
         )
         pids = [w.proc.pid for w in workers] + tree(web.proc.pid)
@@ -234,7 +233,7 @@ def main() -> None:
                 timeout=30,
             )
             resp.raise_for_status()
-        wait_for(lambda: len(fake.final_times) >= n, 600)
+        wait_until(lambda: len(fake.final_times) >= n, 600)
         cpu = {p: cpu_seconds(p) - cpu_before[p] for p in pids}
         worker_cpu = sum(cpu[w.proc.pid] for w in workers)
         web_cpu = sum(v for p, v in cpu.items() if p not in {w.proc.pid for w in workers})
@@ -251,7 +250,7 @@ def main() -> None:
                     text("SELECT count(*) FROM outbound_campaigns WHERE state = 'completed'")
                 ).scalar_one() == len(businesses)
 
-        wait_for(completed, 90)
+        wait_until(completed, 90)
         print(f"{n} targets, {args.businesses} businesses, max_concurrent {args.slots}, "
               f"{args.cps:g} calls/s each, {args.workers} workers, "
               f"{args.web_workers} web workers")  # fmt: skip

@@ -33,17 +33,12 @@ import redis
 import requests
 from prosaas_recordings import store
 from prosaas_recordings.tables import calls, recording_tasks
-from prosaas_recordings.testing import (
-    PROSAAS,
-    TEST_ACCOUNT_SID,
-    TEST_AUTH_TOKEN,
-    StubTwilio,
-    WorkerProcess,
-    wait_for,
-)
+from prosaas_recordings.testing import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, StubTwilio
 from sqlalchemy import create_engine, func, insert, select, text
 
 from prosaas_core import Runtime, Settings
+from prosaas_core.testing import PROSAAS, WorkerProcess
+from prosaas_core.testing import wait_until as wait_for
 
 PG = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("RECORDINGS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")

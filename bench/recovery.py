@@ -31,8 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from prosaas_acme.testing import WorkerProcess, wait_until  # noqa: E402
-
+from prosaas_core.testing import WorkerProcess, wait_until  # noqa: E402
 from tests.faults.servers import PgServer, RedisServer  # noqa: E402
 
 
@@ -66,7 +65,9 @@ class World:
         self.workers: list[WorkerProcess] = []
 
     def worker(self, *args: str, **extra: str) -> WorkerProcess:
-        w = WorkerProcess({**self.env, **extra}, self.tmp / f"w{len(self.workers)}.log", *args)
+        w = WorkerProcess(
+            {**self.env, **extra}, *args, log_path=self.tmp / f"w{len(self.workers)}.log"
+        )
         self.workers.append(w)
         return w
 
@@ -75,7 +76,7 @@ class World:
         from sqlalchemy import text
 
         for w in self.workers:
-            w.stop()
+            w.kill()
         self.workers = []
         with self.rt.engine.begin() as c:
             c.execute(

@@ -13,8 +13,11 @@ from prosaas_core.hookspecs import hookimpl
 from prosaas_core.registry import JobType, Schedule, Service
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
+from prosaas_core.version import CONTRACT_VERSION, __version__
 
 __all__ = [
+    "__version__",
+    "CONTRACT_VERSION",
     "hookimpl",
     "JobType",
     "Schedule",

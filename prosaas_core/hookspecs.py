@@ -4,6 +4,34 @@ A plugin is a module (found through the entry point group ``prosaas``) whose fun
 decorated with ``prosaas_core.hookimpl`` and named after the specifications below. Every hook is
 optional. pluggy calls implementations last-registered first; prosaas never depends on that order
 (results are merged and duplicate job type names are an error).
+
+What happens to a plugin that does not work (one policy, in every process)
+--------------------------------------------------------------------------
+
+Every hook is called through one caller, ``prosaas_core.plugins.call_hook``, plugin by plugin.
+A plugin that fails to import, implements a hook not specified here (a typo), is incompatible
+(its ``prosaas`` requirement or ``PROSAAS_CONTRACT`` excludes this core), or whose hook raises
+or returns something malformed is **rejected**: unregistered for the rest of the process, listed
+by ``prosaas plugins`` (``failed`` or ``incompatible``, with the reason) and logged once
+(``Plugin 'x' failed to load and was skipped: ...``). Everything else keeps working. A rejected
+plugin is rejected whole, job types included: half a plugin (its job types accepted by the API
+with its blueprint missing, say) is harder to notice and to reason about than none.
+
+- ``create_app()`` collects ``prosaas_blueprints`` before it builds the registry, so a plugin
+  rejected there (its hook raised, a blueprint name already taken) has no job types in the API
+  either. The API serves; ``/readyz`` and ``prosaas doctor`` still describe the deployment.
+- ``prosaas worker`` builds the registry (``prosaas_job_types``, ``prosaas_services``,
+  ``prosaas_migrations``, ``prosaas_schedules``); a rejected plugin's queues are not listened
+  on and its services not started, while every other plugin's jobs and services run. Its
+  queued jobs wait, as they would with the plugin uninstalled.
+- The CLI calls ``prosaas_cli`` once at start; a rejected plugin's commands are missing and
+  every other command works. ``prosaas db upgrade`` keeps a rejected plugin's job types allowed
+  in ``chk_job_type`` while rows still use them, and never deletes a row.
+
+Why not stop instead: the failure is in one plugin, usually written by another team, and a
+process that refuses to start because of it takes down every other plugin's work with it. The
+exception is a conflict *between* plugins (a job type, service or schedule name claimed twice):
+prosaas cannot know which one the operator meant, so start-up fails with both names.
 """
 
 from __future__ import annotations

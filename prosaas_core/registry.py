@@ -152,33 +152,52 @@ class Registry:
         return [path for paths in self.migrations.values() for path in paths]
 
 
+class _PluginFault(PluginError):
+    """One plugin's contribution is malformed (raised while building; carries the plugin)."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
 def _per_plugin(pm: pluggy.PluginManager, hook_name: str) -> Iterable[tuple[str, Any]]:
-    """Call one hook plugin by plugin, so every result is attributed to its plugin."""
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():
-        plugin_name = impl.plugin_name
-        try:
-            result = impl.function()
-        except Exception as exc:
-            raise PluginError(f"plugin {plugin_name!r}: {hook_name}() raised {exc!r}") from exc
-        yield plugin_name, list(result or ())
+    from prosaas_core.plugins import PluginHookError, call_hook
+
+    try:
+        return call_hook(pm, hook_name, on_error="raise")
+    except PluginHookError as exc:
+        raise _PluginFault(exc.plugin, str(exc)) from exc.__cause__
 
 
 def blueprints_by_plugin(pm: pluggy.PluginManager) -> dict[str, list[Any]]:
     """Each plugin's Flask blueprints, by plugin name (imports Flask: call inside commands)."""
-    out: dict[str, list[Any]] = {}
-    for plugin, items in _per_plugin(pm, "prosaas_blueprints"):
-        out.setdefault(plugin, []).extend(items)
-    return out
+    from prosaas_core.plugins import plugin_blueprints
+
+    return plugin_blueprints(pm)  # type: ignore[arg-type]
+
+
+def load_registry(pm: pluggy.PluginManager) -> Registry:
+    """`build_registry`, under the policy of ``prosaas_core.hookspecs``: a plugin whose hook
+    raises or returns something malformed is rejected (not loaded, listed with the reason,
+    logged once) and the registry is built from the others. Two plugins claiming one name
+    still raise: prosaas cannot tell which one the operator meant."""
+    from prosaas_core.plugins import reject
+
+    while True:
+        try:
+            return build_registry(pm)
+        except _PluginFault as fault:
+            reject(pm, fault.plugin, str(fault).removeprefix(f"plugin {fault.plugin!r}: "))
 
 
 def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Collect job types, services and migration directories from every registered plugin."""
+    """Collect job types, services and migration directories from every registered plugin;
+    a malformed contribution raises `PluginError` naming its plugin."""
     reg = Registry()
     for plugin, items in _per_plugin(pm, "prosaas_job_types"):
         for jt in items:
             if not isinstance(jt, JobType):
-                raise PluginError(f"plugin {plugin!r}: prosaas_job_types returned {jt!r}")
+                raise _PluginFault(plugin, f"plugin {plugin!r}: prosaas_job_types returned {jt!r}")
             if jt.name in reg.job_types:
                 raise DuplicateJobTypeError(jt.name, reg.job_type_owner[jt.name], plugin)
             reg.job_types[jt.name] = jt
@@ -186,7 +205,7 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     for plugin, items in _per_plugin(pm, "prosaas_services"):
         for svc in items:
             if not isinstance(svc, Service):
-                raise PluginError(f"plugin {plugin!r}: prosaas_services returned {svc!r}")
+                raise _PluginFault(plugin, f"plugin {plugin!r}: prosaas_services returned {svc!r}")
             if svc.name in reg.services:
                 raise PluginError(
                     f"service {svc.name!r} is provided by two plugins: "
@@ -199,11 +218,14 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     for plugin, items in _per_plugin(pm, "prosaas_schedules"):
         for sched in items:
             if not isinstance(sched, Schedule):
-                raise PluginError(f"plugin {plugin!r}: prosaas_schedules returned {sched!r}")
+                raise _PluginFault(
+                    plugin, f"plugin {plugin!r}: prosaas_schedules returned {sched!r}"
+                )
             if not sched.per_business:
-                raise PluginError(
+                raise _PluginFault(
+                    plugin,
                     f"plugin {plugin!r}: schedule {sched.name!r} must be per_business=True "
-                    "(a job belongs to a business; operators add one-business schedules)"
+                    "(a job belongs to a business; operators add one-business schedules)",
                 )
             if sched.name in reg.schedules:
                 raise PluginError(

@@ -40,9 +40,9 @@ class Runtime:
 
     @cached_property
     def registry(self) -> Registry:
-        from prosaas_core.registry import build_registry
+        from prosaas_core.registry import load_registry
 
-        return build_registry(self.pm)
+        return load_registry(self.pm)
 
     @cached_property
     def engine(self) -> Engine:

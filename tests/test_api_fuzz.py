@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
+from prosaas_core.testing import bearer, business_with_token
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

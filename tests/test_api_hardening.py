@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
+from prosaas_core.testing import ServeProcess, bearer, business_with_token
 
 #: the promise: the answer to any body up to 16 MB is small, and quick
 MAX_ANSWER = 64 * 1024

@@ -9,8 +9,8 @@ from rq import Queue
 from sqlalchemy import func, select, text
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token, free_port
 from prosaas_core.models import BackgroundJob
+from prosaas_core.testing import bearer, business_with_token, free_port
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.models import Lead, LeadImport
+from prosaas_core.testing import bearer, business_with_token
 
 CSV = (
     "name,phone,email\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.jobs.scheduler import tick
+from prosaas_core.testing import bearer, business_with_token
 
 
 def test_a_business_manages_its_own_schedules(runtime):

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from sqlalchemy import create_engine, inspect, text
 
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token, free_port
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, free_port
 
 PROSAAS = str(Path(sys.executable).with_name("prosaas"))
 

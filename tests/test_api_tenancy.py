@@ -9,8 +9,8 @@ import re
 from sqlalchemy import text
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.models import Call
+from prosaas_core.testing import bearer, business_with_token
 
 PARAM = re.compile(r"<(?:[^:>]+:)?(\w+)>")
 MISSING = {

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core.testing import bearer, business_with_token
 from prosaas_core.tokens import create_admin_token
 
 PAGES = ["/dashboard/", "/dashboard/jobs", "/dashboard/workers", "/dashboard/system"]

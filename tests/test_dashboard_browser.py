@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from conftest import PROSAAS
-from prosaas_core.api.testing import ServeProcess, business_with_token
 from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core.testing import PROSAAS, ServeProcess, business_with_token
 from prosaas_core.tokens import create_admin_token
 
 CHROMIUM = "/usr/bin/chromium"

@@ -6,7 +6,7 @@ import re
 
 from prosaas_core import schedules
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import business_with_token
+from prosaas_core.testing import business_with_token
 from prosaas_core.tokens import create_admin_token
 
 

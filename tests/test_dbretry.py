@@ -20,7 +20,7 @@ def _error(fn) -> BaseException:
 
 
 def test_unreachable_server_is_transient_and_retried_within_the_budget():
-    from prosaas_core.api.testing import free_port
+    from prosaas_core.testing import free_port
 
     engine = create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/x")
     calls = []

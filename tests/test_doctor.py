@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from prosaas_acme.testing import wait_until
-
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.heartbeat import live_workers
+from prosaas_core.testing import wait_until
 
 
 def test_doctor_reports_queue_with_pending_jobs_and_no_worker(cli, runtime, business):

@@ -13,7 +13,6 @@ from sqlalchemy.exc import OperationalError
 
 from prosaas_core import migrate
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.db import autocommit, autocommit_cursor, make_engine
 from prosaas_core.errors import NotFoundError
 from prosaas_core.jobs.enqueue import enqueue
@@ -22,6 +21,7 @@ from prosaas_core.models import BackgroundJob
 from prosaas_core.plugins import get_plugin_manager
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
+from prosaas_core.testing import bearer, business_with_token
 from prosaas_core.tokens import lookup_token, revoke_token
 
 

@@ -13,12 +13,12 @@ import time
 
 import pytest
 import redis
-from prosaas_acme.testing import wait_until
 from sqlalchemy import text
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.models import Business
+from prosaas_core.testing import wait_until
 
 LEASE = 3.0
 

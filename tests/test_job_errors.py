@@ -3,12 +3,11 @@ sees the traceback in `prosaas jobs show`; SQLAlchemy's background-link trailer 
 
 from __future__ import annotations
 
-from prosaas_acme.testing import wait_until
 from sqlalchemy import create_engine, text
 
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.jobs import control, errortext
+from prosaas_core.testing import bearer, business_with_token, wait_until
 
 
 def _db_error(pg_url: str) -> Exception:

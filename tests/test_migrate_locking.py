@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from conftest import PROSAAS
 from prosaas_core import migrate
 from prosaas_core.migrate import constraint as ck
 from prosaas_core.migrate.alembic_ops import missing_heads
 from prosaas_core.migrate.lock import lock_key
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
+from prosaas_core.testing import PROSAAS
 
 EXIT_LOCK_TIMEOUT = 3
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROSAAS
+from prosaas_core.testing import PROSAAS
 
 EXIT_LOCK_TIMEOUT = 3
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import requests
 
-from prosaas_core.api.testing import ServeProcess
+from prosaas_core.testing import ServeProcess
 
 TOKEN = "metrics-token-for-tests"
 

@@ -93,3 +93,57 @@ def test_entry_points_load_and_can_be_disabled():
     pm = get_plugin_manager({"acme"})
     assert pm.get_plugin("acme") is None and pm.disabled == {"acme"}
     assert "acme_echo" not in build_registry(pm).job_types
+
+
+def test_a_plugin_whose_hook_raises_is_rejected_and_the_rest_keep_working(caplog):
+    """The one policy (hookspecs' module doc): the runtime, the app and `prosaas plugins` take
+    the plugin out whole, list it with the reason and log it once."""
+    from flask import Blueprint
+
+    from prosaas_core import create_app
+    from prosaas_core.cli.plugins import describe
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+    def boom():
+        raise RuntimeError("kaput")
+
+    ok_bp = Blueprint("okbp", __name__, url_prefix="/api/okbp")
+    ok_bp.get("/ping")(lambda: {"pong": True})
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(
+        plugin(
+            "ok",
+            prosaas_job_types=lambda: [JobType("ok_job", _noop)],
+            prosaas_blueprints=lambda: [ok_bp],
+        ),
+        name="ok",
+    )
+    pm.register(
+        plugin("badjobs", prosaas_job_types=boom, prosaas_services=lambda: [Service("s", _noop)]),
+        name="badjobs",
+    )
+    pm.register(
+        plugin(
+            "badbp", prosaas_job_types=lambda: [JobType("bp_job", _noop)], prosaas_blueprints=boom
+        ),
+        name="badbp",
+    )
+    rt = Runtime(Settings.from_env({"DATABASE_URL": "sqlite://"}), pm=pm)
+    client = create_app(runtime=rt).test_client()
+    assert client.get("/api/okbp/ping").get_json() == {"pong": True}
+    assert rt.registry.job_type_owner == {"ok_job": "ok"}  # badbp's job type went with it
+    assert rt.registry.services == {}
+    data = describe(rt)
+    assert [p["name"] for p in data["plugins"]] == ["ok"]
+    assert data["failed"] == [
+        {"name": "badbp", "reason": "prosaas_blueprints() raised RuntimeError: kaput"},
+        {"name": "badjobs", "reason": "prosaas_job_types() raised RuntimeError: kaput"},
+    ]
+    logged = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert sorted(logged) == [
+        "Plugin 'badbp' failed to load and was skipped: prosaas_blueprints() raised "
+        "RuntimeError: kaput",
+        "Plugin 'badjobs' failed to load and was skipped: prosaas_job_types() raised "
+        "RuntimeError: kaput",
+    ]

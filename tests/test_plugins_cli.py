@@ -11,6 +11,8 @@ from pathlib import Path
 
 import prosaas_acme
 
+import prosaas_core
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -25,6 +27,7 @@ def test_plugins_json_exact(cli):
         "plugins", "--json", check=True, extra_env={"PROSAAS_DISABLE_PLUGINS": ",".join(disabled)}
     )
     assert json.loads(proc.stdout) == {
+        "prosaas": {"version": prosaas_core.__version__, "contract": prosaas_core.CONTRACT_VERSION},
         "plugins": [
             {
                 "name": "acme",
@@ -45,6 +48,7 @@ def test_plugins_json_exact(cli):
             }
         ],
         "failed": [],
+        "incompatible": [],
         "disabled": disabled,
     }
 

@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from prosaas_acme.testing import wait_until
 from sqlalchemy import text
 
 from prosaas_core import schedules
@@ -18,6 +17,7 @@ from prosaas_core.errors import TimingError
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.models import Business
+from prosaas_core.testing import wait_until
 
 NY = "America/New_York"
 

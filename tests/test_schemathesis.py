@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prosaas_core.api.testing import ServeProcess, business_with_token
+from prosaas_core.testing import ServeProcess, business_with_token
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
+from prosaas_core.testing import ServeProcess, bearer, business_with_token
 
 pytestmark = pytest.mark.slow
 

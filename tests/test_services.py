@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from prosaas_acme.testing import wait_until
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.heartbeat import live_workers
+from prosaas_core.testing import wait_until
 
 
 def ticker_state(rt) -> dict | None:

@@ -9,9 +9,9 @@ import re
 import requests
 from sqlalchemy import create_engine, text
 
-from prosaas_core.api.testing import ServeProcess
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.migrate.lock import lock_key
+from prosaas_core.testing import ServeProcess
 
 
 def test_api_with_run_migrations_skips_a_held_lock_and_serves(env, runtime, tmp_path):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 
 import redis
-from prosaas_acme.testing import wait_until
 from sqlalchemy import text
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.sweeper import LOCK_KEY, sweep
+from prosaas_core.testing import wait_until
 
 
 def ticks(rt, job_id: int) -> list[tuple[int, int]]:

@@ -3,12 +3,12 @@ doctor` names the rows no worker will ever receive."""
 
 from __future__ import annotations
 
-from prosaas_acme.testing import wait_until
 from sqlalchemy import text
 
 from prosaas_core.jobs import control, sweeper
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.transport import push_many
+from prosaas_core.testing import wait_until
 
 HELD = 2500  # more than one keyset page (sweeper.BATCH)
 

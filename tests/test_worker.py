@@ -7,11 +7,11 @@ import re
 from datetime import datetime
 
 import pytest
-from prosaas_acme.testing import wait_until
 
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.transport import push
+from prosaas_core.testing import wait_until
 
 
 def burst(start_worker, **extra_env) -> str:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
@@ -41,15 +41,27 @@ def migrate_at_startup(rt: Runtime) -> None:
     log.info("MIGRATIONS COMPLETE: %s", result)
 
 
-def _plugin_blueprints(app: Flask, rt: Runtime) -> None:
-    """Mount each plugin's blueprints; a plugin whose hook or blueprint fails is logged by
-    name and skipped, so one bad plugin does not take the API down."""
-    for impl in rt.pm.hook.prosaas_blueprints.get_hookimpls():
-        try:
-            for blueprint in impl.function() or ():
-                app.register_blueprint(blueprint)
-        except Exception:
-            log.exception("Plugin %r: its blueprints could not be mounted", impl.plugin_name)
+def _collect_blueprints(rt: Runtime, reserved: set[str]) -> dict[str, list[Any]]:
+    """Every plugin's blueprints, collected once through the one hook caller, before the
+    registry: a plugin rejected here (its hook raised, or a blueprint name another plugin took)
+    loses its job types too, as ``prosaas_core.hookspecs`` says."""
+    from prosaas_core.plugins import plugin_blueprints, reject
+
+    loaded = len(rt.pm.get_plugins())
+    taken = dict.fromkeys(reserved, "prosaas")
+    for plugin, blueprints in list(plugin_blueprints(rt.pm).items()):
+        wrong = next((bp for bp in blueprints if not isinstance(bp, Blueprint)), None)
+        if wrong is not None:
+            reject(rt.pm, plugin, f"prosaas_blueprints returned {wrong!r}, not a Blueprint")
+            continue
+        clash = next((bp.name for bp in blueprints if bp.name in taken), None)
+        if clash is not None:
+            reject(rt.pm, plugin, f"blueprint name {clash!r} is taken by {taken[clash]!r}")
+            continue
+        taken.update((bp.name, plugin) for bp in blueprints)
+    if len(rt.pm.get_plugins()) != loaded:
+        rt.__dict__.pop("registry", None)  # built before the rejection: build it again
+    return plugin_blueprints(rt.pm)
 
 
 def _refuse_nul() -> None:
@@ -75,6 +87,8 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     from prosaas_core.api.params import IdConverter
 
     rt = runtime if runtime is not None else _runtime(config)
+    core_blueprints = [core.bp, leads.bp, ops.bp, schedules.bp, dashboard.bp]
+    plugin_blueprints = _collect_blueprints(rt, {bp.name for bp in core_blueprints})
     rt.registry  # noqa: B018 -- a broken plugin set (duplicate job type) fails at start-up
     app = Flask("prosaas", static_folder=None)  # an API: no static files route
     app.config["MAX_CONTENT_LENGTH"] = rt.settings.max_body_bytes
@@ -87,8 +101,9 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.before_request(_refuse_nul)
     if rt.settings.run_migrations:
         migrate_at_startup(rt)
-    for bp in (core.bp, leads.bp, ops.bp, schedules.bp):
+    for bp in core_blueprints:
         app.register_blueprint(bp)
-    app.register_blueprint(dashboard.bp)
-    _plugin_blueprints(app, rt)
+    for blueprints in plugin_blueprints.values():
+        for bp in blueprints:
+            app.register_blueprint(bp)
     return app

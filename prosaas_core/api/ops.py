@@ -97,7 +97,8 @@ def readiness_problems() -> tuple[dict[str, str], list[str]]:
 def readyz():
     """Readiness: database reachable, schema and chk_job_type in sync, Redis reachable.
 
-    503 when not. Operators also get each check and one line per problem in ``details``;
+    503 when not. Operators also get each check, the versions (core, plugin contract, each
+    plugin, incompatible plugins with the reason) and one line per problem in ``details``;
     anyone else only ready / not ready.
     """
     checks, problems = readiness_problems()
@@ -106,7 +107,13 @@ def readyz():
         resp = jsonify({"error": "Not ready", "details": problems if operator else None})
         resp.status_code = 503
         return resp
-    return jsonify({"status": "ready", "checks": checks} if operator else {"status": "ready"})
+    if not operator:
+        return jsonify({"status": "ready"})
+    from prosaas_core.plugins import versions
+
+    return jsonify(
+        {"status": "ready", "checks": checks, "versions": versions(current_runtime().pm)}
+    )
 
 
 @bp.get("/metrics")

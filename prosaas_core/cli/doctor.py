@@ -272,6 +272,8 @@ def diagnose(rt: Runtime) -> Report:
     report = Report()
     for plugin, reason in sorted(getattr(rt.pm, "failures", {}).items()):
         report.add(PROBLEM, f"plugin {plugin!r} failed to load: {reason}")
+    for plugin, inc in sorted(getattr(rt.pm, "incompatible", {}).items()):
+        report.add(PROBLEM, f"plugin {plugin!r} is incompatible and not loaded: {inc.reason}")
     db_ok = check_database(rt, report)
     if check_redis(rt, report):
         check_workers(rt, report, db_ok=db_ok)

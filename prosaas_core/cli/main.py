@@ -59,8 +59,33 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``prosaas --version``: the core, the plugin contract it provides, each plugin."""
+    if not value or ctx.resilient_parsing:
+        return
+    from prosaas_core.plugins import versions
+    from prosaas_core.runtime import Runtime
+
+    rt = ctx.obj if isinstance(ctx.obj, Runtime) else Runtime()
+    v = versions(rt.pm)
+    click.echo(f"prosaas {v['prosaas']} (plugin contract {v['contract']})")
+    for name, version in v["plugins"].items():
+        click.echo(f"  {name} {version or '(no distribution)'}")
+    for name, inc in sorted(rt.pm.incompatible.items()):
+        click.echo(f"  {name} {inc.version or ''} INCOMPATIBLE: {inc.reason}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the prosaas, plugin contract and plugin versions, then exit.",
+)
 def cli(verbose: bool) -> None:
     """prosaas: plugin-based background jobs for multi-tenant SaaS backends.
 
@@ -76,11 +101,10 @@ def cli(verbose: bool) -> None:
 
 
 def _add_plugin_commands(group: click.Group, pm: Any) -> None:
-    for impl in pm.hook.prosaas_cli.get_hookimpls():
-        try:
-            impl.function(cli=group)
-        except Exception as exc:  # a broken plugin must not take the CLI down
-            click.echo(f"warning: plugin {impl.plugin_name!r}: prosaas_cli failed: {exc}", err=True)
+    """Let each plugin add its commands; one whose hook raises is rejected (``hookspecs``)."""
+    from prosaas_core.plugins import call_hook
+
+    call_hook(pm, "prosaas_cli", cli=group)
 
 
 def main(argv: list[str] | None = None) -> Any:

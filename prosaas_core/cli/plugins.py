@@ -12,12 +12,12 @@ from prosaas_core.runtime import Runtime
 
 def describe(rt: Runtime) -> dict[str, Any]:
     """The installed plugins as plain data (the shape of ``prosaas plugins --json``)."""
-    from prosaas_core.plugins import plugin_distributions
-    from prosaas_core.registry import blueprints_by_plugin
+    from prosaas_core.plugins import plugin_blueprints, plugin_distributions, versions
 
-    pm, reg = rt.pm, rt.registry
+    pm = rt.pm
+    blueprints = plugin_blueprints(pm)  # before the registry: a plugin rejected here is out
+    reg = rt.registry
     dists = plugin_distributions(pm)
-    blueprints = blueprints_by_plugin(pm)
     plugins = []
     # Blocked (disabled) names are listed by pluggy with a None plugin: skip them here.
     for name in sorted(n for n, p in pm.list_name_plugin() if p is not None):
@@ -36,9 +36,20 @@ def describe(rt: Runtime) -> dict[str, Any]:
                 "migrations": list(reg.migrations.get(name, [])),
             }
         )
+    v = versions(pm)
     return {
+        "prosaas": {"version": v["prosaas"], "contract": v["contract"]},
         "plugins": plugins,
         "failed": [{"name": n, "reason": r} for n, r in sorted(pm.failures.items())],
+        "incompatible": [
+            {
+                "name": i.name,
+                "distribution": i.distribution,
+                "version": i.version,
+                "reason": i.reason,
+            }
+            for _, i in sorted(pm.incompatible.items())
+        ],
         "disabled": sorted(pm.disabled),
     }
 
@@ -48,7 +59,8 @@ def describe(rt: Runtime) -> dict[str, Any]:
 @pass_runtime
 def plugins(rt: Runtime, as_json: bool) -> None:
     """List installed plugins: distribution, version, job types, blueprints, services and
-    migrations; plugins that failed to load, with the reason; disabled plugins."""
+    migrations; plugins that failed to load or do not fit this prosaas (incompatible), with
+    the reason; disabled plugins."""
     data = describe(rt)
     if as_json:
         echo_json(data)
@@ -64,5 +76,7 @@ def plugins(rt: Runtime, as_json: bool) -> None:
         click.echo(f"  migrations: {', '.join(p['migrations']) or '-'}")
     for f in data["failed"]:
         click.echo(f"FAILED {f['name']}: {f['reason']}")
+    for i in data["incompatible"]:
+        click.echo(f"INCOMPATIBLE {i['name']} ({i['distribution']} {i['version']}): {i['reason']}")
     for name in data["disabled"]:
         click.echo(f"disabled {name} (PROSAAS_DISABLE_PLUGINS)")

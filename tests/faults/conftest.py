@@ -70,10 +70,10 @@ class Fault:
     workers: list = field(default_factory=list)
 
     def start_worker(self, *args: str, extra_env: dict | None = None):
-        from prosaas_acme.testing import WorkerProcess
+        from prosaas_core.testing import WorkerProcess
 
         log = self.tmp / f"worker{len(self.workers)}.log"
-        w = WorkerProcess({**self.env, **(extra_env or {})}, log, *args)
+        w = WorkerProcess({**self.env, **(extra_env or {})}, *args, log_path=log)
         self.workers.append(w)
         return w
 
@@ -149,7 +149,7 @@ def fault(fault_pg: PgServer, fault_redis: RedisServer, tmp_path: Path) -> Itera
     f = Fault(fault_pg, fault_redis, db, env, rt, business, tmp_path)
     yield f
     for w in f.workers:
-        w.stop()
+        w.kill()
     rt.close()
     try:
         fault_pg.sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -8,7 +8,8 @@ import signal
 import subprocess
 
 import pytest
-from prosaas_acme.testing import PROSAAS
+
+from prosaas_core.testing import PROSAAS
 
 STEPS = [
     "Acquired migration lock",

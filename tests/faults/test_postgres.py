@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from prosaas_acme.testing import wait_until
 
+from prosaas_core.testing import wait_until
 from tests.faults.targets import SLACK
 
 N, BATCH = 500, 10

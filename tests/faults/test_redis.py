@@ -9,10 +9,9 @@ import time
 
 import redis
 import requests
-from prosaas_acme.testing import wait_until
 
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
 from prosaas_core.jobs.transport import push_many
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, wait_until
 from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
 
 BACKLOG = 10_000

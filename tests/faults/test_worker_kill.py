@@ -7,8 +7,8 @@ import signal
 import time
 
 import pytest
-from prosaas_acme.testing import wait_until
 
+from prosaas_core.testing import wait_until
 from tests.faults.servers import alive, children
 from tests.faults.targets import HORSE_DEATH_TO_REQUEUE, KILL_TO_RESUME, SLACK
 

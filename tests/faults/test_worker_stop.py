@@ -7,8 +7,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-from prosaas_acme.testing import wait_until
 
+from prosaas_core.testing import wait_until
 from tests.faults.servers import alive, children
 
 

@@ -1,13 +1,14 @@
-"""Fixtures of the broadcast tests: the local provider server, the env every prosaas process of
-a test gets (overriding the root ``env``, so ``runtime``, ``cli``, ``business`` and
-``start_worker`` use it), leads, API clients and a way to wait for a broadcast."""
+"""Fixtures of the broadcast tests, beside the testing kit's (``prosaas_core.testing``): the
+local provider server and the env every prosaas process of a test gets (overriding the kit's
+``env``, so ``runtime``, ``cli``, ``business``, ``client``, ``auth`` and ``start_worker`` use
+it)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from prosaas_broadcast.testing import FakeProvider, provider_env, token_for
+from prosaas_broadcast.testing import FakeProvider, provider_env
 
 
 def pytest_configure(config):
@@ -36,20 +37,3 @@ def env(env: dict[str, str], fake: FakeProvider) -> dict[str, str]:
         "PROSAAS_DISABLE_SERVICES": "recording-worker,acme-ticker",
         "PROSAAS_SHUTDOWN_TIMEOUT": "5",
     }
-
-
-@pytest.fixture
-def app(runtime):
-    from prosaas_core import create_app
-
-    return create_app(runtime=runtime)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def auth(runtime, business) -> dict:
-    return token_for(runtime, business)

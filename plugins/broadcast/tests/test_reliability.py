@@ -7,9 +7,10 @@ import math
 import signal
 
 import pytest
-from prosaas_acme.testing import wait_until
 from prosaas_broadcast.testing import job, many_leads, wait_broadcast
 from sqlalchemy import text
+
+from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
 

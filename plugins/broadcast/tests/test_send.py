@@ -9,9 +9,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prosaas_acme.testing import wait_until
 from prosaas_broadcast.testing import FROM, add_leads, job, many_leads, phone, wait_broadcast
 from sqlalchemy import text
+
+from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
 

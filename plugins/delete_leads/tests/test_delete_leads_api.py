@@ -5,24 +5,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from prosaas_core import create_app
 from prosaas_core.leads import MAX_LEAD_IDS
 from prosaas_core.tokens import create_token
-
-
-@pytest.fixture
-def client(runtime):
-    return create_app(runtime=runtime).test_client()
 
 
 def _auth(runtime, business_id: int) -> dict:
     with runtime.session() as s:
         return {"Authorization": f"Bearer {create_token(s, business_id)}"}
-
-
-@pytest.fixture
-def auth(runtime, business) -> dict:
-    return _auth(runtime, business)
 
 
 def _jobs(runtime) -> list[tuple]:

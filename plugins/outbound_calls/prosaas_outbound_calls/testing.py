@@ -364,7 +364,7 @@ CALLER = "+12125550100"
 
 def add_business(runtime, name: str, caller: str = CALLER) -> tuple[int, dict[str, str]]:
     """A business with a token (as headers) and `caller` as its one configured number."""
-    from prosaas_core.api.testing import bearer, business_with_token
+    from prosaas_core.testing import bearer, business_with_token
 
     business_id, token = business_with_token(runtime, name)
     with runtime.session() as s:
@@ -393,17 +393,6 @@ def add_leads(runtime, business_id: int, phones: list[str | None], tags=None) ->
 
 
 # -- API helpers -----------------------------------------------------------------------------
-
-
-def wait_for(pred, timeout: float = 60.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 URL = "/api/outbound-calls"

@@ -1,6 +1,7 @@
-"""Fixtures of the outbound-calls tests: a local Twilio stand-in, prosaas's HTTP app served
-for real on a local port (Twilio's callbacks need a URL), the env every prosaas process of a
-test gets (overriding the root ``env``), businesses with caller ids and leads."""
+"""Fixtures of the outbound-calls tests, beside the testing kit's (``prosaas_core.testing``): a
+local Twilio stand-in, prosaas's HTTP app served for real on a local port (Twilio's callbacks
+need a URL), the env every prosaas process of a test gets (overriding the kit's ``env``, so its
+``runtime``, ``app`` and ``client`` use it), businesses with caller ids and leads."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from prosaas_outbound_calls.testing import (
     add_business,
 )
 
-from prosaas_core.api.testing import free_port
+from prosaas_core.testing import free_port
 
 
 @pytest.fixture
@@ -60,18 +61,6 @@ def env(env: dict[str, str], fake: FakeTwilio, web_port: int, recordings_dir: Pa
         "PROSAAS_SERVICE_BACKOFF": "0.2",
         "PROSAAS_SHUTDOWN_TIMEOUT": "5",
     }
-
-
-@pytest.fixture
-def app(runtime):
-    from prosaas_core import create_app
-
-    return create_app(runtime=runtime)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from prosaas_outbound_calls.testing import (
     max_in_window,
     phone,
     start,
-    wait_for,
 )
 from sqlalchemy import text
 
 from prosaas_core.limits import Limits
+from prosaas_core.testing import wait_until
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_200_leads_five_live_calls_each_called_once_recordings_downloaded(
     workers = [start_worker(), start_worker()]
     cps = 25
     cid = start(client, auth, max_concurrent=5, calls_per_second=cps, record=True)
-    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 120, "completion")
+    wait_until(lambda: campaign(client, auth, cid)["state"] == "completed", 120, "completion")
 
     assert fake.max_live[CALLER] <= 5, fake.max_live  # the server never saw a sixth
     assert fake.max_live[CALLER] >= 4  # and the limit was used
@@ -67,7 +67,7 @@ def test_200_leads_five_live_calls_each_called_once_recordings_downloaded(
                 == 200
             )
 
-    wait_for(downloaded, 60, "every recording downloaded")
+    wait_until(downloaded, 60, "every recording downloaded")
     files = list((recordings_dir / str(business_id)).glob("CA*.mp3"))
     assert len(files) == 200
     assert set(fake.recordings_served.values()) == {1}

@@ -7,10 +7,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prosaas_outbound_calls.testing import CALLER, add_leads, campaign, phone, start, wait_for
+from prosaas_outbound_calls.testing import CALLER, add_leads, campaign, phone, start
 from sqlalchemy import text
 
 from prosaas_core.limits import Limits
+from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -69,10 +70,10 @@ def test_sigkill_inside_calls_create_twice_nobody_called_twice(
     workers = [start_worker(extra_env=extra), start_worker(extra_env=extra)]
     cid = start(client, auth, max_concurrent=5, calls_per_second=20)
     for number in (phones[10], phones[30]):
-        wait_for(lambda n=number: fake.creates.get(n), 60, f"the call to {number}")
+        wait_until(lambda n=number: fake.creates.get(n), 60, f"the call to {number}")
         tid = target_of(runtime, cid, number)["id"]
         needle = f"target={tid} attempt=1"
-        [victim] = wait_for(
+        [victim] = wait_until(
             lambda n=needle: [w for w in workers if w.proc.poll() is None and n in w.log()],
             10,
             "the claiming worker",
@@ -80,7 +81,7 @@ def test_sigkill_inside_calls_create_twice_nobody_called_twice(
         victim.signal(9)
         victim.wait()
         workers.append(start_worker(extra_env=extra))
-    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 90, "completion")
+    wait_until(lambda: campaign(client, auth, cid)["state"] == "completed", 90, "completion")
     assert sorted(fake.creates) == sorted(phones)
     assert set(fake.creates.values()) == {1}, {k: v for k, v in fake.creates.items() if v > 1}
     assert fake.max_live[CALLER] <= 5
@@ -106,7 +107,7 @@ def test_lost_callbacks_free_their_slots_after_the_timeout(
     start_worker(extra_env={"OUTBOUND_CALLS_SLOT_TIMEOUT": "3"})
     began = time.monotonic()
     cid = start(client, auth, max_concurrent=2, calls_per_second=50)
-    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "completion")
+    wait_until(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "completion")
     first_two, later = sorted(fake.create_times)[:2], sorted(fake.create_times)[2:]
     # the third call had to wait for a slot the lost callbacks held until the timeout
     assert min(later) - max(first_two) >= 3 - 1.0  # the lease runs from the slot, before create
@@ -127,7 +128,7 @@ def test_pause_stops_new_calls_within_a_second_resume_continues_cancel_ends(
     start_worker()
     start_worker()
     cid = start(client, auth, max_concurrent=5, calls_per_second=10)
-    wait_for(lambda: len(fake.creates) >= 10, 60, "ten calls")
+    wait_until(lambda: len(fake.creates) >= 10, 60, "ten calls")
     resp = client.post(f"/api/outbound-calls/{cid}/pause", headers=auth)
     paused_at = datetime.now(UTC)
     assert resp.status_code == 200 and resp.get_json()["state"] == "paused"
@@ -139,15 +140,15 @@ def test_pause_stops_new_calls_within_a_second_resume_continues_cancel_ends(
     assert set(late) <= claimed_before(runtime, cid, paused_at)
     made = len(fake.creates)
     assert made < 80
-    wait_for(lambda: fake.total_live() == 0, 10, "live calls to finish")  # they go on and end
+    wait_until(lambda: fake.total_live() == 0, 10, "live calls to finish")  # they go on and end
     assert campaign(client, auth, cid)["state"] == "paused"
 
     assert client.post(f"/api/outbound-calls/{cid}/resume", headers=auth).status_code == 200
-    wait_for(lambda: len(fake.creates) >= made + 10, 30, "calls after the resume")
+    wait_until(lambda: len(fake.creates) >= made + 10, 30, "calls after the resume")
     resp = client.post(f"/api/outbound-calls/{cid}/cancel", headers=auth)
     cancelled_at = datetime.now(UTC)
     assert resp.status_code == 200 and resp.get_json()["state"] == "cancelled"
-    got = wait_for(lambda: (c := campaign(client, auth, cid))["finished_at"] and c, 30, "the end")
+    got = wait_until(lambda: (c := campaign(client, auth, cid))["finished_at"] and c, 30, "the end")
     assert got["state"] == "cancelled" and got["live_calls"] == 0
     assert claimed_since(runtime, cid, cancelled_at) == []
     late = [c.to for c in fake.calls.values() if c.created > cancelled_at + timedelta(seconds=1)]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from prosaas_outbound_calls.testing import CALLER, add_business, campaign, start, wait_for
+from prosaas_outbound_calls.testing import CALLER, add_business, campaign, start
 from sqlalchemy import text
+
+from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +36,7 @@ def test_50000_leads_prepared_by_the_job_while_slots_pace_the_calls(
                 text("SELECT status FROM background_jobs WHERE id = :i"), {"i": job_id}
             ).scalar_one()
 
-    wait_for(lambda: job_status(cid) == "succeeded", 180, "the preparing job")
+    wait_until(lambda: job_status(cid) == "succeeded", 180, "the preparing job")
     got = campaign(client, auth, cid)
     assert got["prepared"] is True and got["leads"]["to_call"] == 50_000
     assert got["counts"]["pending"] >= 49_900 and got["state"] == "running"
@@ -50,8 +52,8 @@ def test_50000_leads_prepared_by_the_job_while_slots_pace_the_calls(
     out = cli("jobs", "enqueue", "enqueue_outbound_calls", "--business", str(other_id),
               "--payload", payload, "--json", check=True)  # fmt: skip
     other = json.loads(out.stdout)["id"]
-    wait_for(lambda: fake.creates.get("+13125550123"), 30, "the other campaign's call")
-    wait_for(lambda: campaign(client, other_auth, other)["state"] == "completed", 30, "its end")
+    wait_until(lambda: fake.creates.get("+13125550123"), 30, "the other campaign's call")
+    wait_until(lambda: campaign(client, other_auth, other)["state"] == "completed", 30, "its end")
     assert fake.max_live[CALLER] <= 2
     resp = client.post(f"/api/outbound-calls/{cid}/cancel", headers=auth)
     assert resp.get_json()["counts"]["cancelled"] >= 49_900

@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from prosaas_outbound_calls.testing import add_leads, campaign, phone, start, wait_for
+from prosaas_outbound_calls.testing import add_leads, campaign, phone, start
 from sqlalchemy import text
+
+from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ def test_skips_retries_and_refusals(runtime, client, acme, web, fake, start_work
     doctor = cli("doctor")
     assert "outbound-dialer" in doctor.stdout  # pending work, no worker yet
     start_worker()
-    got = wait_for(
+    got = wait_until(
         lambda: (c := campaign(client, auth, cid))["state"] == "completed" and c, 60, "the end"
     )
     assert got["leads"] == {
@@ -81,7 +83,7 @@ def test_a_429_is_given_back_and_a_5xx_reconciled_before_the_retry(
     w = start_worker()
     began = time.monotonic()
     cid = start(client, auth, max_concurrent=3, calls_per_second=20)
-    wait_for(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "the end")
+    wait_until(lambda: campaign(client, auth, cid)["state"] == "completed", 60, "the end")
     assert (fake.refused[throttled], fake.creates[throttled]) == (1, 1)
     assert (fake.refused[broken], fake.creates[broken]) == (1, 1)
     seen = outcomes(runtime, cid)

@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import text
-
-from prosaas_core import create_app
-from prosaas_core.tokens import create_token
-
-
-@pytest.fixture
-def client(runtime):
-    return create_app(runtime=runtime).test_client()
-
-
-@pytest.fixture
-def auth(runtime, business) -> dict:
-    with runtime.session() as s:
-        return {"Authorization": f"Bearer {create_token(s, business)}"}
 
 
 def test_receipts_are_recorded_for_the_callers_business(runtime, client, auth, business):

@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-PROSAAS = str(Path(sys.executable).with_name("prosaas"))
 TEST_ACCOUNT_SID = "AC" + "1" * 32
 TEST_AUTH_TOKEN = "test-auth-token"
 
@@ -223,66 +217,3 @@ def call_sid(n: int) -> str:
 
 def recording_sid(n: int) -> str:
     return f"RE{n:032x}"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, step: float = 0.05):
-    """Poll until `predicate()` is truthy; return its value or fail after `timeout`."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
-
-
-class WorkerProcess:
-    """A real `prosaas worker` subprocess whose combined output is collected as it runs."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [PROSAAS, "worker", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
-        def found():
-            return next((ln for ln in list(self.lines) if text in ln), None)
-
-        try:
-            return wait_for(found, timeout)
-        except AssertionError:
-            raise AssertionError(f"{text!r} not logged; output:\n{self.output}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        self._reader.join(5)
-        return code

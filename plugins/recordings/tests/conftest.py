@@ -1,6 +1,7 @@
-"""Fixtures of the recordings tests: a local Twilio stand-in, the env every prosaas process of a
-test gets (overriding the root ``env``, so ``runtime``, ``cli`` and ``business`` use it), an app,
-signed webhook calls and worker processes."""
+"""Fixtures of the recordings tests, beside the testing kit's (``prosaas_core.testing``): a
+local Twilio stand-in, the env every prosaas process of a test gets (overriding the kit's
+``env``, so ``runtime``, ``cli``, ``business``, ``app`` and ``client`` use it), signed webhook
+calls and worker processes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prosaas_recordings.testing import (
-    TEST_ACCOUNT_SID,
-    TEST_AUTH_TOKEN,
-    StubTwilio,
-    WorkerProcess,
-    sign,
-)
+from prosaas_recordings.testing import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, StubTwilio, sign
+
+from prosaas_core.testing import WorkerProcess
 
 TOKEN, ACCOUNT = TEST_AUTH_TOKEN, TEST_ACCOUNT_SID
 
@@ -53,18 +50,6 @@ def env(env: dict[str, str], stub: StubTwilio, recordings_dir: Path) -> dict[str
     }
 
 
-@pytest.fixture
-def app(runtime):
-    from prosaas_core import create_app
-
-    return create_app(runtime=runtime)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 WEBHOOK = "/webhooks/twilio/recording"
 
 
@@ -100,12 +85,14 @@ def post_callback(client, stub) -> Callable[..., object]:
 
 
 @pytest.fixture
-def workers(env) -> Iterator[Callable[..., WorkerProcess]]:
+def workers(env, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start `prosaas worker` processes (with extra env); all are killed at the end."""
     started: list[WorkerProcess] = []
 
     def _start(extra: dict[str, str] | None = None, *args: str) -> WorkerProcess:
-        w = WorkerProcess({**env, **(extra or {})}, *args)
+        w = WorkerProcess(
+            {**env, **(extra or {})}, *args, log_path=tmp_path / f"w{len(started)}.log"
+        )
         started.append(w)
         return w
 

@@ -12,7 +12,7 @@ from prosaas_recordings.tables import calls
 from prosaas_recordings.testing import call_sid, make_call, recording_sid
 from sqlalchemy import update
 
-from prosaas_core.api.testing import bearer, business_with_token
+from prosaas_core.testing import bearer, business_with_token
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o077])

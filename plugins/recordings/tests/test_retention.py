@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prosaas_acme.testing import wait_until
 from prosaas_recordings.tables import calls
 from prosaas_recordings.testing import call_sid, make_call
 from sqlalchemy import text, update
@@ -12,6 +11,7 @@ from sqlalchemy import text, update
 from prosaas_core.jobs import control
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.models import Business
+from prosaas_core.testing import wait_until
 
 
 def _recording(runtime, recordings_dir, business_id: int, n: int, age_days: float):

@@ -12,11 +12,11 @@ import pytest
 from prosaas_recordings import service
 from prosaas_recordings.slots import SlotManager
 from prosaas_recordings.tables import calls, recording_tasks
-from prosaas_recordings.testing import call_sid, make_call, recording_sid, wait_for
+from prosaas_recordings.testing import call_sid, make_call, recording_sid
 from sqlalchemy import select
 
 from prosaas_core import ServiceContext, hookimpl
-from prosaas_core.api.testing import bearer, business_with_token
+from prosaas_core.testing import bearer, business_with_token, wait_until
 
 MARKERS = [
     "WORKER_PICKED job_type=download_only",
@@ -84,7 +84,7 @@ def test_download_logs_every_marker_in_order_and_the_api_serves_it(
     make_call(runtime, biz, call_sid(2))  # a call without a recording
     assert post_callback(biz, call_sid(1), recording_sid(1), duration="9").status_code == 200
     ctx, _ = run_service()
-    row = wait_for(lambda: downloaded(runtime, call_sid(1)))
+    row = wait_until(lambda: downloaded(runtime, call_sid(1)))
 
     path = recordings_dir / str(biz) / f"{call_sid(1)}.mp3"
     assert row.recording_status == "downloaded" and row.recording_path == str(path)
@@ -145,7 +145,7 @@ def test_5xx_then_success_is_retried_with_backoff(
     stub.plan(recording_sid(3), ["500", "503"])
     post_callback(business, call_sid(3), recording_sid(3))
     run_service()
-    row = wait_for(lambda: downloaded(runtime, call_sid(3)))
+    row = wait_until(lambda: downloaded(runtime, call_sid(3)))
     assert row.recording_status == "downloaded"
     t = stub.request_times[recording_sid(3)]
     assert len(t) == 3
@@ -165,7 +165,7 @@ def test_a_server_that_never_answers_ends_in_a_recorded_failure(
     stub.plan(recording_sid(4), ["hang"] * 5)
     post_callback(biz, call_sid(4), recording_sid(4))
     run_service()
-    row = wait_for(lambda: downloaded(runtime, call_sid(4)), timeout=30)
+    row = wait_until(lambda: downloaded(runtime, call_sid(4)), timeout=30)
     assert row.recording_status == "failed"
     assert "gave up after 3 attempts" in row.recording_error and "timeout" in row.recording_error
     assert stub.requests[recording_sid(4)] == 3
@@ -184,7 +184,7 @@ def test_stop_is_prompt_and_hands_the_task_back(
     stub.plan(recording_sid(5), ["drip"])
     post_callback(business, call_sid(5), recording_sid(5))
     ctx, thread = run_service()
-    wait_for(lambda: stub.requests[recording_sid(5)])
+    wait_until(lambda: stub.requests[recording_sid(5)])
     time.sleep(0.1)
     started = time.monotonic()
     ctx.stop_event.set()
@@ -217,7 +217,7 @@ def test_transcription_hook_stores_the_transcript(
     make_call(runtime, business, call_sid(6))
     post_callback(business, call_sid(6), recording_sid(6), duration="5")
     run_service()
-    wait_for(lambda: recording_state(runtime, call_sid(6)).transcript)
+    wait_until(lambda: recording_state(runtime, call_sid(6)).transcript)
     assert recording_state(runtime, call_sid(6)).transcript == f"transcript of {call_sid(6)}"
     [(head, call)] = plugin.seen
     assert head == stub.content(recording_sid(6))[:4]

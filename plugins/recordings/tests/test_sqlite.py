@@ -14,13 +14,12 @@ from prosaas_recordings.testing import (
     make_call,
     recording_sid,
     sign,
-    wait_for,
 )
 from sqlalchemy import select
 
 from prosaas_core import Runtime, ServiceContext, Settings, create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.plugins import get_plugin_manager
+from prosaas_core.testing import bearer, business_with_token, wait_until
 
 
 def test_download_on_sqlite(env, sqlite_url, stub, recordings_dir):
@@ -57,7 +56,7 @@ def test_download_on_sqlite(env, sqlite_url, stub, recordings_dir):
                     == "downloaded"
                 )
 
-        wait_for(status)
+        wait_until(status)
     finally:
         ctx.stop_event.set()
         thread.join(5)

@@ -8,8 +8,10 @@ import time
 
 from prosaas_recordings.slots import SlotManager
 from prosaas_recordings.tables import calls
-from prosaas_recordings.testing import call_sid, make_call, recording_sid, wait_for
+from prosaas_recordings.testing import call_sid, make_call, recording_sid
 from sqlalchemy import select, text
+
+from prosaas_core.testing import wait_until
 
 MARKERS = [
     "WORKER_PICKED job_type=download_only",
@@ -48,7 +50,7 @@ def test_worker_downloads_a_signed_callback_logging_every_marker(
 
     w = workers()
     w.wait_for_line("WORKER_DOWNLOAD_DONE")
-    wait_for(lambda: all_downloaded(runtime, [call_sid(1)]))
+    wait_until(lambda: all_downloaded(runtime, [call_sid(1)]))
     out = w.output
     assert out.index("RECORDING WORKER STARTED") < out.index("Recording worker loop started")
     positions = [out.index(m) for m in MARKERS]
@@ -66,7 +68,7 @@ def test_worker_downloads_a_signed_callback_logging_every_marker(
 def test_two_workers_never_exceed_the_per_business_slots(
     runtime, business, post_callback, workers, stub, recordings_dir
 ):
-    from prosaas_core.api.testing import business_with_token
+    from prosaas_core.testing import business_with_token
 
     bizs = [business] + [business_with_token(runtime, f"B{i}")[0] for i in range(2)]
     stub.latency = 0.25
@@ -81,7 +83,7 @@ def test_two_workers_never_exceed_the_per_business_slots(
             make_call(runtime, b, call_sid(n))
             assert post_callback(b, call_sid(n), recording_sid(n)).status_code == 200
             sids.append(call_sid(n))
-    wait_for(lambda: all_downloaded(runtime, sids), timeout=30)
+    wait_until(lambda: all_downloaded(runtime, sids), timeout=30)
 
     assert max(stub.max_active.values()) == 3  # the limit is reached and never passed
     assert set(stub.served.values()) == {1} and len(stub.served) == 18  # each file once
@@ -101,7 +103,9 @@ def test_sigkill_mid_download_another_worker_finishes_it(
     post_callback(business, call_sid(1), recording_sid(1))
     a = workers({**one_slot, "RECORDINGS_READ_TIMEOUT": "60"})
     a.wait_for_line("DOWNLOAD_START")
-    wait_for(lambda: [p for p in (recordings_dir / ".partial").glob("*.part") if p.stat().st_size])
+    wait_until(
+        lambda: [p for p in (recordings_dir / ".partial").glob("*.part") if p.stat().st_size]
+    )
     a.kill()
     killed_at = time.monotonic()
     assert SlotManager(runtime.redis).active(business) == 1  # the dead worker's slot, for now
@@ -112,11 +116,11 @@ def test_sigkill_mid_download_another_worker_finishes_it(
     assert "active=1/1" in b.wait_for_line("WORKER_SLOT_ACQUIRED")  # the slot came back
     b.wait_for_line("WORKER_DOWNLOAD_DONE")
     assert time.monotonic() - killed_at < 20  # worker start-up + one 1.5 s lease
-    wait_for(lambda: all_downloaded(runtime, [call_sid(1)]))
+    wait_until(lambda: all_downloaded(runtime, [call_sid(1)]))
     assert files(recordings_dir) == [f"{business}/{call_sid(1)}.mp3"]  # no partial file left
     path = recordings_dir / str(business) / f"{call_sid(1)}.mp3"
     assert path.read_bytes() == stub.content(recording_sid(1))
-    wait_for(lambda: SlotManager(runtime.redis).active(business) == 0)
+    wait_until(lambda: SlotManager(runtime.redis).active(business) == 0)
 
 
 def test_a_crashing_service_is_restarted(
@@ -131,6 +135,6 @@ def test_a_crashing_service_is_restarted(
     make_call(runtime, business, call_sid(1))
     post_callback(business, call_sid(1), recording_sid(1))
     w.wait_for_line("WORKER_DOWNLOAD_DONE")
-    wait_for(lambda: all_downloaded(runtime, [call_sid(1)]))
+    wait_until(lambda: all_downloaded(runtime, [call_sid(1)]))
     assert len(re.findall("RECORDING WORKER STARTED", w.output)) >= 2
     assert "UndefinedTable" in w.output or "does not exist" in w.output

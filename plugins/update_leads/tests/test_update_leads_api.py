@@ -5,20 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from prosaas_core import create_app
-from prosaas_core.tokens import create_token
-
-
-@pytest.fixture
-def client(runtime):
-    return create_app(runtime=runtime).test_client()
-
-
-@pytest.fixture
-def auth(runtime, business) -> dict:
-    with runtime.session() as s:
-        return {"Authorization": f"Bearer {create_token(s, business)}"}
-
 
 def _payloads(runtime) -> list:
     with runtime.session() as s:
