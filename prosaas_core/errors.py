@@ -26,6 +26,16 @@ class ConfigError(ProsaasError):
     """A setting from the environment is missing or malformed."""
 
 
+class SettingError(ConfigError):
+    """One environment setting has a value prosaas (or a plugin) cannot use: the message names
+    the key, the value and what is expected, on one line (the CLI prints it as is, a worker
+    logs it without a traceback)."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        super().__init__(f"{key} must be {expected}, got {value!r}")
+        self.key, self.value, self.expected = key, value, expected
+
+
 class UnknownJobTypeError(ProsaasError):
     """No installed plugin provides this job type."""
 

@@ -57,6 +57,7 @@ from sqlalchemy.orm import Session
 
 from prosaas_core.bounds import DbId, SafeDatetime
 from prosaas_core.models import Lead, LeadImport
+from prosaas_core.settings import Settings
 
 __all__ = [
     "MAX_LEAD_IDS",
@@ -206,22 +207,15 @@ def next_batch_size(size: int, txn_ms: float) -> int:
     return int(min(max(wanted, MIN_BATCH_SIZE), MAX_BATCH_SIZE))
 
 
-def fixed_batch_size(settings: Any) -> int | None:
+def fixed_batch_size(settings: Settings) -> int | None:
     """``PROSAAS_LEADS_BATCH_SIZE`` (1..100000) from `settings` when set, else None (sizes
     adapt)."""
-    raw = (settings.get(BATCH_SIZE_ENV) or "").strip()
-    if not raw:
+    if not settings.get(BATCH_SIZE_ENV):
         return None
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"{BATCH_SIZE_ENV} must be an integer, got {raw!r}") from None
-    if not 1 <= n <= 100_000:
-        raise ValueError(f"{BATCH_SIZE_ENV} must be between 1 and 100000, got {n}")
-    return n
+    return settings.get_int(BATCH_SIZE_ENV, 0, minimum=1, maximum=100_000)
 
 
-def batch_size(settings: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
+def batch_size(settings: Settings, default: int = DEFAULT_BATCH_SIZE) -> int:
     """The fixed batch size when ``PROSAAS_LEADS_BATCH_SIZE`` is set, else `default`."""
     return fixed_batch_size(settings) or default
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
+from prosaas_core.backoff import delays, sleep_until
 from prosaas_core.errors import MigrationLockTimeout
-from prosaas_core.migrate.backoff import delays, sleep_until
 
 log = logging.getLogger("prosaas.migrate")
 
@@ -57,7 +57,7 @@ class MigrationLock:
         start = time.monotonic()
         deadline = start + wait
         last_log = -HOLDER_LOG_INTERVAL
-        for delay in delays(cap=1.0):
+        for delay in delays(0.05, factor=1.6, cap=1.0, jitter=0.5):
             if self._try():
                 waited = time.monotonic() - start
                 log.info("Acquired migration lock (%s, waited %.1fs)", self.describe(), waited)

@@ -24,6 +24,7 @@ from prosaas_broadcast.providers import (
     RateLimited,
     UncertainError,
 )
+from prosaas_core.backoff import exponential
 from prosaas_core.limits import Rate
 
 log = logging.getLogger("prosaas.broadcast")
@@ -278,4 +279,4 @@ class Sender:
                 if attempt == 9:
                     raise
                 log.warning("recording recipient %s failed; retrying", c.id, exc_info=True)
-                time.sleep(min(5.0, 0.2 * 2**attempt))
+                time.sleep(exponential(attempt + 1, 0.2, 5.0))
