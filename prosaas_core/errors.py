@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProsaasError(Exception):
     """Base class of every prosaas error."""
@@ -49,7 +51,7 @@ class UnknownJobTypeError(ProsaasError):
 class PayloadError(ProsaasError):
     """A job payload failed validation; `details` lists the field errors."""
 
-    def __init__(self, job_type: str, details: list[dict]) -> None:
+    def __init__(self, job_type: str, details: list[dict[str, Any]]) -> None:
         fields = ", ".join(".".join(str(p) for p in d.get("loc", ())) or "(root)" for d in details)
         super().__init__(f"invalid payload for {job_type!r}: {fields}")
         self.job_type, self.details = job_type, details

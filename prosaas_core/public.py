@@ -11,34 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-#: module -> the names a plugin may import from it; ``None``: every name of the module that
-#: does not start with an underscore (a module that is public as a whole)
-PUBLIC: Mapping[str, frozenset[str] | None] = {
-    "prosaas_core": frozenset(
-        {
-            "hookimpl",
-            "JobType",
-            "Schedule",
-            "Service",
-            "JobContext",
-            "ServiceContext",
-            "Runtime",
-            "Settings",
-            "create_app",
-            "enqueue",
-        }
-    ),
+#: a module whose public names are its own ``__all__``
+ALL = "__all__"
+
+#: module -> the names a plugin may import from it: a set, ``ALL`` (the module's ``__all__``),
+#: or ``None`` (every name of the module that does not start with an underscore: a module that
+#: is public as a whole)
+PUBLIC: Mapping[str, frozenset[str] | str | None] = {
+    # the plugin contract: hookimpl, JobType, Service, Schedule, JobContext, ServiceContext, ...
+    "prosaas_core": ALL,
     # HTTP: what a blueprint needs
-    "prosaas_core.api": frozenset(
-        {
-            "ApiError",
-            "authenticated",
-            "current_business_id",
-            "current_runtime",
-            "enqueue_job",
-            "parse_json",
-        }
-    ),
+    "prosaas_core.api": ALL,
     "prosaas_core.api.openapi": frozenset({"describe"}),
     "prosaas_core.api.params": frozenset({"parse_query"}),
     "prosaas_core.api.schemas": frozenset({"Enqueued", "Error"}),
@@ -48,18 +31,7 @@ PUBLIC: Mapping[str, frozenset[str] | None] = {
     "prosaas_core.plugins": frozenset({"get_plugin_manager"}),
     # the core domain: businesses, leads and calls, and the lead selection every lead job uses
     "prosaas_core.models": frozenset({"Business", "Call", "Lead", "LeadImport"}),
-    "prosaas_core.leads": frozenset(
-        {
-            "LeadBatcher",
-            "LeadFilter",
-            "LeadSelection",
-            "batch_size",
-            "deleting",
-            "import_exists",
-            "run_selection",
-            "updating",
-        }
-    ),
+    "prosaas_core.leads": ALL,
     # building blocks, public as whole modules
     "prosaas_core.backoff": None,
     "prosaas_core.bounds": None,
@@ -72,6 +44,18 @@ PUBLIC: Mapping[str, frozenset[str] | None] = {
 }
 
 
+def public_names(module: str) -> frozenset[str] | None:
+    """The public names of `module` (``None``: every name without a leading underscore; an
+    empty set for a module that is not public). Imports the module to read an ``__all__``."""
+    names = PUBLIC.get(module, frozenset())
+    if names == ALL:
+        import importlib
+
+        return frozenset(importlib.import_module(module).__all__)
+    assert not isinstance(names, str), names
+    return names
+
+
 def is_public(module: str, name: str | None = None) -> bool:
     """Whether a plugin may ``import module`` (`name` None) or ``from module import name``.
 
@@ -80,7 +64,7 @@ def is_public(module: str, name: str | None = None) -> bool:
         return module in PUBLIC
     if f"{module}.{name}" in PUBLIC:
         return True
-    names = PUBLIC.get(module, frozenset())
+    names = public_names(module)
     return not name.startswith("_") if names is None else name in names
 
 
@@ -88,7 +72,7 @@ def markdown() -> str:
     """The list as the plugin guide prints it: one bullet per module."""
     lines = []
     for module in sorted(PUBLIC):
-        names = PUBLIC[module]
+        names = public_names(module)
         shown = "every name" if names is None else ", ".join(f"`{n}`" for n in sorted(names))
         lines.append(f"- `{module}`: {shown}")
     return "\n".join(lines) + "\n"

@@ -4,6 +4,8 @@ plugin guide prints exactly that list."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import tomllib
 from pathlib import Path
 
 from prosaas_core import public
@@ -21,7 +23,6 @@ START, END = "<!-- public-api:start -->\n", "<!-- public-api:end -->"
 KNOWN_VIOLATIONS_TO_REMOVE_AT_MERGE: frozenset[tuple[str, str]] = frozenset(
     {
         ("plugins/broadcast/prosaas_broadcast/testing.py", "prosaas_core.tokens.create_token"),
-        ("plugins/delete_leads/tests/test_delete_leads_api.py", "prosaas_core.leads.MAX_LEAD_IDS"),
         ("plugins/delete_leads/tests/test_delete_leads_api.py", "prosaas_core.tokens.create_token"),
         (
             "plugins/outbound_calls/prosaas_outbound_calls/testing.py",
@@ -116,4 +117,19 @@ def test_the_plugin_guide_prints_the_same_list():
     assert printed == public.markdown(), (
         "the public API list in docs/plugin-guide.md differs from prosaas_core/public.py; "
         "paste the output of `python -m prosaas_core.public` between the markers"
+    )
+
+
+def test_mypy_is_strict_on_every_public_module():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    strict = {
+        m
+        for o in config["overrides"]
+        if o.get("disallow_untyped_defs")
+        for m in ([o["module"]] if isinstance(o["module"], str) else o["module"])
+    }
+    public_modules = {m for m in public.PUBLIC if importlib.util.find_spec(m) is not None}
+    assert public_modules <= strict, (
+        "pyproject.toml: add to the strict [[tool.mypy.overrides]]: "
+        + ", ".join(sorted(public_modules - strict))
     )

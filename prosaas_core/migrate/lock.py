@@ -2,11 +2,11 @@
 
 PostgreSQL: a session-level advisory lock taken with ``pg_try_advisory_lock(key)`` on a
 dedicated connection, polled with jittered backoff until the configured wait runs out. Never
-``pg_advisory_lock``: a blocking call would hang behind another migrator and then die on
-``statement_timeout`` (the original production failure). The lock belongs to the connection, so a
-migrator that is killed (even with SIGKILL) releases it when PostgreSQL sees the connection close;
-``client_connection_check_interval`` makes PostgreSQL notice within a second even while a
-statement is running.
+``pg_advisory_lock``: a blocking call hangs behind another migrator and then dies on
+``statement_timeout`` (docs/architecture.md, "Why it is built this way"). The lock belongs to the
+connection, so a migrator that is killed (even with SIGKILL) releases it when PostgreSQL sees the
+connection close; ``client_connection_check_interval`` makes PostgreSQL notice within a second
+even while a statement is running.
 
 The key is a signed 64-bit integer derived from the database name::
 

@@ -225,6 +225,7 @@ class Sender:
         sent now; False when it was settled here (found at the provider, given up, cancelled)
         or must be checked again later. It never goes back to ``pending``: only a check
         decides."""
+        assert c.uncertain_since is not None, "called only for an uncertain recipient"
         try:
             found = self.provider.reconcile(msg, c.uncertain_since)
         except Exception as exc:
