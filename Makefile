@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/setup.cfg)))
 
-.PHONY: install demo test lint bench bench-peers clean screenshots
+.PHONY: install demo test lint typecheck bench bench-peers clean screenshots
 
 $(BIN)/prosaas: setup.cfg requirements-dev.txt $(wildcard plugins/*/setup.cfg)
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ screenshots: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy over prosaas_core and every bundled plugin's package; strict on the public API
+# (configuration: [tool.mypy] in pyproject.toml)
+typecheck: install
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info prosaas.db

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProsaasError(Exception):
     """Base class of every prosaas error."""
@@ -26,6 +28,16 @@ class ConfigError(ProsaasError):
     """A setting from the environment is missing or malformed."""
 
 
+class SettingError(ConfigError):
+    """One environment setting has a value prosaas (or a plugin) cannot use: the message names
+    the key, the value and what is expected, on one line (the CLI prints it as is, a worker
+    logs it without a traceback)."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        super().__init__(f"{key} must be {expected}, got {value!r}")
+        self.key, self.value, self.expected = key, value, expected
+
+
 class UnknownJobTypeError(ProsaasError):
     """No installed plugin provides this job type."""
 
@@ -39,7 +51,7 @@ class UnknownJobTypeError(ProsaasError):
 class PayloadError(ProsaasError):
     """A job payload failed validation; `details` lists the field errors."""
 
-    def __init__(self, job_type: str, details: list[dict]) -> None:
+    def __init__(self, job_type: str, details: list[dict[str, Any]]) -> None:
         fields = ", ".join(".".join(str(p) for p in d.get("loc", ())) or "(root)" for d in details)
         super().__init__(f"invalid payload for {job_type!r}: {fields}")
         self.job_type, self.details = job_type, details

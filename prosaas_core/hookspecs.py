@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (hookspecs are signatures with docstrings; pluggy calls the implementations)
 """The hooks a prosaas plugin implements: the whole public plugin contract, documented once.
 
 A plugin is a module (found through the entry point group ``prosaas``) whose functions are

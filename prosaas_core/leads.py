@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import (
@@ -57,6 +57,10 @@ from sqlalchemy.orm import Session
 
 from prosaas_core.bounds import DbId, SafeDatetime
 from prosaas_core.models import Lead, LeadImport
+from prosaas_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
 
 __all__ = [
     "MAX_LEAD_IDS",
@@ -206,22 +210,15 @@ def next_batch_size(size: int, txn_ms: float) -> int:
     return int(min(max(wanted, MIN_BATCH_SIZE), MAX_BATCH_SIZE))
 
 
-def fixed_batch_size(settings: Any) -> int | None:
+def fixed_batch_size(settings: Settings) -> int | None:
     """``PROSAAS_LEADS_BATCH_SIZE`` (1..100000) from `settings` when set, else None (sizes
     adapt)."""
-    raw = (settings.get(BATCH_SIZE_ENV) or "").strip()
-    if not raw:
+    if not settings.get(BATCH_SIZE_ENV):
         return None
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"{BATCH_SIZE_ENV} must be an integer, got {raw!r}") from None
-    if not 1 <= n <= 100_000:
-        raise ValueError(f"{BATCH_SIZE_ENV} must be between 1 and 100000, got {n}")
-    return n
+    return settings.get_int(BATCH_SIZE_ENV, 0, minimum=1, maximum=100_000)
 
 
-def batch_size(settings: Any, default: int = DEFAULT_BATCH_SIZE) -> int:
+def batch_size(settings: Settings, default: int = DEFAULT_BATCH_SIZE) -> int:
     """The fixed batch size when ``PROSAAS_LEADS_BATCH_SIZE`` is set, else `default`."""
     return fixed_batch_size(settings) or default
 
@@ -238,7 +235,8 @@ def _created(op: str, value: datetime, dialect: str) -> ColumnElement[bool]:
         bound = value.strftime("%Y-%m-%d %H:%M:%S") + (
             f".{value.microsecond:06d}" if value.microsecond else ""
         )
-    return column < bound if op == "<" else column >= bound
+    cmp: ColumnElement[bool] = column < bound if op == "<" else column >= bound
+    return cmp
 
 
 def _filter_clauses(f: LeadFilter, dialect: str) -> list[ColumnElement[bool]]:
@@ -292,7 +290,7 @@ class LeadBatcher:
     checkpoints, and a batcher built from a checkpointed state resumes where it stopped."""
 
     def __init__(
-        self, business_id: int, selection: LeadSelection, state: dict | None, size: int
+        self, business_id: int, selection: LeadSelection, state: dict[str, Any] | None, size: int
     ) -> None:
         self.business_id = business_id
         self.selection = selection
@@ -371,7 +369,9 @@ class LeadBatcher:
         if batch is None:
             return None, 0
         dialect = session.get_bind().dialect.name
-        return batch, session.execute(write(batch.where(dialect))).rowcount
+        return batch, cast(
+            "CursorResult[Any]", session.execute(write(batch.where(dialect)))
+        ).rowcount
 
     def advance(self, batch: Batch, **counts: int) -> dict[str, Any]:
         """The state after `batch`, with `counts` added to the running totals."""

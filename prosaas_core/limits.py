@@ -357,20 +357,21 @@ class ReleaseNotices:
             self.thread.join(2)
 
     def _listen(self) -> None:
-        backoff = 0.1
+        from prosaas_core.backoff import delays
+
+        backoff = delays(0.1, cap=5.0)
         while not self.stop_event.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
-                backoff = 0.1
+                backoff = delays(0.1, cap=5.0)
                 while not self.stop_event.is_set():
                     msg = pubsub.get_message(timeout=0.5)
                     if msg is not None and msg.get("type") == "message":
                         self._on_message(msg["data"])
             except Exception as exc:  # Redis away: the caller's slow timer covers the gap
                 log.warning("slot notices unavailable (%s); retrying", type(exc).__name__)
-                self.stop_event.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+                self.stop_event.wait(next(backoff))
             finally:
                 try:
                     pubsub.close()

@@ -7,7 +7,7 @@ declared here because it is generated from the installed plugins (``prosaas_core
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     func,
     text,
@@ -47,6 +48,9 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    #: declared as what it is, a Table (SQLAlchemy types it as any FromClause), so that
+    #: ``update(Model.__table__)`` and ``Model.__table__.insert()`` type-check
+    __table__: ClassVar[Table]
 
 
 def _now() -> Mapped[datetime]:

@@ -100,7 +100,7 @@ class Schedule:
     _: KW_ONLY
     cron: str
     job_type: str
-    payload: dict | None = None
+    payload: dict[str, Any] | None = None
     per_business: bool = False
     timezone: str = "UTC"
     catch_up: str = "skip"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from prosaas_core.errors import ConflictError, NotFoundError, TimingError
 
@@ -106,6 +106,10 @@ class Effective:
     created_at: datetime
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -125,6 +129,8 @@ def effective(rt: Runtime, rows: list[ScheduleRow]) -> list[Effective]:
             cron, job_type, payload, per_business = d.cron, d.job_type, d.payload, True
             tz, catch_up, jitter = d.timezone, d.catch_up, d.jitter
         else:
+            # a business's own schedule always stores both (the API and the CLI require them)
+            assert r.cron is not None and r.job_type is not None, r.name
             cron, job_type, payload, per_business = r.cron, r.job_type, r.payload, r.per_business
             tz, catch_up, jitter = r.timezone, r.catch_up, r.jitter
         out.append(

@@ -1,9 +1,10 @@
 """Plugin services: long-running loops every worker runs, each in its own supervised thread.
 
 Every installed Service starts in every ``prosaas worker``, whatever ``ENABLE_SCHEDULERS`` says
-(the recordings outage came from a thread gated on it); only ``PROSAAS_DISABLE_SERVICES`` turns
-one off, and that is logged. A crash is logged with its traceback and the service restarted with
-exponential backoff.
+(a service gated on a flag is a service that silently never runs: docs/architecture.md, "Why it
+is built this way"); only ``PROSAAS_DISABLE_SERVICES`` turns one off, and that is logged. A crash
+is logged with its traceback and the service restarted with exponential backoff; a bad setting
+(``ConfigError``) is logged as its one-line message, without a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from prosaas_core.backoff import exponential
+from prosaas_core.errors import ConfigError
 
 if TYPE_CHECKING:
     import redis
@@ -130,28 +134,35 @@ class Supervisor:
         state = self.states[svc.name]
         svc_log = logging.getLogger(f"prosaas.service.{svc.name}")
         ctx = ServiceContext(svc.name, self.stop_event, self.rt, svc_log)
-        delay = self.backoff_base
+        failures = 0  # crashes in a row; a run of STABLE_AFTER seconds starts the count again
         while not self.stop_event.is_set():
             state.state = "running"
             log.info(started_line(svc.name))
             began = time.monotonic()
+            crash: Exception | None = None
             try:
                 svc.run(ctx)
             except Exception as exc:
-                state.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("SERVICE CRASHED %s: restarting in %.1fs", svc.name, delay)
+                crash = exc
+            if crash is None and self.stop_event.is_set():
+                break
+            failures = 1 if time.monotonic() - began >= STABLE_AFTER else failures + 1
+            delay = exponential(failures, self.backoff_base, self.backoff_max)
+            if isinstance(crash, ConfigError):  # the operator's to fix, and the message says how
+                state.last_error = f"{type(crash).__name__}: {crash}"
+                log.error("SERVICE CRASHED %s: %s; restarting in %.1fs", svc.name, crash, delay)
+            elif crash is not None:
+                state.last_error = f"{type(crash).__name__}: {crash}"
+                log.error(
+                    "SERVICE CRASHED %s: restarting in %.1fs", svc.name, delay, exc_info=crash
+                )
             else:
-                if self.stop_event.is_set():
-                    break
                 state.last_error = "run() returned before stop_event was set"
                 log.warning("SERVICE EXITED %s before stop: restarting in %.1fs", svc.name, delay)
-            if time.monotonic() - began >= STABLE_AFTER:
-                delay = self.backoff_base
             state.state = "restarting"
             state.restarts += 1
             if self.stop_event.wait(delay):
                 break
-            delay = min(delay * 2, self.backoff_max)
         state.state = "stopped"
         log.info("SERVICE STOPPED %s", svc.name)
 

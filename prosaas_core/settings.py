@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from prosaas_core.errors import ConfigError
+from prosaas_core.errors import SettingError
 
 DEFAULT_DATABASE_URL = "sqlite:///prosaas.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+#: seconds per unit of a duration: "500ms", "30", "30s", "5m" or "5min", "2h", "1d"
+_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|min|m|h|d)?$")
 
 
 def parse_names(value: str | None) -> frozenset[str]:
@@ -20,20 +25,37 @@ def parse_names(value: str | None) -> frozenset[str]:
     return frozenset(n.strip() for n in (value or "").split(",") if n.strip())
 
 
-def _number(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw in (None, ""):
-        return default
+def _bounds(
+    key: str, raw: str, value: float, what: str, low: float | None, high: float | None
+) -> None:
+    """SettingError unless low <= value <= high (either bound may be None)."""
+    if low is not None and high is not None and not low <= value <= high:
+        raise SettingError(key, raw, f"{what} between {low:g} and {high:g}")
+    if low is not None and value < low:
+        raise SettingError(key, raw, f"{what} >= {low:g}")
+    if high is not None and value > high:
+        raise SettingError(key, raw, f"{what} <= {high:g}")
+
+
+def _float(key: str, raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+        raise SettingError(key, raw, "a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingError(key, raw, "a finite number")
+    return value
+
+
+def _number(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = (env.get(key) or "").strip()
+    return _float(key, raw) if raw else default
 
 
 def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
     raw = (env.get(key) or choices[0]).strip().lower()
     if raw not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
+        raise SettingError(key, raw, f"one of {', '.join(choices)}")
     return raw
 
 
@@ -141,3 +163,88 @@ class Settings:
         """A raw environment value, for plugin settings such as `TWILIO_AUTH_TOKEN`."""
         value = self.env.get(key)
         return default if value in (None, "") else value
+
+    # Typed getters for plugin settings. Each treats an unset or empty (or blank) variable as
+    # unset and returns `default`; a value it cannot use raises SettingError naming the key,
+    # the value and what was expected, so a bad setting is one clear line, never a traceback.
+
+    def _raw(self, key: str) -> str | None:
+        value = (self.env.get(key) or "").strip()
+        return value or None
+
+    def get_int(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """An integer (``"8"``; ``"8.0"`` is refused), within the bounds when given."""
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingError(key, raw, "an integer") from None
+        _bounds(key, raw, value, "an integer", minimum, maximum)
+        return value
+
+    def get_float(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        """A finite number (``"2.5"``), within the bounds when given."""
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        value = _float(key, raw)
+        _bounds(key, raw, value, "a number", minimum, maximum)
+        return value
+
+    def get_bool(self, key: str, default: bool = False) -> bool:
+        """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error."""
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise SettingError(key, raw, "one of 1, true, yes, on, 0, false, no, off")
+
+    def get_list(
+        self, key: str, default: Iterable[str] = (), *, choices: Iterable[str] | None = None
+    ) -> tuple[str, ...]:
+        """A comma-separated list (``"a, b,c"`` -> ``("a", "b", "c")``): items stripped, empty
+        ones and repeats dropped, order kept. With `choices`, an unknown item is an error."""
+        raw = self._raw(key)
+        if raw is None:
+            return tuple(default)
+        items = tuple(dict.fromkeys(i.strip() for i in raw.split(",") if i.strip()))
+        if choices is not None:
+            allowed = tuple(choices)
+            unknown = [i for i in items if i not in allowed]
+            if unknown:
+                raise SettingError(key, raw, f"a comma-separated list of {', '.join(allowed)}")
+        return items
+
+    def get_duration(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        """Seconds, as a float: ``"30"`` (seconds), ``"500ms"``, ``"30s"``, ``"5m"`` or
+        ``"5min"``, ``"2h"``, ``"1d"``; within the bounds (in seconds) when given."""
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        match = _DURATION.match(raw.lower())
+        if match is None:
+            raise SettingError(key, raw, "a duration such as 30, 500ms, 30s, 5m, 2h or 1d")
+        value = float(match.group(1)) * _UNITS[match.group(2) or ""]
+        _bounds(key, raw, value, "a duration in seconds", minimum, maximum)
+        return value

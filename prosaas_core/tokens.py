@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +33,9 @@ from sqlalchemy.orm import Session
 from prosaas_core.db import autocommit, autocommit_cursor
 from prosaas_core.errors import NotFoundError
 from prosaas_core.models import ApiToken, Business
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
 
 PREFIX = "psk_"
 ADMIN_PREFIX = "psa_"
@@ -100,7 +103,7 @@ def lookup_token(engine: Engine, token: str) -> int | None:
         with autocommit_cursor(engine) as cur:
             cur.execute(_BY_HASH_SQL, (digest,))
             found = cur.fetchone()
-        row = _Row(*found) if found else None
+        row: Any = _Row(*found) if found else None  # a Row or a _Row: the same fields
     else:
         with autocommit(engine) as conn:
             row = conn.execute(_BY_HASH, {"digest": digest}).first()
@@ -188,8 +191,11 @@ def _revoke_admin(session: Session, token: str) -> int:
         match = t.c.token_hash == hash_token(token)
     else:
         match = t.c.prefix == token
-    return session.execute(
-        update(t).where(match, t.c.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
+    return cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(t).where(match, t.c.revoked_at.is_(None)).values(revoked_at=datetime.now(UTC))
+        ),
     ).rowcount
 
 

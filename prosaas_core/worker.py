@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rq import SimpleWorker, Worker
 from rq.exceptions import StopRequested
@@ -62,7 +63,14 @@ class _QuietReconnects(logging.Filter):
         return first
 
 
-class _ProsaasMixin:
+# the mixin is checked as the RQ worker it is mixed into (at run time it stays a plain mixin)
+if TYPE_CHECKING:
+    _WorkerBase = Worker
+else:
+    _WorkerBase = object
+
+
+class _ProsaasMixin(_WorkerBase):
     """Raise the shutdown flag on SIGTERM/SIGINT (so the running handler's should_stop() says
     True) before RQ's warm shutdown, and bound how long the shutdown may take."""
 
@@ -71,9 +79,11 @@ class _ProsaasMixin:
     max_connection_wait_time = 1.0
     exponential_backoff_factor = 1.0
     prosaas_shutdown: SharedFlag
-    prosaas_on_stop: callable  # type: ignore[valid-type]
+    prosaas_on_stop: Callable[[Any], None]
+    prosaas_rt: Runtime
+    prosaas_name: str
 
-    def request_stop(self, signum, frame):  # RQ's signal handler
+    def request_stop(self, signum: int, frame: Any) -> None:  # RQ's signal handler
         if not self.prosaas_shutdown.is_set():
             self.prosaas_shutdown.set()
             log.info("WORKER STOPPING (signal %s): finishing the current job's checkpoint", signum)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -43,7 +43,7 @@ def describe(
     *,
     body: type[BaseModel] | dict[str, Any] | None = None,
     query: type[BaseModel] | None = None,
-    responses: dict[int, tuple[str, type[BaseModel] | dict[str, Any] | None]] | None = None,
+    responses: Mapping[int, tuple[str, type[BaseModel] | dict[str, Any] | None]] | None = None,
     tags: list[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Attach OpenAPI details to a view. `body` is a model or a mapping of content type to a
@@ -132,7 +132,8 @@ def _content(schemas: _Schemas, spec: Any) -> dict[str, Any]:
         return {}
     if isinstance(spec, type) and issubclass(spec, BaseModel):
         return {"application/json": {"schema": schemas.ref(spec)}}
-    return spec
+    content: dict[str, Any] = spec
+    return content
 
 
 def _operation(

@@ -6,8 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-from prosaas_core.api.params import MAX_ID
-from prosaas_core.bounds import JsonFloat, Tags, iso_string, utc_representable
+from prosaas_core.bounds import MAX_ID, JsonFloat, Tags, iso_string, utc_representable
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

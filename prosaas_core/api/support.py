@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flask import current_app, g, jsonify, request, url_for
 
 from prosaas_core.runtime import Runtime
 from prosaas_core.tokens import lookup_token
+
+if TYPE_CHECKING:
+    from flask import Response
+    from pydantic import BaseModel
+
+M = TypeVar("M", bound="BaseModel")
 
 
 class ApiError(Exception):
@@ -19,7 +25,7 @@ class ApiError(Exception):
         super().__init__(error)
         self.status, self.error, self.details = status, error, details
 
-    def response(self):
+    def response(self) -> Response:
         resp = jsonify({"error": self.error, "details": self.details})
         resp.status_code = self.status
         return resp
@@ -27,12 +33,14 @@ class ApiError(Exception):
 
 def current_runtime() -> Runtime:
     """The runtime of the app serving this request."""
-    return current_app.extensions["prosaas"]
+    rt: Runtime = current_app.extensions["prosaas"]
+    return rt
 
 
 def current_business_id() -> int:
     """The business the request's bearer token belongs to (inside an `authenticated` view)."""
-    return g.business_id
+    business_id: int = g.business_id
+    return business_id
 
 
 def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +70,11 @@ def _resolve(token: str) -> int | None:
     return lookup_token(current_runtime().engine, token)
 
 
-def parse_json(model: type | None = None) -> Any:
+@overload
+def parse_json(model: type[M]) -> M: ...
+@overload
+def parse_json(model: None = None) -> Any: ...
+def parse_json(model: type[BaseModel] | None = None) -> Any:
     """The request's JSON body, validated against a pydantic `model` when given.
 
     415 for a non-JSON content type, 400 for malformed JSON or a payload that fails validation
@@ -103,7 +115,7 @@ def _json_body() -> Any:
     return data
 
 
-def _field_errors(exc: Any) -> list[dict]:
+def _field_errors(exc: Any) -> list[dict[str, Any]]:
     """Pydantic's errors as ``{loc, msg, type}``: the first `MAX_ERRORS`, then a count."""
     from prosaas_core.bounds import MAX_ERRORS, truncate_errors
 

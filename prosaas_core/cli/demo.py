@@ -12,6 +12,7 @@ With ``DATABASE_URL`` and ``REDIS_URL`` pointing at real servers it uses those.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ def _bar(job: dict) -> str:
 def _draw_bars(api: Api, job_ids: list[int], stop: threading.Event) -> None:
     """Redraw one bar per job, in place on a terminal, until every job is final."""
     final = {"succeeded", "failed", "cancelled"}
-    tty = click.get_text_stream("stdout").isatty()
+    tty = sys.stdout.isatty()  # (click.get_text_stream is deprecated since Click 8.2)
     drawn = 0
     while True:
         jobs = [api.call("GET", f"/api/jobs/{j}", 200) for j in job_ids]

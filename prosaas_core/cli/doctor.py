@@ -1,7 +1,7 @@
 """``prosaas doctor``: check a deployment, one line per finding, exit 1 on any problem.
 
-Above all it looks for the symptom that hid the recordings outage: work waiting in a queue (or
-for a service) that no live worker consumes.
+Above all it looks for work waiting in a queue (or for a service) that no live worker consumes:
+the one symptom that nothing else reports (docs/architecture.md, "Why it is built this way").
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def create(
         else:
             click.echo(token)
         return
+    assert business_id is not None  # exactly one of --business and --admin, checked above
     try:
         with rt.session() as s:
             token = create_token(s, business_id, name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, abort, current_app, g, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -59,7 +59,7 @@ def _secret(rt: Runtime) -> str:
         value = r.get(SECRET_KEY)
     if not value:  # never sign with an empty key
         abort(503, "the dashboard's signing key could not be read from Redis")
-    return value.decode()
+    return cast(bytes, value).decode()  # the runtime's client returns bytes
 
 
 def _serializer(rt: Runtime) -> URLSafeTimedSerializer:

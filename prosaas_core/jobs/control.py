@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +17,8 @@ from prosaas_core.jobs.store import utcnow
 from prosaas_core.models import JOB_STATUSES, BackgroundJob
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
+
     from prosaas_core.runtime import Runtime
 
 log = logging.getLogger("prosaas.jobs")
@@ -104,16 +106,22 @@ def cancel_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> d
     with rt.session() as s:
         job = _load(s, job_id, business_id)
         # queued -> cancelled in one conditional statement, so a racing claim cannot also win
-        done = s.execute(
-            update(T)
-            .where(T.id == job_id, T.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+        done = cast(
+            "CursorResult[Any]",
+            s.execute(
+                update(T)
+                .where(T.id == job_id, T.status == "queued")
+                .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+            ),
         ).rowcount
         if not done:
-            done = s.execute(
-                update(T)
-                .where(T.id == job_id, T.status == "running")
-                .values(cancel_requested=True, updated_at=now)
+            done = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(T)
+                    .where(T.id == job_id, T.status == "running")
+                    .values(cancel_requested=True, updated_at=now)
+                ),
             ).rowcount
         if not done:
             s.refresh(job)
@@ -138,21 +146,24 @@ def retry_job(rt: Runtime, job_id: int, *, business_id: int | None = None) -> di
     try:
         with rt.session() as s:
             job = _load(s, job_id, business_id)
-            done = s.execute(
-                update(T)
-                .where(T.id == job_id, T.status.in_(RETRYABLE))
-                .values(
-                    status="queued",
-                    max_attempts=T.attempts + more,
-                    cancel_requested=False,
-                    error=None,
-                    result=None,
-                    worker=None,
-                    run_after=None,
-                    parked=None,  # a retried job meets its flow limits again at its start
-                    finished_at=None,
-                    updated_at=now,
-                )
+            done = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(T)
+                    .where(T.id == job_id, T.status.in_(RETRYABLE))
+                    .values(
+                        status="queued",
+                        max_attempts=T.attempts + more,
+                        cancel_requested=False,
+                        error=None,
+                        result=None,
+                        worker=None,
+                        run_after=None,
+                        parked=None,  # a retried job meets its flow limits again at its start
+                        finished_at=None,
+                        updated_at=now,
+                    )
+                ),
             ).rowcount
             if not done:
                 s.refresh(job)

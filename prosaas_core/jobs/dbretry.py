@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from prosaas_core.backoff import delays
 from prosaas_core.errors import first_line
 
 log = logging.getLogger("prosaas.worker")
@@ -31,6 +32,7 @@ def transient(exc: BaseException | None) -> bool:
 
     Takes SQLAlchemy's wrapped errors and the driver's own (``engine.raw_connection()`` lets
     a failed connect through unwrapped)."""
+    orig: BaseException | None
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -66,7 +68,8 @@ def retry_transient(
     """`fn()`, tried again after a transient error until `budget` seconds have passed (or
     `give_up()` says so); then the last error is raised. One log line per outage, not per try."""
     end = time.monotonic() + budget
-    pause = FIRST_PAUSE
+    pauses = delays(FIRST_PAUSE, cap=MAX_PAUSE)
+    pause = next(pauses)
     tries = 0
     while True:
         try:
@@ -85,7 +88,7 @@ def retry_transient(
                 )
             tries += 1
             time.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)
+            pause = next(pauses)
             continue
         if tries:
             log.info("%s: database back after %d tries", what, tries + 1)

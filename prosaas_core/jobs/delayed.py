@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prosaas_core.jobs.transport import push
 
@@ -36,9 +36,10 @@ def schedule(rt: Runtime, job_id: int, queue: str, delay: float, *, timeout: flo
 def pump(rt: Runtime) -> int:
     """Push every delayed job that is due. Each is pushed by exactly one worker: the one whose
     ZREM removed it. Returns how many this call pushed."""
+    # the runtime's client returns bytes (redis-py's types cannot know decode_responses)
     due = rt.redis.zrangebyscore(DELAYED_KEY, "-inf", time.time(), start=0, num=500)
     pushed = 0
-    for member in due:
+    for member in cast("list[bytes]", due):
         if rt.redis.zrem(DELAYED_KEY, member) != 1:
             continue  # another worker took it
         job_id, queue, timeout = member.decode().split("|")
@@ -50,7 +51,8 @@ def pump(rt: Runtime) -> int:
 def next_due(rt: Runtime, queues: list[str]) -> float | None:
     """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None."""
     wanted = set(queues)
-    for member, score in rt.redis.zrange(DELAYED_KEY, 0, -1, withscores=True):
+    members = rt.redis.zrange(DELAYED_KEY, 0, -1, withscores=True)
+    for member, score in cast("list[tuple[bytes, float]]", members):
         if member.decode().split("|")[1] in wanted:
             return score  # members come sorted by due time
     return None

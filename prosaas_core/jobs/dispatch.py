@@ -44,8 +44,9 @@ def short_traceback(exc: BaseException) -> str:
 
 def backoff(rt: Runtime, attempt: int) -> float:
     """Seconds before retry number `attempt` (1-based): base * 2**(attempt-1), capped."""
-    base, cap = rt.settings.retry_backoff, rt.settings.retry_backoff_max
-    return min(base * 2 ** (attempt - 1), cap)
+    from prosaas_core.backoff import exponential
+
+    return exponential(attempt, rt.settings.retry_backoff, rt.settings.retry_backoff_max)
 
 
 class Dispatcher:

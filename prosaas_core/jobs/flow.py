@@ -304,7 +304,7 @@ class FlowControl:
         try:
             pol = self.policy(jt, business_id)
             with self.rt.engine.connect() as conn:
-                ids = conn.execute(
+                found = conn.execute(
                     select(c.id)
                     .where(
                         c.job_type == job_type,
@@ -315,7 +315,7 @@ class FlowControl:
                     .order_by(c.id)
                     .limit(WAKE_BATCH)
                 ).scalars()
-                ids = list(ids)
+                ids = list(found)
             if not ids:
                 r.delete(PARKED_FLAG + key)
                 return None

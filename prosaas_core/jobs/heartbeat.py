@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -104,7 +104,7 @@ def live_workers(rt: Runtime) -> list[dict]:
     """Every worker whose heartbeat has not expired, sorted by name: ``{name, host, pid, queues,
     services: {name: {state, restarts, last_error}}, last_seen}``."""
     r = rt.redis
-    names = sorted(n.decode() for n in r.smembers(WORKERS_KEY))
+    names = sorted(n.decode() for n in cast("set[bytes]", r.smembers(WORKERS_KEY)))
     if not names:
         return []
     values = r.mget([WORKER_KEY.format(n) for n in names])

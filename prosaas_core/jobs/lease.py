@@ -196,7 +196,7 @@ class WorkerLease:
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API
         stmt = insert(LEASES).values(**row)
         conn.execute(
             stmt.on_conflict_do_update(

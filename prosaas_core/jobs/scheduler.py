@@ -57,9 +57,9 @@ def _insert_ignore(conn: Connection, table: Any, rows: list[dict], returning: li
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API
     stmt = insert(table).values(rows).on_conflict_do_nothing().returning(*returning)
-    return conn.execute(stmt).all()
+    return list(conn.execute(stmt).all())
 
 
 def _fire(
@@ -85,6 +85,7 @@ def _fire(
                 return
             after = ids[-1]
         else:
+            assert e.business_id is not None  # a business's own schedule names its business
             ids = [e.business_id]
         fresh = [
             r[0]

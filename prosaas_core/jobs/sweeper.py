@@ -28,6 +28,8 @@ from prosaas_core.jobs.store import T, c, utcnow
 from prosaas_core.jobs.transport import push_many, rq_job_id
 
 if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
     from prosaas_core.runtime import Runtime
 
 log = logging.getLogger("prosaas.sweeper")
@@ -66,7 +68,9 @@ def _gone(conn: Connection, rt: Runtime, *, leases: bool):
     however long its handler keeps the job row locked in a transaction."""
     now = utcnow()
     leaseless = or_(c.worker.is_(None), c.worker.not_in(select(L.worker)))
-    stale = (c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)) & leaseless
+    stale: ColumnElement[bool] = (
+        c.heartbeat_at < now - timedelta(seconds=rt.settings.stale_after)
+    ) & leaseless
     if leases:
         stale = or_(stale, c.worker.in_(lapsed_workers(conn)))
     return (c.status == "running") & stale

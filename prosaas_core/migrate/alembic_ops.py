@@ -82,7 +82,8 @@ def _run(cfg: Config, plugin_dirs: Sequence[str], *, as_sql: bool, start: set[st
     def upgrade(rev: tuple[str, ...], _context: object) -> list:
         # Skip revisions of branches whose plugin is gone: Alembic cannot resolve them.
         # (command.upgrade does the same call; only the starting revisions differ.)
-        return script._upgrade_revs("heads", tuple(_known(script, set(rev))))
+        # Alembic annotates the current revision as a str; it takes a tuple of them as well
+        return script._upgrade_revs("heads", tuple(_known(script, set(rev))))  # type: ignore[arg-type]
 
     with EnvironmentContext(
         cfg,

@@ -96,7 +96,7 @@ def read_state(conn: Connection) -> ConstraintState:
         if allowed is None:
             definition = conn.execute(
                 text("SELECT pg_get_constraintdef(:oid)"), {"oid": oid}
-            ).scalar()
+            ).scalar_one()
             allowed = parse_allowed(definition)
         return ConstraintState(True, allowed, bool(validated))
     insp = inspect(conn)
@@ -169,7 +169,9 @@ def ddl_statements(plan: Plan) -> list[str]:
 
 
 def next_number(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(JobTypeMigration.number), 0))).scalar())
+    return int(
+        conn.execute(select(func.coalesce(func.max(JobTypeMigration.number), 0))).scalar_one()
+    )
 
 
 def record(conn: Connection, plan: Plan, sql: str) -> None:

@@ -2,11 +2,11 @@
 
 PostgreSQL: a session-level advisory lock taken with ``pg_try_advisory_lock(key)`` on a
 dedicated connection, polled with jittered backoff until the configured wait runs out. Never
-``pg_advisory_lock``: a blocking call would hang behind another migrator and then die on
-``statement_timeout`` (the original production failure). The lock belongs to the connection, so a
-migrator that is killed (even with SIGKILL) releases it when PostgreSQL sees the connection close;
-``client_connection_check_interval`` makes PostgreSQL notice within a second even while a
-statement is running.
+``pg_advisory_lock``: a blocking call hangs behind another migrator and then dies on
+``statement_timeout`` (docs/architecture.md, "Why it is built this way"). The lock belongs to the
+connection, so a migrator that is killed (even with SIGKILL) releases it when PostgreSQL sees the
+connection close; ``client_connection_check_interval`` makes PostgreSQL notice within a second
+even while a statement is running.
 
 The key is a signed 64-bit integer derived from the database name::
 
@@ -34,8 +34,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
+from prosaas_core.backoff import delays, sleep_until
 from prosaas_core.errors import MigrationLockTimeout
-from prosaas_core.migrate.backoff import delays, sleep_until
 
 log = logging.getLogger("prosaas.migrate")
 
@@ -57,7 +57,7 @@ class MigrationLock:
         start = time.monotonic()
         deadline = start + wait
         last_log = -HOLDER_LOG_INTERVAL
-        for delay in delays(cap=1.0):
+        for delay in delays(0.05, factor=1.6, cap=1.0, jitter=0.5):
             if self._try():
                 waited = time.monotonic() - start
                 log.info("Acquired migration lock (%s, waited %.1fs)", self.describe(), waited)

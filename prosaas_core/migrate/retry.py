@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
+from prosaas_core.backoff import delays
 from prosaas_core.errors import ProsaasError
-from prosaas_core.migrate.backoff import delays
 
 log = logging.getLogger("prosaas.migrate")
 
@@ -40,7 +40,7 @@ def retry_on_lock_timeout(what: str, fn: Callable[[], T], budget: float) -> T:
     Raises DdlLockBudgetExceeded when `budget` seconds are spent.
     """
     deadline = time.monotonic() + budget
-    for attempt, delay in enumerate(delays(first=0.1, cap=5.0), start=1):
+    for attempt, delay in enumerate(delays(0.1, factor=1.6, cap=5.0, jitter=0.5), start=1):
         try:
             return fn()
         except DBAPIError as exc:

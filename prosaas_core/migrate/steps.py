@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -91,10 +92,10 @@ def _constraint_step(
             )
             if postgres:
                 log.info("  → Dropping old chk_job_type, adding the new one NOT VALID...")
-                swap = _in_txn(conn, lambda p=plan: ck.swap_postgres(conn, p))
+                swap = _in_txn(conn, functools.partial(ck.swap_postgres, conn, plan))
             else:
                 log.info("  → Rebuilding background_jobs with the new chk_job_type (batch)...")
-                swap = _in_txn(conn, lambda p=plan, s=state: ck.swap_sqlite(conn, p, s))
+                swap = _in_txn(conn, functools.partial(ck.swap_sqlite, conn, plan, state))
             retry_on_lock_timeout(f"Migration {n}", swap, budget)
             result.added, result.removed = plan.added, plan.removed
         if postgres:

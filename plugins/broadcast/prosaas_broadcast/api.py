@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 from flask import Blueprint, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,6 +63,10 @@ def _cfg() -> BroadcastConfig:
     return BroadcastConfig.from_settings(current_runtime().settings)
 
 
+@overload
+def _int_arg(name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def _int_arg(name: str, default: None, low: int, high: int) -> int | None: ...
 def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":

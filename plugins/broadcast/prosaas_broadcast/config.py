@@ -1,4 +1,5 @@
-"""The plugin's settings, read once from the environment (``ctx.settings.get``).
+"""The plugin's settings, read once from the environment through the typed getters of
+``Settings`` (``get_int``, ``get_duration``, ...).
 
 A bad value fails loudly with the key's name: a worker must not start sending at a rate nobody
 configured.
@@ -7,32 +8,19 @@ configured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from prosaas_core.errors import ConfigError
+from prosaas_core.backoff import exponential
+from prosaas_core.errors import ConfigError, SettingError
 from prosaas_core.limits import Rate, parse_rate
+
+if TYPE_CHECKING:
+    from prosaas_core.settings import Settings
 
 DEFAULT_RATE = "10/s"
 
 
-def _float(settings: Any, key: str, default: float, low: float, high: float) -> float:
-    raw = (settings.get(key) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {raw}")
-    return value
-
-
-def _int(settings: Any, key: str, default: int, low: int, high: int) -> int:
-    return int(_float(settings, key, default, low, high))
-
-
-def _text(settings: Any, key: str, default: str = "") -> str:
+def _text(settings: Settings, key: str, default: str = "") -> str:
     return (settings.get(key) or default).strip()
 
 
@@ -66,44 +54,49 @@ class BroadcastConfig:
     public_base_url: str
 
     @classmethod
-    def from_settings(cls, settings: Any) -> BroadcastConfig:
-        raw_rate = _text(settings, "BROADCAST_RATE", DEFAULT_RATE)
+    def from_settings(cls, settings: Settings) -> BroadcastConfig:
+        """Build from the prosaas ``Settings``; SettingError names a bad key."""
+        s = settings
+        raw_rate = _text(s, "BROADCAST_RATE", DEFAULT_RATE)
         try:
             rate = parse_rate(raw_rate if "/" in raw_rate else f"{raw_rate}/s")
-        except ConfigError as exc:
-            raise ConfigError(f"BROADCAST_RATE: {exc}") from None
-        timeout = _float(settings, "BROADCAST_HTTP_TIMEOUT", 10.0, 0.05, 120)
-        stale = _float(settings, "BROADCAST_SENDING_STALE_SECONDS", 60.0, 0.5, 86400)
+        except ConfigError:
+            raise SettingError("BROADCAST_RATE", raw_rate, "a rate: N, N/s, N/min or N/h") from None
+        timeout = s.get_duration("BROADCAST_HTTP_TIMEOUT", 10.0, minimum=0.05, maximum=120)
+        stale_key = "BROADCAST_SENDING_STALE_SECONDS"
+        stale = s.get_duration(stale_key, 60.0, minimum=0.5, maximum=86400)
         if stale < 2 * timeout:
             # a live sender's call always ends (timeout) before anyone may take its recipient
-            raise ConfigError(
-                f"BROADCAST_SENDING_STALE_SECONDS ({stale:g}) must be at least twice "
-                f"BROADCAST_HTTP_TIMEOUT ({timeout:g})"
+            raise SettingError(
+                stale_key, s.get(stale_key), f"at least twice BROADCAST_HTTP_TIMEOUT ({timeout:g})"
             )
         return cls(
             rate=rate,
-            default_provider=_text(settings, "BROADCAST_PROVIDER", "log"),
+            default_provider=_text(s, "BROADCAST_PROVIDER", "log"),
             default_region=(
-                _text(settings, "BROADCAST_DEFAULT_REGION")
-                or _text(settings, "PROSAAS_PHONE_REGION", "US")
+                _text(s, "BROADCAST_DEFAULT_REGION") or _text(s, "PROSAAS_PHONE_REGION", "US")
             ).upper(),
-            max_attempts=_int(settings, "BROADCAST_MAX_ATTEMPTS", 5, 1, 100),
-            retry_base=_float(settings, "BROADCAST_RETRY_BASE_SECONDS", 2.0, 0.0, 3600),
-            retry_max=_float(settings, "BROADCAST_RETRY_MAX_SECONDS", 300.0, 0.0, 86400),
+            max_attempts=s.get_int("BROADCAST_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+            retry_base=s.get_duration(
+                "BROADCAST_RETRY_BASE_SECONDS", 2.0, minimum=0.0, maximum=3600
+            ),
+            retry_max=s.get_duration(
+                "BROADCAST_RETRY_MAX_SECONDS", 300.0, minimum=0.0, maximum=86400
+            ),
             sending_stale=stale,
-            part_size=_int(settings, "BROADCAST_PART_SIZE", 500, 1, 1_000_000),
-            max_parts=_int(settings, "BROADCAST_MAX_PARTS", 8, 1, 256),
-            sender_threads=_int(settings, "BROADCAST_SENDER_THREADS", 2, 1, 32),
+            part_size=s.get_int("BROADCAST_PART_SIZE", 500, minimum=1, maximum=1_000_000),
+            max_parts=s.get_int("BROADCAST_MAX_PARTS", 8, minimum=1, maximum=256),
+            sender_threads=s.get_int("BROADCAST_SENDER_THREADS", 2, minimum=1, maximum=32),
             http_timeout=timeout,
-            webhook_url=_text(settings, "BROADCAST_WEBHOOK_URL"),
-            webhook_secret=_text(settings, "BROADCAST_WEBHOOK_SECRET"),
-            twilio_account_sid=_text(settings, "TWILIO_ACCOUNT_SID"),
-            twilio_auth_token=_text(settings, "TWILIO_AUTH_TOKEN"),
-            twilio_api_base=_text(settings, "BROADCAST_TWILIO_API_BASE", "https://api.twilio.com"),
-            twilio_from=_text(settings, "BROADCAST_TWILIO_FROM"),
-            twilio_whatsapp_from=_text(settings, "BROADCAST_TWILIO_WHATSAPP_FROM"),
-            public_base_url=_text(settings, "BROADCAST_PUBLIC_BASE_URL")
-            or _text(settings, "TWILIO_WEBHOOK_BASE_URL"),
+            webhook_url=_text(s, "BROADCAST_WEBHOOK_URL"),
+            webhook_secret=_text(s, "BROADCAST_WEBHOOK_SECRET"),
+            twilio_account_sid=_text(s, "TWILIO_ACCOUNT_SID"),
+            twilio_auth_token=_text(s, "TWILIO_AUTH_TOKEN"),
+            twilio_api_base=_text(s, "BROADCAST_TWILIO_API_BASE", "https://api.twilio.com"),
+            twilio_from=_text(s, "BROADCAST_TWILIO_FROM"),
+            twilio_whatsapp_from=_text(s, "BROADCAST_TWILIO_WHATSAPP_FROM"),
+            public_base_url=_text(s, "BROADCAST_PUBLIC_BASE_URL")
+            or _text(s, "TWILIO_WEBHOOK_BASE_URL"),
         )
 
     def business_rate(self) -> Rate:
@@ -126,4 +119,4 @@ def rate_of(per_second: float) -> Rate:
 
 def retry_delay(cfg: BroadcastConfig, attempts: int) -> float:
     """Exponential backoff for a recipient's next attempt after `attempts` failed ones."""
-    return min(cfg.retry_max, cfg.retry_base * (2 ** max(0, attempts - 1)))
+    return exponential(attempts, cfg.retry_base, cfg.retry_max)

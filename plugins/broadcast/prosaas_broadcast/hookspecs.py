@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (hookspecs are signatures with docstrings; pluggy calls the implementations)
 """The hook the broadcast plugin adds to prosaas: message providers.
 
 A provider plugin implements it::

@@ -98,6 +98,7 @@ def broadcast(ctx) -> dict:
                 status="scheduled" if future else "queued",
             )
             b = store.get_broadcast(s, ctx.business_id, bid)
+    assert b is not None, "written above in the same transaction"
     if b["status"] == "scheduled":
         return {"broadcast_id": b["id"], "scheduled_at": b["scheduled_at"].isoformat()}
     if b["status"] == "failed":  # a later attempt of a job whose broadcast could not start
@@ -177,6 +178,7 @@ def _result(ctx, b: dict, tally: dict | None) -> dict:
     with ctx.session() as s:
         by_status, skipped = store.counts(s, b["id"])
         row = store.get_broadcast(s, ctx.business_id, b["id"])
+    assert row is not None, "a broadcast row is never deleted while its job runs"
     total = sum(by_status.values())
     ctx.progress(total - by_status["pending"] - by_status["sending"], total)
     return {

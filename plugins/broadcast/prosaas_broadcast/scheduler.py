@@ -50,10 +50,7 @@ def tick(rt) -> int:
 
 
 def run(ctx) -> None:
-    try:
-        interval = float(ctx.settings.get(INTERVAL_KEY) or 5)
-    except ValueError:
-        interval = 5.0
+    interval = ctx.settings.get_duration(INTERVAL_KEY, 5.0, minimum=0.01)
     while not ctx.stop_event.is_set():
         n = tick(ctx.runtime)
         if n:

@@ -24,6 +24,7 @@ from prosaas_broadcast.providers import (
     RateLimited,
     UncertainError,
 )
+from prosaas_core.backoff import exponential
 from prosaas_core.limits import Rate
 
 log = logging.getLogger("prosaas.broadcast")
@@ -224,6 +225,7 @@ class Sender:
         sent now; False when it was settled here (found at the provider, given up, cancelled)
         or must be checked again later. It never goes back to ``pending``: only a check
         decides."""
+        assert c.uncertain_since is not None, "called only for an uncertain recipient"
         try:
             found = self.provider.reconcile(msg, c.uncertain_since)
         except Exception as exc:
@@ -278,4 +280,4 @@ class Sender:
                 if attempt == 9:
                     raise
                 log.warning("recording recipient %s failed; retrying", c.id, exc_info=True)
-                time.sleep(min(5.0, 0.2 * 2**attempt))
+                time.sleep(exponential(attempt + 1, 0.2, 5.0))

@@ -12,10 +12,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
+    from sqlalchemy.orm import Session
 
 from prosaas_broadcast.tables import FINAL_BROADCAST, broadcasts, opt_outs, recipients
 
@@ -33,7 +37,7 @@ def _insert(conn: Any, table: Any):
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API
     return insert(table)
 
 
@@ -455,22 +459,25 @@ def next_due(conn: Connection, broadcast_id: int) -> tuple[int, datetime | None]
     return int(n), _aware(due)
 
 
-def by_recipient(conn: Connection, recipient_id: int) -> dict | None:
+def by_recipient(conn: Connection | Session, recipient_id: int) -> dict | None:
     row = conn.execute(select(R).where(R.c.id == recipient_id)).first()
     return dict(row._mapping) if row else None
 
 
-def record_status(conn: Connection, recipient_id: int, status: str, sid: str, error: str | None):
+def record_status(
+    conn: Connection | Session, recipient_id: int, status: str, sid: str, error: str | None
+) -> int:
     """A delivery report: ``delivered`` or ``failed`` (a failed one never turns delivered
     again, a delivered one may still fail: carriers report undelivered late)."""
     t = now()
     values: dict[str, Any] = {"status": status, "updated_at": t, "provider_message_id": sid}
     if status == "delivered":
         values["delivered_at"] = t
-        allowed = ("sending", "sent")
+        allowed: tuple[str, ...] = ("sending", "sent")
     else:
         values["error"] = (error or "failed")[:MAX_ERROR]
         allowed = ("sending", "sent", "delivered")
-    return conn.execute(
+    done = conn.execute(
         update(R).where(R.c.id == recipient_id, R.c.status.in_(allowed)).values(**values)
-    ).rowcount
+    )
+    return cast("CursorResult[Any]", done).rowcount

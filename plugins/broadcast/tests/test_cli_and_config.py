@@ -9,6 +9,7 @@ from prosaas_broadcast.config import BroadcastConfig
 from prosaas_broadcast.testing import add_leads, phone
 
 from prosaas_core.errors import ConfigError
+from prosaas_core.settings import Settings
 
 
 def test_list_and_show(runtime, client, auth, business, cli):
@@ -41,13 +42,13 @@ def test_list_and_show(runtime, client, auth, business, cli):
 )
 def test_bad_settings_fail_naming_the_key(env, needle):
     with pytest.raises(ConfigError, match=needle):
-        BroadcastConfig.from_settings(env)
+        BroadcastConfig.from_settings(Settings(env=env))
 
 
 def test_a_broadcast_rate_is_never_above_the_business_rate():
-    cfg = BroadcastConfig.from_settings({"BROADCAST_RATE": "20/s"})
+    cfg = BroadcastConfig.from_settings(Settings(env={"BROADCAST_RATE": "20/s"}))
     assert cfg.effective_rate(None).per_second == 20
     assert cfg.effective_rate(500).per_second == 20
     assert cfg.effective_rate(5).per_second == 5
     assert round(cfg.effective_rate(0.5).per_second, 3) == 0.5
-    assert BroadcastConfig.from_settings({"BROADCAST_RATE": "7"}).rate.per_second == 7
+    assert BroadcastConfig.from_settings(Settings(env={"BROADCAST_RATE": "7"})).rate.per_second == 7

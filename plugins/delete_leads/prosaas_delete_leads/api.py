@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint
+from pydantic import BaseModel
 
 from prosaas_core.api import (
     ApiError,
@@ -22,7 +23,7 @@ from prosaas_core.api.openapi import describe
 from prosaas_core.api.schemas import Enqueued, Error
 from prosaas_delete_leads.jobs import DeleteLeads
 
-_ACCEPTED = {
+_ACCEPTED: dict[int, tuple[str, type[BaseModel]]] = {
     202: ("Job accepted (Location: the job)", Enqueued),
     409: ("The same job already runs for the business; details carry its id", Error),
 }

@@ -17,13 +17,16 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from prosaas_outbound_calls.campaigns import dialect_insert, now, slot_key
 from prosaas_outbound_calls.tables import calls, campaigns, targets
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
 
 C, T = campaigns, targets
 log = logging.getLogger("prosaas.outbound_calls.attempts")
@@ -202,7 +205,7 @@ def give_back(session: Session, target_id: int, token: str, *, error: str | None
             updated_at=now(),
         )
     )
-    return res.rowcount == 1
+    return cast("CursorResult[Any]", res).rowcount == 1
 
 
 def fail_attempt(session: Session, target_id: int, token: str, error: str) -> bool:
@@ -212,7 +215,7 @@ def fail_attempt(session: Session, target_id: int, token: str, error: str) -> bo
         .where(T.c.id == target_id, T.c.attempt_token == token, T.c.status == "dialing")
         .values(status="failed", error=error[:2000], finished_at=now(), updated_at=now())
     )
-    return res.rowcount == 1
+    return cast("CursorResult[Any]", res).rowcount == 1
 
 
 @dataclass(frozen=True)

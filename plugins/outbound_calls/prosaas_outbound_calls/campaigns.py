@@ -3,6 +3,7 @@ resumed, cancelled, finished, and summarised for the API. Every statement names 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,7 @@ def dialect_insert(session: Session):
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API
     return insert
 
 
@@ -158,7 +159,7 @@ def fail(session: Session, business_id: int, campaign_id: int, error: str) -> No
 
 
 def classify(
-    session: Session, business_id: int, campaign_id: int, rows: list[Any], region: str
+    session: Session, business_id: int, campaign_id: int, rows: Sequence[Any], region: str
 ) -> list[dict[str, Any]]:
     """One target per lead row (id, phone, tags): pending, or skipped with its reason."""
     phones = {r.id: normalize(r.phone, region) for r in rows}

@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-
-class OutboundConfigError(ValueError):
-    """An OUTBOUND_CALLS_* or TWILIO_* setting is malformed."""
-
-
-def _num(settings: Any, key: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = settings.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise OutboundConfigError(f"{key} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise OutboundConfigError(f"{key} must be at least {minimum:g}, got {raw!r}")
-    return value
-
+if TYPE_CHECKING:
+    from prosaas_core.settings import Settings
 
 EVENTS = ("initiated", "ringing", "answered", "completed")
-
-
-def _events(raw: str | None) -> tuple[str, ...]:
-    if raw is None:
-        return EVENTS
-    events = tuple(e.strip() for e in raw.split(",") if e.strip())
-    unknown = sorted(set(events) - set(EVENTS))
-    if unknown:
-        raise OutboundConfigError(
-            f"OUTBOUND_CALLS_STATUS_EVENTS: unknown {', '.join(unknown)}; use {','.join(EVENTS)}"
-        )
-    return tuple(dict.fromkeys((*events, "completed")))
 
 
 @dataclass(frozen=True)
@@ -74,30 +47,33 @@ class OutboundConfig:
     status_events: tuple[str, ...] = EVENTS
 
     @classmethod
-    def from_settings(cls, settings: Any) -> OutboundConfig:
-        """Build from a prosaas ``Settings`` (anything with ``get(key)``)."""
-        http_timeout = _num(settings, "OUTBOUND_CALLS_HTTP_TIMEOUT", 10.0, minimum=0.1)
+    def from_settings(cls, settings: Settings) -> OutboundConfig:
+        """Build from the prosaas ``Settings``; SettingError names a bad key."""
+        s = settings
+        http_timeout = s.get_duration("OUTBOUND_CALLS_HTTP_TIMEOUT", 10.0, minimum=0.1)
+        events = s.get_list("OUTBOUND_CALLS_STATUS_EVENTS", EVENTS, choices=EVENTS)
         return cls(
-            account_sid=settings.get("TWILIO_ACCOUNT_SID"),
-            auth_token=settings.get("TWILIO_AUTH_TOKEN"),
-            api_base_url=settings.get("OUTBOUND_CALLS_TWILIO_API_URL", "https://api.twilio.com"),
-            webhook_base_url=settings.get("TWILIO_WEBHOOK_BASE_URL"),
-            default_twiml_url=settings.get("OUTBOUND_CALLS_TWIML_URL"),
-            default_region=(settings.get("OUTBOUND_CALLS_DEFAULT_REGION") or "US").upper(),
-            max_concurrent=int(_num(settings, "OUTBOUND_CALLS_MAX_CONCURRENT", 10, minimum=1)),
-            max_calls_per_second=_num(
-                settings, "OUTBOUND_CALLS_MAX_CALLS_PER_SECOND", 5.0, minimum=0.01
+            account_sid=s.get("TWILIO_ACCOUNT_SID"),
+            auth_token=s.get("TWILIO_AUTH_TOKEN"),
+            api_base_url=s.get("OUTBOUND_CALLS_TWILIO_API_URL") or "https://api.twilio.com",
+            webhook_base_url=s.get("TWILIO_WEBHOOK_BASE_URL"),
+            default_twiml_url=s.get("OUTBOUND_CALLS_TWIML_URL"),
+            default_region=(s.get("OUTBOUND_CALLS_DEFAULT_REGION") or "US").upper(),
+            max_concurrent=s.get_int("OUTBOUND_CALLS_MAX_CONCURRENT", 10, minimum=1),
+            max_calls_per_second=s.get_float(
+                "OUTBOUND_CALLS_MAX_CALLS_PER_SECOND", 5.0, minimum=0.01
             ),
-            slot_timeout=_num(settings, "OUTBOUND_CALLS_SLOT_TIMEOUT", 3600.0, minimum=0.5),
-            ring_timeout=int(_num(settings, "OUTBOUND_CALLS_RING_TIMEOUT", 30, minimum=5)),
+            slot_timeout=s.get_duration("OUTBOUND_CALLS_SLOT_TIMEOUT", 3600.0, minimum=0.5),
+            ring_timeout=s.get_int("OUTBOUND_CALLS_RING_TIMEOUT", 30, minimum=5),
             http_timeout=http_timeout,
-            reconcile_after=_num(
-                settings, "OUTBOUND_CALLS_RECONCILE_AFTER", 3 * http_timeout, minimum=0.1
+            reconcile_after=s.get_duration(
+                "OUTBOUND_CALLS_RECONCILE_AFTER", 3 * http_timeout, minimum=0.1
             ),
-            poll_interval=_num(settings, "OUTBOUND_CALLS_POLL_INTERVAL", 1.0, minimum=0.01),
-            sweep_interval=_num(settings, "OUTBOUND_CALLS_SWEEP_INTERVAL", 5.0, minimum=0.05),
-            dial_threads=int(_num(settings, "OUTBOUND_CALLS_DIAL_THREADS", 4, minimum=1)),
-            status_events=_events(settings.get("OUTBOUND_CALLS_STATUS_EVENTS")),
+            poll_interval=s.get_duration("OUTBOUND_CALLS_POLL_INTERVAL", 1.0, minimum=0.01),
+            sweep_interval=s.get_duration("OUTBOUND_CALLS_SWEEP_INTERVAL", 5.0, minimum=0.05),
+            dial_threads=s.get_int("OUTBOUND_CALLS_DIAL_THREADS", 4, minimum=1),
+            # "completed" always comes: the call's slot is freed on it
+            status_events=tuple(dict.fromkeys((*events, "completed"))),
         )
 
     @property

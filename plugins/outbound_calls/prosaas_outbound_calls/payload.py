@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prosaas_core.leads import LeadSelection
 from prosaas_outbound_calls.phones import strict_e164
 
-RETRYABLE = ("busy", "no-answer")
+RETRYABLE: tuple[Literal["busy", "no-answer"], ...] = ("busy", "no-answer")
 
 
 class RetryPolicy(BaseModel):

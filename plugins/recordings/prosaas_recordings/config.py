@@ -1,35 +1,16 @@
-"""The recordings plugin's settings, read from the environment through ``Settings.get``."""
+"""The recordings plugin's settings, read once from the environment through the typed getters
+of ``Settings`` (a bad value is a ``SettingError`` naming the key)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from prosaas_core.backoff import exponential
 
-class RecordingsConfigError(ValueError):
-    """A RECORDINGS_* or TWILIO_* setting is malformed."""
-
-
-def _num(settings: Any, key: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = settings.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise RecordingsConfigError(f"{key} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise RecordingsConfigError(f"{key} must be at least {minimum}, got {raw!r}")
-    return value
-
-
-def _flag(settings: Any, key: str) -> bool:
-    return (settings.get(key) or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hosts(raw: str) -> frozenset[str]:
-    return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
+if TYPE_CHECKING:
+    from prosaas_core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -65,32 +46,35 @@ class RecordingsConfig:
     retention_days: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RecordingsConfig:
-        """Build from a prosaas ``Settings`` (anything with ``get(key)``)."""
+    def from_settings(cls, settings: Settings) -> RecordingsConfig:
+        """Build from the prosaas ``Settings``; SettingError names a bad key."""
+        s = settings
         return cls(
-            account_sid=settings.get("TWILIO_ACCOUNT_SID"),
-            auth_token=settings.get("TWILIO_AUTH_TOKEN"),
-            webhook_base_url=settings.get("TWILIO_WEBHOOK_BASE_URL"),
-            recordings_dir=Path(settings.get("RECORDINGS_DIR", "recordings")).absolute(),
-            allowed_hosts=_hosts(settings.get("RECORDINGS_ALLOWED_HOSTS", "api.twilio.com")),
-            allow_http=_flag(settings, "RECORDINGS_ALLOW_HTTP"),
-            slots_per_business=int(_num(settings, "RECORDINGS_SLOTS_PER_BUSINESS", 3, minimum=1)),
-            worker_threads=int(_num(settings, "RECORDINGS_WORKER_THREADS", 8, minimum=1)),
-            max_attempts=int(_num(settings, "RECORDINGS_MAX_ATTEMPTS", 5, minimum=1)),
-            retry_base=_num(settings, "RECORDINGS_RETRY_BASE_SECONDS", 10.0),
-            retry_max=_num(settings, "RECORDINGS_RETRY_MAX_SECONDS", 600.0),
-            lease_seconds=_num(settings, "RECORDINGS_LEASE_SECONDS", 30.0, minimum=0.5),
-            poll_interval=_num(settings, "RECORDINGS_POLL_INTERVAL", 1.0, minimum=0.01),
-            connect_timeout=_num(settings, "RECORDINGS_CONNECT_TIMEOUT", 10.0, minimum=0.1),
-            read_timeout=_num(settings, "RECORDINGS_READ_TIMEOUT", 30.0, minimum=0.1),
-            download_timeout=_num(settings, "RECORDINGS_DOWNLOAD_TIMEOUT", 600.0, minimum=0.1),
-            max_bytes=int(_num(settings, "RECORDINGS_MAX_BYTES", 200 * 1024 * 1024, minimum=1)),
-            retention_days=_num(settings, "RECORDINGS_RETENTION_DAYS", 0.0),
+            account_sid=s.get("TWILIO_ACCOUNT_SID"),
+            auth_token=s.get("TWILIO_AUTH_TOKEN"),
+            webhook_base_url=s.get("TWILIO_WEBHOOK_BASE_URL"),
+            recordings_dir=Path(s.get("RECORDINGS_DIR") or "recordings").absolute(),
+            allowed_hosts=frozenset(
+                h.lower() for h in s.get_list("RECORDINGS_ALLOWED_HOSTS", ("api.twilio.com",))
+            ),
+            allow_http=s.get_bool("RECORDINGS_ALLOW_HTTP"),
+            slots_per_business=s.get_int("RECORDINGS_SLOTS_PER_BUSINESS", 3, minimum=1),
+            worker_threads=s.get_int("RECORDINGS_WORKER_THREADS", 8, minimum=1),
+            max_attempts=s.get_int("RECORDINGS_MAX_ATTEMPTS", 5, minimum=1),
+            retry_base=s.get_duration("RECORDINGS_RETRY_BASE_SECONDS", 10.0, minimum=0),
+            retry_max=s.get_duration("RECORDINGS_RETRY_MAX_SECONDS", 600.0, minimum=0),
+            lease_seconds=s.get_duration("RECORDINGS_LEASE_SECONDS", 30.0, minimum=0.5),
+            poll_interval=s.get_duration("RECORDINGS_POLL_INTERVAL", 1.0, minimum=0.01),
+            connect_timeout=s.get_duration("RECORDINGS_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+            read_timeout=s.get_duration("RECORDINGS_READ_TIMEOUT", 30.0, minimum=0.1),
+            download_timeout=s.get_duration("RECORDINGS_DOWNLOAD_TIMEOUT", 600.0, minimum=0.1),
+            max_bytes=s.get_int("RECORDINGS_MAX_BYTES", 200 * 1024 * 1024, minimum=1),
+            retention_days=s.get_float("RECORDINGS_RETENTION_DAYS", 0.0, minimum=0),
         )
 
     def retry_delay(self, attempt: int) -> float:
         """Exponential backoff after failed attempt number `attempt` (1-based)."""
-        return min(self.retry_max, self.retry_base * 2 ** max(0, attempt - 1))
+        return exponential(attempt, self.retry_base, self.retry_max)
 
     def call_path(self, business_id: int, call_sid: str) -> Path:
         """Where a call's recording lives: ``RECORDINGS_DIR/<business>/<CallSid>.mp3``."""
