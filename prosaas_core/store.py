@@ -215,8 +215,8 @@ class Db:
         """A `Db` on what the caller holds: itself; a SQLAlchemy ``Connection`` or
         ``Session`` (statements join its transaction; one is begun, as SQLAlchemy would, when
         none is open); a DB-API cursor (PostgreSQL or SQLite)."""
-        if handle.__class__ is Db:
-            return handle  # type: ignore[return-value]
+        if isinstance(handle, Db):
+            return handle
         if isinstance(handle, Session):
             handle = handle.connection()
         if isinstance(handle, Connection):
@@ -228,8 +228,6 @@ class Db:
                 handle.dialect,
                 on_lost=lambda err: conn.invalidate(err),
             )
-        if isinstance(handle, Db):
-            return handle
         sqlite = type(handle).__module__.startswith("sqlite3")
         dialect = _default_dialect("sqlite" if sqlite else "postgresql")
         return cls(handle.connection, dialect, cursor=handle)  # type: ignore[attr-defined]
@@ -282,7 +280,10 @@ class Db:
                 answer = _execute(cur, sql, params)
         except BaseException:
             if own:
-                cur.execute("ROLLBACK")
+                try:
+                    cur.execute("ROLLBACK")
+                except self._error:  # the connection is gone: nothing to roll back
+                    pass
             raise
         if own:
             cur.execute("COMMIT")
