@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.orm import Session, sessionmaker
 
 #: A pooled connection idle at least this long is pinged before it is handed out again.
@@ -118,12 +119,13 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def autocommit_cursor(engine: Engine) -> Iterator[Any]:
+def autocommit_cursor(engine: Engine) -> Iterator[DBAPICursor]:
     """A DBAPI cursor on a pooled PostgreSQL connection in autocommit mode.
 
-    For the per-request statements of the API's hottest path (the token lookup and the job
-    INSERT): it skips SQLAlchemy's execution and result machinery, about half the client CPU
-    of a small statement. The caller writes driver SQL (psycopg2 ``%s`` parameters). A driver
+    For driver SQL outside the named queries (the core's own statements go through
+    ``prosaas_core.store.connect``, which does the same for a `Db`): it skips SQLAlchemy's
+    execution and result machinery, about half the client CPU of a small statement. The caller
+    writes driver SQL (psycopg2 ``%s`` parameters). A driver
     error is re-raised as SQLAlchemy's exception of the same kind (``IntegrityError``,
     ``OperationalError``...), so callers and the API's error handlers treat both paths alike;
     a lost connection is invalidated, not returned to the pool. Not for SQLite."""

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from prosaas_core.registry import Service
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
+    from prosaas_core.store import Db
 
 log = logging.getLogger("prosaas.services")
 
@@ -63,6 +64,15 @@ class ServiceContext:
         """A SQLAlchemy session in a transaction: committed on success, rolled back on error."""
         with self.runtime.session() as s:
             yield s
+
+    @contextmanager
+    def db(self) -> Iterator[Db]:
+        """A `prosaas_core.store.Db` in autocommit mode, for the service's named queries: each
+        commits on its own, one round trip, alike on PostgreSQL and SQLite."""
+        from prosaas_core.store import connect
+
+        with connect(self.runtime.engine) as db:
+            yield db
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:

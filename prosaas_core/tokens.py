@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -30,9 +31,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from prosaas_core.db import autocommit, autocommit_cursor
+from prosaas_core.db import autocommit
 from prosaas_core.errors import NotFoundError
 from prosaas_core.models import ApiToken, Business
+from prosaas_core.store import Queries, connect
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult
@@ -87,7 +89,7 @@ _BY_HASH = select(ApiToken.business_id, ApiToken.token_hash, ApiToken.revoked_at
 )
 
 
-_BY_HASH_SQL = "SELECT business_id, token_hash, revoked_at FROM api_tokens WHERE token_hash = %s"
+Q = Queries.load(Path(__file__).with_name("queries.sql"))
 
 
 def lookup_token(engine: Engine, token: str) -> int | None:
@@ -99,15 +101,9 @@ def lookup_token(engine: Engine, token: str) -> int | None:
     revoked token fails on the very next lookup.
     """
     digest = hash_token(token)
-    if engine.dialect.name == "postgresql":
-        with autocommit_cursor(engine) as cur:
-            cur.execute(_BY_HASH_SQL, (digest,))
-            found = cur.fetchone()
-        row: Any = _Row(*found) if found else None  # a Row or a _Row: the same fields
-    else:
-        with autocommit(engine) as conn:
-            row = conn.execute(_BY_HASH, {"digest": digest}).first()
-    return _live(row, digest)
+    with connect(engine) as db:
+        found = db.one(Q.token_by_hash, {"digest": digest})
+    return _live(_Row(*found) if found else None, digest)
 
 
 class _Row(NamedTuple):

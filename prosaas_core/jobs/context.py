@@ -15,12 +15,12 @@ from prosaas_core.jobs import store
 from prosaas_core.jobs.dbretry import retry_transient
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
     from prosaas_core.limits import Limits
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
+    from prosaas_core.store import Db, Handle
 
 #: progress is written at most this often (seconds); the last value is always flushed at the end
 PROGRESS_INTERVAL = 0.25
@@ -48,7 +48,7 @@ class JobContext:
 
     ``job_id``, ``business_id``, ``job_type``, ``attempt`` (1-based), ``payload`` (the validated
     pydantic model instance, or a dict), ``state`` (saved by the last ``checkpoint``; ``{}`` at
-    first), ``session()``, ``progress(done, total=None)``, ``checkpoint(state)``,
+    first), ``session()``, ``db()``, ``progress(done, total=None)``, ``checkpoint(state)``,
     ``should_stop()`` and ``log``.
     """
 
@@ -58,7 +58,7 @@ class JobContext:
         claim: store.Claim,
         payload: Any,
         *,
-        connect: Callable[[], AbstractContextManager[Connection]],
+        connect: Callable[[], AbstractContextManager[Handle]],
         shutdown: threading.Event,
         log: logging.Logger | None = None,
         lease: Any = None,
@@ -133,6 +133,15 @@ class JobContext:
         with self._rt.session() as s:
             yield s
 
+    @contextmanager
+    def db(self) -> Iterator[Db]:
+        """A `prosaas_core.store.Db` in autocommit mode, for the handler's named queries: each
+        commits on its own, one round trip (the worker's kept connection in its main thread)."""
+        from prosaas_core.store import Db
+
+        with self._connect() as handle:
+            yield Db.of(handle)
+
     def progress(self, done: int, total: int | None = None) -> None:
         """Report `done` of `total` items. Written at most every PROGRESS_INTERVAL seconds."""
         self._check_lost()
@@ -193,7 +202,9 @@ class JobContext:
         if self._lost or self._lease_lapsed():
             raise JobLost(f"job {self.job_id} was taken over by another worker")
 
-    def _write(self, *, state: Any = None, set_state: bool = False, conn: Any = None) -> None:
+    def _write(
+        self, *, state: Any = None, set_state: bool = False, conn: Session | None = None
+    ) -> None:
         """Heartbeat (+ pending progress, + state) on the job row, fenced; on `conn` (a
         session in the caller's transaction) when given, else on a connection of its own.
 
@@ -211,7 +222,7 @@ class JobContext:
             values = dict(processed=processed, total=total, state=state, set_state=set_state)
             self._check_lost()
             if conn is not None:
-                cancel = store.touch(conn.connection(), self.job_id, self._fence, **values)
+                cancel = store.touch(conn, self.job_id, self._fence, **values)
             else:
                 # on a connection of our own: again on a fresh one across a database blip,
                 # for up to PROSAAS_DB_RETRY seconds, unless the lease lapses meanwhile

@@ -1,6 +1,7 @@
 """The one RQ function: ``run_job(job_id)`` claims the row, runs the plugin handler, records the
 outcome. A trivial job costs two database round trips: the claim (UPDATE ... RETURNING) and the
-final UPDATE, both fixed driver SQL on an autocommit psycopg2 connection the worker keeps open.
+final UPDATE, both named queries (``jobs/queries.sql``) on an autocommit driver connection the
+worker keeps open.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
 
-from prosaas_core.db import autocommit_cursor
 from prosaas_core.jobs import errortext, store
 from prosaas_core.jobs.context import JobContext, JobLost
 from prosaas_core.jobs.dbretry import retry_transient, transient
 from prosaas_core.jobs.flow import Held, Refusal, flow_key
 from prosaas_core.jobs.timeout import JobTimeout, deadline
+from prosaas_core.store import Db, connect, set_autocommit
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from sqlalchemy.pool import PoolProxiedConnection
 
     from prosaas_core.registry import JobType
     from prosaas_core.runtime import Runtime
@@ -58,10 +58,9 @@ class Dispatcher:
         self.worker_name = worker_name
         self.shutdown = shutdown
         self.current: JobContext | None = None
-        self._conn: Connection | None = None
-        self._raw: Any = None  # the main thread's pooled driver connection (PostgreSQL)
-        self._cursor: Any = None
-        self._pg = rt.engine.dialect.name == "postgresql"
+        #: the main thread's pooled driver connection, kept checked out, and its Db
+        self._raw: PoolProxiedConnection | None = None
+        self._db: Db | None = None
         self._owner = threading.get_ident()
         self._pid = os.getpid()
         self._beat: threading.Thread | None = None
@@ -73,55 +72,37 @@ class Dispatcher:
 
     # -- connections ------------------------------------------------------------------------
 
-    def _main_cursor(self) -> Any:
-        """A cursor on the bare driver connection the main thread keeps checked out of the pool
-        (PostgreSQL): the claim and the final write skip SQLAlchemy's execution machinery."""
-        raw = self._raw
-        if raw is None or raw.dbapi_connection is None or raw.dbapi_connection.closed:
+    def _main_db(self) -> Db:
+        """The main thread's Db: a kept cursor on the driver connection it keeps checked out
+        of the pool, in autocommit mode (the claim and the final write skip SQLAlchemy's
+        execution machinery and the pool's checkout)."""
+        if self._db is None:
             raw = self.rt.engine.raw_connection()
-            raw.dbapi_connection.autocommit = True
-            self._raw, self._cursor = raw, raw.dbapi_connection.cursor()
-        return self._cursor
+            dbapi_conn = raw.dbapi_connection
+            assert dbapi_conn is not None
+            set_autocommit(dbapi_conn, self.rt.engine.dialect, True)
+            self._raw = raw
+            self._db = Db(
+                dbapi_conn, self.rt.engine.dialect, cursor=dbapi_conn.cursor(), on_lost=self._lost
+            )
+        return self._db
 
-    def _main_conn(self) -> Connection:
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self.rt.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self._conn
+    def _lost(self, err: BaseException) -> None:
+        """The kept connection is gone: the next statement connects afresh."""
+        raw, self._raw, self._db = self._raw, None, None
+        if raw is not None:
+            raw.invalidate(err)  # type: ignore[arg-type]
 
     @contextmanager
-    def connect(self) -> Iterator[Any]:
-        """Something store.* writes with, in autocommit mode: on PostgreSQL a driver cursor (the
-        kept connection's in the main thread, a pooled one's elsewhere), else a SQLAlchemy
-        connection. A lost connection raises DBAPIError with ``connection_invalidated``."""
-        main = threading.get_ident() == self._owner
-        if not self._pg:
-            if not main:
-                with self.rt.engine.connect() as conn:
-                    yield conn.execution_options(isolation_level="AUTOCOMMIT")
-                return
-            try:
-                yield self._main_conn()
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    self._conn = None
-                raise
+    def connect(self) -> Iterator[Db]:
+        """The Db store.* writes with, in autocommit mode: the kept connection's in the main
+        thread, a pooled one's elsewhere. A lost connection raises DBAPIError with
+        ``connection_invalidated``."""
+        if threading.get_ident() == self._owner:
+            yield self._main_db()
             return
-        if not main:
-            with autocommit_cursor(self.rt.engine) as cur:
-                yield cur
-            return
-        cursor = self._main_cursor()
-        dialect = self.rt.engine.dialect
-        try:
-            yield cursor
-        except dialect.loaded_dbapi.Error as err:
-            lost = dialect.is_disconnect(err, self._raw.dbapi_connection, cursor)
-            if lost:  # the next statement connects afresh
-                raw, self._raw, self._cursor = self._raw, None, None
-                raw.invalidate(err)
-            raise DBAPIError.instance(
-                None, None, err, dialect.loaded_dbapi.Error, connection_invalidated=lost
-            ) from err
+        with connect(self.rt.engine) as db:
+            yield db
 
     def _retrying(self, fn, *args, **kwargs):
         """Run one statement; again on a fresh connection while the database is unreachable
@@ -149,29 +130,19 @@ class Dispatcher:
         return result
 
     def _adopt(self, job_id: int) -> store.Claim | None:
-        from sqlalchemy import select
-
-        from prosaas_core.jobs.store import c
-
-        with self.rt.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    c.id, c.business_id, c.job_type, c.queue, c.payload, c.state, c.attempts,
-                    c.max_attempts, c.fence, c.cancel_requested,
-                ).where(c.id == job_id, c.status == "running", c.worker == self.worker_name)
-            ).first()  # fmt: skip
-        if row is None:
-            return None
-        log.info("job_id=%s: the claim went through before the connection was lost", job_id)
-        return store.Claim(*row)
+        with connect(self.rt.engine) as db:
+            claim = store.adopt(db, job_id, self.worker_name)
+        if claim is not None:
+            log.info("job_id=%s: the claim went through before the connection was lost", job_id)
+        return claim
 
     def after_fork_in_child(self) -> None:
         """A forked work horse must never use the parent's sockets: forget them, unclosed."""
         from prosaas_core.db import dispose_after_fork
 
         # kept referenced: finalising them would close the parent's sockets
-        _INHERITED.append((self._conn, self._raw, self._cursor))
-        self._conn = self._raw = self._cursor = None
+        _INHERITED.append((self._raw, self._db))
+        self._raw = self._db = None
         self._owner = threading.get_ident()
         self._pid = os.getpid()
         self._beat = None
@@ -215,13 +186,10 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._beat_stop.set()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
         if self._raw is not None:
-            raw, self._raw, self._cursor = self._raw, None, None
-            if raw.dbapi_connection is not None and not raw.dbapi_connection.closed:
-                raw.dbapi_connection.autocommit = False
+            raw, self._raw, self._db = self._raw, None, None
+            if raw.dbapi_connection is not None:
+                set_autocommit(raw.dbapi_connection, self.rt.engine.dialect, False)
             raw.close()
 
     # -- running one job ---------------------------------------------------------------------

@@ -9,18 +9,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from prosaas_core.db import autocommit, autocommit_cursor
 from prosaas_core.errors import (
     MigrationRequiredError,
     NotFoundError,
     PayloadError,
     TimingError,
 )
+from prosaas_core.jobs.store import Q
 from prosaas_core.jobs.transport import push
-from prosaas_core.models import ACTIVE_STATUSES, BackgroundJob
+from prosaas_core.store import Row, connect
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -78,29 +77,16 @@ def _is_business_violation(exc: IntegrityError) -> bool:
     return getattr(exc.orig, "pgcode", None) == "23503" or "FOREIGN KEY" in str(exc.orig).upper()
 
 
-_JOBS = BackgroundJob.__table__
-# Columns not given here (attempts, processed, fence, cancel_requested, timestamps) take their
-# server defaults.
-_INSERT = _JOBS.insert().returning(_JOBS.c.id)
-_INSERT_SQL = (
-    "INSERT INTO background_jobs (business_id, job_type, queue, status, payload, max_attempts, "
-    "unique_key, run_after) VALUES (%(business_id)s, %(job_type)s, %(queue)s, %(status)s, "
-    "%(payload)s::jsonb, %(max_attempts)s, %(unique_key)s, %(run_after)s) RETURNING id"
-)
 #: the furthest ahead a job may be scheduled, seconds (a year)
 MAX_DELAY = 366 * 86400.0
 
 
 def _insert(engine: Engine, row: dict[str, Any]) -> int:
-    """One INSERT ... RETURNING that commits on its own: the row is durable before the push,
-    and a refused row (foreign key, chk_job_type, unique index) leaves nothing behind. On
-    PostgreSQL it runs on a bare driver cursor (this is the API's hottest statement)."""
-    if engine.dialect.name == "postgresql":
-        with autocommit_cursor(engine) as cur:
-            cur.execute(_INSERT_SQL, {**row, "payload": json.dumps(row["payload"])})
-            return cur.fetchone()[0]
-    with autocommit(engine) as conn:
-        return conn.execute(_INSERT, row).scalar_one()
+    """One INSERT ... RETURNING that commits on its own (``insert_job``): the row is durable
+    before the push, and a refused row (foreign key, chk_job_type, unique index) leaves nothing
+    behind. This is the API's hottest statement: a bare driver connection, no SQLAlchemy."""
+    with connect(engine) as db:
+        return db.scalar(Q.insert_job, {**row, "payload": json.dumps(row["payload"])})
 
 
 def due_time(run_at: datetime | None = None, delay: float | None = None) -> datetime | None:
@@ -145,7 +131,6 @@ def enqueue(
         "business_id": business_id,
         "job_type": jt.name,
         "queue": jt.queue,
-        "status": "queued",
         "payload": data,
         "max_attempts": jt.max_attempts,
         "unique_key": unique_key,
@@ -168,8 +153,9 @@ def enqueue(
         existing = _active_unique(rt, business_id, unique_key)
         if existing is None:  # finished between our insert and this read: try once more
             return enqueue(rt, job_type, business_id, payload, run_at=run_at, delay=delay)
-        log.info("Job %s (%s) already active for business %s", existing.id, jt.name, business_id)
-        return Enqueued(existing.id, existing.status, jt.name, business_id, False, False)
+        active_id, status = existing
+        log.info("Job %s (%s) already active for business %s", active_id, jt.name, business_id)
+        return Enqueued(active_id, status, jt.name, business_id, False, False)
     if due is not None:
         from prosaas_core.jobs.delayed import schedule
 
@@ -228,13 +214,7 @@ def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> b
     return None
 
 
-def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> Any:
+def _active_unique(rt: Runtime, business_id: int, unique_key: str) -> Row | None:
     """The (id, status) of the active job holding `unique_key`, or None."""
-    with autocommit(rt.engine) as conn:
-        return conn.execute(
-            select(_JOBS.c.id, _JOBS.c.status).where(
-                _JOBS.c.business_id == business_id,
-                _JOBS.c.unique_key == unique_key,
-                _JOBS.c.status.in_(ACTIVE_STATUSES),
-            )
-        ).first()
+    with connect(rt.engine) as db:
+        return db.one(Q.active_unique_job, {"business_id": business_id, "unique_key": unique_key})

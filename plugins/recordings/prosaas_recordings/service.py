@@ -12,8 +12,8 @@ One loop per worker process (a thread started by ``prosaas worker``):
   task is queued, at once when a download of the business ends here (by the thread that ends
   it), when another worker announces a release (`wakeup`), and every SLOT_RETRY (slots that
   expire); a task that gets none within two leases is given back;
-* the hot statements (claim, complete) are single statements on an autocommit connection on
-  PostgreSQL: one round trip each, no BEGIN/COMMIT;
+* every write (claim, renew, complete, retry, give back) is one named query on the service's
+  autocommit ``ctx.db()``: one round trip each, no BEGIN/COMMIT;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
   was lost is stopped and its task given back;
 * on ``stop_event``: stop the downloads, give their tasks back (claimable at once), release
@@ -31,9 +31,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
@@ -46,6 +47,10 @@ from prosaas_recordings.download import (
 from prosaas_recordings.httpclient import HttpClient
 from prosaas_recordings.slots import Slot, SlotManager
 from prosaas_recordings.wakeup import ReleaseNotices
+
+if TYPE_CHECKING:
+    from prosaas_core import ServiceContext
+    from prosaas_core.store import Db
 
 STOP_GRACE = 2.0  # seconds in-flight downloads get to notice a stop before being handed back
 SWEEP_EVERY = 60.0
@@ -78,9 +83,9 @@ class InFlight:
 class RecordingWorker:
     """The state of one running ``recording-worker`` service."""
 
-    def __init__(self, ctx: Any, cfg: RecordingsConfig) -> None:
+    def __init__(self, ctx: ServiceContext, cfg: RecordingsConfig) -> None:
         self.ctx, self.cfg, self.log = ctx, cfg, ctx.log
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{getattr(ctx, 'name', 'rec')}"
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ctx.name}"
         self.slots = SlotManager(
             ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds, origin=self.worker_id
         )
@@ -274,10 +279,9 @@ class RecordingWorker:
         except Exception:
             self.log.exception("slot release failed; it expires on its own")
 
-    def db(self):
-        """A connection for one hot statement: autocommit on PostgreSQL (no BEGIN/COMMIT round
-        trips), a transaction on SQLite (``ServiceContext.autocommit``)."""
-        return self.ctx.autocommit()
+    def db(self) -> AbstractContextManager[Db]:
+        """The service's connection for one named query: autocommit, one round trip."""
+        return self.ctx.db()
 
     def renew(self) -> None:
         """Extend task leases and slots of in-flight downloads; stop those that were lost."""
@@ -356,10 +360,10 @@ class RecordingWorker:
             self._transcribe(task, dest, size)
 
     def _failed(self, task: store.Task, error: str, *, retryable: bool) -> None:
-        with self.ctx.session() as s:
+        with self.db() as db:
             if retryable and task.attempts < self.cfg.max_attempts:
                 delay = self.cfg.retry_delay(task.attempts)
-                store.retry_later(s, task, error=error, delay=delay)
+                store.retry_later(db, task, error=error, delay=delay)
                 self.log.warning(
                     "DOWNLOAD_FAILED call_sid=%s attempt=%d error=%r retry_in=%.1fs",
                     task.call_sid, task.attempts, error, delay,
@@ -367,7 +371,7 @@ class RecordingWorker:
                 return
             if retryable:
                 error = f"gave up after {task.attempts} attempts: {error}"
-            store.fail(s, task, error=error)
+            store.fail(db, task, error=error)
         self.log.error("RECORDING_FAILED call_sid=%s recording_sid=%s reason=%r",
                        task.call_sid, task.recording_sid, error)  # fmt: skip
 
@@ -378,8 +382,8 @@ class RecordingWorker:
         return inf.abort_reason
 
     def _put_back(self, inf: InFlight, *, delay: float = 0.0) -> None:
-        with self.ctx.session() as s:
-            store.put_back(s, inf.task, delay=delay)
+        with self.db() as db:
+            store.put_back(db, inf.task, delay=delay)
 
     def _release(self, inf: InFlight, reason: str) -> None:
         """Release the download's slot, exactly once (the loop may do it at stop)."""
@@ -429,8 +433,8 @@ class RecordingWorker:
         try:
             text = self.transcribe(path=path, call=call)
             if text:
-                with self.ctx.session() as s:
-                    store.store_transcript(s, task, str(text))
+                with self.db() as db:
+                    store.store_transcript(db, task, str(text))
                 self.log.info("TRANSCRIPT_STORED call_sid=%s chars=%d", task.call_sid, len(text))
         except Exception:
             self.log.exception("TRANSCRIBE_FAILED call_sid=%s", task.call_sid)
@@ -499,12 +503,9 @@ def media_url(recording_url: str) -> str:
     return recording_url if recording_url.endswith(".mp3") else recording_url + ".mp3"
 
 
-def _transcriber(ctx: Any) -> Callable[..., Any] | None:
+def _transcriber(ctx: ServiceContext) -> Callable[..., Any] | None:
     """The ``prosaas_transcribe`` hook when some installed plugin implements it, else None."""
-    runtime = getattr(ctx, "runtime", None)
-    pm = getattr(runtime, "pm", None)
-    if pm is None:
-        return None
+    pm = ctx.runtime.pm
     from prosaas_recordings.hookspecs import ensure_hookspecs
 
     ensure_hookspecs(pm)
@@ -512,12 +513,12 @@ def _transcriber(ctx: Any) -> Callable[..., Any] | None:
     return hook if hook.get_hookimpls() else None
 
 
-def run(ctx: Any) -> None:
+def run(ctx: ServiceContext) -> None:
     """Service entry point: runs until ``ctx.stop_event`` is set."""
     RecordingWorker(ctx, RecordingsConfig.from_settings(ctx.settings)).run()
 
 
-def pending(ctx: Any) -> int:
+def pending(ctx: ServiceContext) -> int:
     """Due download tasks nobody holds (for ``prosaas doctor``)."""
-    with ctx.session() as s:
-        return store.count_due(s)
+    with ctx.db() as db:
+        return store.count_due(db)

@@ -9,9 +9,12 @@ lines keep speaking of businesses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prosaas_core import limits
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 PREFIX = "prosaas:recordings:slots:"
 
@@ -30,7 +33,7 @@ class SlotManager:
 
     def __init__(
         self,
-        redis: Any,
+        redis: Redis,
         *,
         limit: int = 3,
         ttl: float = 30.0,

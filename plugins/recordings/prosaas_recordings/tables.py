@@ -1,15 +1,15 @@
 """The tables the plugin reads and writes.
 
 ``recording_tasks`` is the plugin's own (created by its Alembic branch); ``calls`` and
-``businesses`` belong to the core, so only the columns used here are named, as lightweight
-table clauses, rather than importing the core's models.
+``businesses`` belong to the core, which exposes them in its public ``prosaas_core.store``.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
-from sqlalchemy import column as col
-from sqlalchemy import table as tbl
+
+from prosaas_core.store import businesses as core_businesses
+from prosaas_core.store import calls as core_calls
 
 TASK_STATUSES = ("queued", "running", "done", "failed")
 
@@ -39,25 +39,7 @@ recording_tasks = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 
-calls = tbl(
-    "calls",
-    col("id"),
-    col("business_id"),
-    col("call_sid"),
-    col("direction"),
-    col("status"),
-    col("from_number"),
-    col("to_number"),
-    col("recording_sid"),
-    col("recording_url"),
-    col("recording_status"),
-    col("recording_path"),
-    col("recording_bytes"),
-    col("recording_duration"),
-    col("recording_error"),
-    col("transcript"),
-    col("created_at"),
-    col("updated_at"),
-)
-
-businesses = tbl("businesses", col("id"))
+#: the core's tables (``prosaas_core.store``): calls are core domain, a call's recording
+#: reference included (docs/architecture.md); the plugin keeps the download work in its own table
+calls = core_calls
+businesses = core_businesses

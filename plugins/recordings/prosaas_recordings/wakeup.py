@@ -10,16 +10,19 @@ subscription was down.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prosaas_core import limits
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 class ReleaseNotices(limits.ReleaseNotices):
     """A background subscription calling `on_release(business_id)` for others' releases."""
 
     def __init__(
-        self, redis: Any, channel: str, origin: str, on_release: Callable[[int], None]
+        self, redis: Redis, channel: str, origin: str, on_release: Callable[[int], None]
     ) -> None:
         def by_business(key: str) -> None:
             if key.isdigit():

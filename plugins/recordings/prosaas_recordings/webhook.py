@@ -26,6 +26,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from prosaas_core.api import ApiError, current_runtime
 from prosaas_core.api.openapi import describe
@@ -113,7 +114,7 @@ def _duration() -> int | None:
         raise ApiError(400, "Invalid callback", "RecordingDuration must be an integer") from None
 
 
-def _business_for(session: Any, call_sid: str) -> tuple[int, bool]:
+def _business_for(session: Session, call_sid: str) -> tuple[int, bool]:
     """The business owning `call_sid` (see the module docstring), and whether the call is new.
     Reads only: the call row is created by `_create_call`, after the duplicate check."""
     found = session.execute(
@@ -134,26 +135,16 @@ def _business_for(session: Any, call_sid: str) -> tuple[int, bool]:
     return business_id, True
 
 
-def _create_call(session: Any, business_id: int, call_sid: str) -> int:
+def _create_call(session: Session, business_id: int, call_sid: str) -> int:
     """Create the call for `business_id`; the business that owns it once it exists."""
-    insert = store.dialect_insert(session)
-    session.execute(
-        insert(calls)
-        .values(
-            business_id=business_id,
-            call_sid=call_sid,
-            created_at=store.now(),
-            updated_at=store.now(),
-        )
-        .on_conflict_do_nothing(index_elements=["call_sid"])
-    )
+    store.create_call(session, business_id=business_id, call_sid=call_sid)
     # A concurrent callback may have created it first: read back whose it is.
     return session.execute(
         select(calls.c.business_id).where(calls.c.call_sid == call_sid)
     ).scalar_one()
 
 
-def _known_recording(session: Any, recording_sid: str) -> bool:
+def _known_recording(session: Session, recording_sid: str) -> bool:
     from prosaas_recordings.tables import recording_tasks
 
     found = session.execute(

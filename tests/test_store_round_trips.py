@@ -1,0 +1,116 @@
+"""The one store keeps the hot paths' round trips: counted at the driver (psycopg2), where a
+bare cursor's statements, implicit BEGINs, COMMITs and ROLLBACKs all show, whatever layer
+above sent them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg2.extensions as ext
+import pytest
+
+from prosaas_core import Runtime, Settings
+from prosaas_core.db import make_engine
+from prosaas_core.jobs import store
+from prosaas_core.jobs.context import PROGRESS_INTERVAL, JobContext
+from prosaas_core.jobs.dispatch import Dispatcher
+from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core.plugins import get_plugin_manager
+from prosaas_core.tokens import create_token, lookup_token
+
+LOG: list[str] = []
+
+
+class _Cursor(ext.cursor):
+    def execute(self, query, vars=None):
+        if not self.connection.autocommit and self.connection.status == ext.STATUS_READY:
+            LOG.append("BEGIN")  # psycopg2 sends one first
+        LOG.append(" ".join(str(query).split()[:2]))
+        return super().execute(query, vars)
+
+
+class _Connection(ext.connection):
+    def cursor(self, *args, **kwargs):
+        kwargs.setdefault("cursor_factory", _Cursor)
+        return super().cursor(*args, **kwargs)
+
+    def commit(self):
+        if self.status != ext.STATUS_READY:
+            LOG.append("COMMIT")
+        return super().commit()
+
+    def rollback(self):
+        if self.status != ext.STATUS_READY:
+            LOG.append("ROLLBACK")
+        return super().rollback()
+
+
+@pytest.fixture
+def counted(runtime: Runtime, env: dict[str, str]) -> Iterator[Runtime]:
+    """A second runtime on the same (migrated) database whose every connection is counted."""
+    rt = Runtime(Settings.from_env(env), pm=get_plugin_manager(load_entrypoints=True))
+    engine = make_engine(env["DATABASE_URL"], connect_args={"connection_factory": _Connection})
+    rt.__dict__["engine"] = engine  # the runtime builds it lazily; this one counts
+    with engine.connect():  # the dialect's first-connect queries are not the hot path's
+        pass
+    yield rt
+    rt.close()
+
+
+def _during(fn) -> list[str]:
+    LOG.clear()
+    fn()
+    return list(LOG)
+
+
+def test_a_trivial_job_costs_its_claim_and_its_outcome(counted, business):
+    disp = Dispatcher(counted, "counted-worker", threading.Event())
+    try:
+        for message in ("one", "two"):  # the second on the kept connection
+            job = enqueue(counted, "acme_echo", business, {"message": message})
+            assert _during(lambda j=job: disp.run(j.id)) == [
+                "UPDATE background_jobs",
+                "UPDATE background_jobs",
+            ]
+    finally:
+        disp.stop()
+
+
+def test_enqueue_and_token_lookup_are_one_statement_each(counted, business):
+    enqueue(counted, "acme_echo", business, {"message": "x"})  # loads the flow limits (cached)
+    assert _during(lambda: enqueue(counted, "acme_echo", business, {"message": "x"})) == [
+        "INSERT INTO"
+    ]
+    with counted.session() as s:
+        token = create_token(s, business)
+    found: list[int | None] = []
+    assert _during(lambda: found.append(lookup_token(counted.engine, token))) == [
+        "SELECT business_id,"
+    ]
+    assert found == [business]
+
+
+def test_job_writes_through_the_worker_connection_are_throttled(counted, business):
+    disp = Dispatcher(counted, "counted-worker", threading.Event())
+    try:
+        job = enqueue(counted, "acme_echo", business, {"message": "x"})
+        with disp.connect() as db:
+            claim = store.claim(db, job.id, "counted-worker")
+        assert claim is not None
+        ctx = JobContext(
+            counted, claim, {"message": "x"}, connect=disp.connect, shutdown=threading.Event()
+        )
+        LOG.clear()
+        start = time.monotonic()
+        for i in range(3000):
+            ctx.progress(i, 3000)
+        elapsed = time.monotonic() - start
+        writes = list(LOG)
+        assert set(writes) <= {"UPDATE background_jobs"}  # autocommit: no BEGIN, no COMMIT
+        assert 1 <= len(writes) <= 2 + elapsed / PROGRESS_INTERVAL
+        with ctx.db() as db:  # the handler's own named queries run on the same connection
+            assert store.touch(db, job.id, claim.fence, processed=1) is False
+    finally:
+        disp.stop()
