@@ -44,10 +44,14 @@ def migrate_at_startup(rt: Runtime) -> None:
 def _plugin_blueprints(app: Flask, rt: Runtime) -> None:
     """Mount each plugin's blueprints; a plugin whose hook or blueprint fails is logged by
     name and skipped, so one bad plugin does not take the API down."""
+    from prosaas_core.errors import ConfigError
+
     for impl in rt.pm.hook.prosaas_blueprints.get_hookimpls():
         try:
             for blueprint in impl.function() or ():
                 app.register_blueprint(blueprint)
+        except ConfigError:
+            raise  # the deployment's settings, not a broken plugin: refuse to start
         except Exception:
             log.exception("Plugin %r: its blueprints could not be mounted", impl.plugin_name)
 
