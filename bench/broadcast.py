@@ -148,6 +148,8 @@ def phase(args, fake, rate: str, logdir: Path) -> dict:
         PROSAAS_DISABLE_SERVICES="recording-worker,acme-ticker",
         **provider_env(fake),
         BROADCAST_PROVIDER="webhook",
+        # a Twilio token without a public base URL refuses to start (the status callback)
+        BROADCAST_PUBLIC_BASE_URL="https://hooks.example.com",
         BROADCAST_RATE=rate,
         BROADCAST_SENDER_THREADS=str(args.threads),
         BROADCAST_PART_SIZE=str(math.ceil(args.recipients / args.workers)),

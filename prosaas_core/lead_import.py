@@ -4,16 +4,17 @@ Phones are parsed and validated with ``phonenumbers`` and stored in E.164 (``+15
 numbers without a country code are read in the region given (``PROSAAS_PHONE_REGION``, default
 ``US``). A CSV is read row by row from a text stream and inserted in batches, so a large file
 never sits whole in memory; every bad row is reported with its line number and the good rows
-are kept.
+are kept. A CSV of more than ``PROSAAS_IMPORT_BACKGROUND_ROWS`` rows is not imported in the
+request: it is staged and imported by an ``import_leads`` job (`prosaas_core.import_job`).
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
@@ -29,9 +30,14 @@ NAME_MAX, EMAIL_MAX = 200, 254
 MAX_REPORTED_ERRORS = 200
 BATCH_SIZE = 500
 #: most data rows one CSV import may hold (``PROSAAS_IMPORT_MAX_ROWS``): past it the import is
-#: refused whole and rolled back, so one request cannot hold a thread and a transaction for long
-DEFAULT_MAX_ROWS = 100_000
+#: refused whole (413) and nothing is kept
+DEFAULT_MAX_ROWS = 1_000_000
 MAX_ROWS_ENV = "PROSAAS_IMPORT_MAX_ROWS"
+#: an import of more rows than this (``PROSAAS_IMPORT_BACKGROUND_ROWS``) is a background job:
+#: at about 50 µs a row (the phone parse), the request then never spends more than a fraction
+#: of a second importing, whatever the file's size
+DEFAULT_BACKGROUND_ROWS = 5_000
+BACKGROUND_ROWS_ENV = "PROSAAS_IMPORT_BACKGROUND_ROWS"
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -44,20 +50,29 @@ class ImportTooLarge(ImportFormatError):
     """The CSV has more data rows than the configured cap."""
 
 
-def max_rows(settings: Any) -> int:
-    """``PROSAAS_IMPORT_MAX_ROWS`` (a positive integer), default `DEFAULT_MAX_ROWS`."""
+def _positive_int(settings: Any, key: str, default: int) -> int:
     from prosaas_core.errors import ConfigError
 
-    raw = (settings.get(MAX_ROWS_ENV) or "").strip()
+    raw = (settings.get(key) or "").strip()
     if not raw:
-        return DEFAULT_MAX_ROWS
+        return default
     try:
         n = int(raw)
     except ValueError:
-        raise ConfigError(f"{MAX_ROWS_ENV} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
     if n < 1:
-        raise ConfigError(f"{MAX_ROWS_ENV} must be at least 1, got {n}")
+        raise ConfigError(f"{key} must be at least 1, got {n}")
     return n
+
+
+def max_rows(settings: Any) -> int:
+    """``PROSAAS_IMPORT_MAX_ROWS`` (a positive integer), default `DEFAULT_MAX_ROWS`."""
+    return _positive_int(settings, MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
+
+
+def background_rows(settings: Any) -> int:
+    """``PROSAAS_IMPORT_BACKGROUND_ROWS`` (a positive integer), default 5,000."""
+    return _positive_int(settings, BACKGROUND_ROWS_ENV, DEFAULT_BACKGROUND_ROWS)
 
 
 def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
@@ -123,7 +138,7 @@ class ImportResult:
         }
 
 
-def _rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
+def rows_of(reader: Any) -> Iterator[tuple[int, list[str]]]:
     """(first line number, fields) of each non-blank row; csv errors carry their line."""
     while True:
         line = reader.line_num + 1
@@ -137,7 +152,8 @@ def _rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
             yield line, row
 
 
-def _header(reader: Any) -> dict[str, int]:
+def header(reader: Any) -> dict[str, int]:
+    """The header's column indexes (name, phone, email); ImportFormatError when unusable."""
     try:
         header = next(reader)
     except StopIteration:
@@ -158,42 +174,34 @@ def _header(reader: Any) -> dict[str, int]:
     return index
 
 
-def import_csv(
+def too_large(line: int, row_limit: int) -> ImportTooLarge:
+    return ImportTooLarge(
+        f"line {line}: the CSV has more than {row_limit} rows ({MAX_ROWS_ENV}); "
+        "split it into smaller files"
+    )
+
+
+def import_rows(
     session: Session,
     business_id: int,
-    stream: TextIO,
+    import_id: int,
+    rows: Iterable[tuple[int, list[str]]],
+    cols: dict[str, int],
+    result: ImportResult,
     *,
-    filename: str | None = None,
     region: str | None = DEFAULT_REGION,
     batch_size: int = BATCH_SIZE,
-    row_limit: int = DEFAULT_MAX_ROWS,
-) -> ImportResult:
-    """Import the CSV read from `stream` as one ``lead_imports`` batch of `business_id`.
-
-    Runs inside the caller's transaction: an `ImportFormatError` (or a decoding/size error
-    from the stream) leaves nothing behind once the caller rolls back. More than `row_limit`
-    data rows raise `ImportTooLarge` as soon as the next row is read.
-    """
-    filename = (filename or "").replace("\x00", "")[:255] or None
-    batch_row = LeadImport(business_id=business_id, filename=filename)
-    session.add(batch_row)
-    session.flush()
-    result = ImportResult(import_id=batch_row.id)
-    reader = csv.reader(stream)
-    cols = _header(reader)
+) -> None:
+    """Clean and insert `rows` (line number, fields) as leads of import `import_id`, adding to
+    the counts and bad rows of `result`. Runs in the caller's transaction."""
     pending: list[dict[str, Any]] = []
 
     def cell(row: list[str], key: str) -> str | None:
         i = cols.get(key)
         return row[i] if i is not None and i < len(row) else None
 
-    for line, row in _rows(reader):
+    for line, row in rows:
         result.total_rows += 1
-        if result.total_rows > row_limit:
-            raise ImportTooLarge(
-                f"line {line}: the CSV has more than {row_limit} rows ({MAX_ROWS_ENV}); "
-                "split it into smaller files"
-            )
         fields, errors = clean_lead(
             cell(row, "name"), cell(row, "phone"), cell(row, "email"), region
         )
@@ -205,7 +213,7 @@ def import_csv(
                 result.errors_truncated = True
             continue
         pending.append(
-            {**fields, "business_id": business_id, "import_id": batch_row.id, "source": "csv"}
+            {**fields, "business_id": business_id, "import_id": import_id, "source": "csv"}
         )
         if len(pending) >= batch_size:
             session.execute(insert(Lead), pending)
@@ -214,10 +222,16 @@ def import_csv(
     if pending:
         session.execute(insert(Lead), pending)
         result.imported += len(pending)
+
+
+def clean_filename(filename: str | None) -> str | None:
+    return (filename or "").replace("\x00", "")[:255] or None
+
+
+def finish_batch(batch_row: LeadImport, result: ImportResult) -> None:
+    """Copy `result`'s counts and bad rows onto the batch row, marked completed."""
     batch_row.total_rows = result.total_rows
     batch_row.imported_rows = result.imported
     batch_row.failed_rows = result.failed
     batch_row.errors = result.errors
     batch_row.status = "completed"
-    session.flush()
-    return result

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -97,6 +98,30 @@ class LeadImport(Base):
     failed_rows: Mapped[int] = mapped_column(Integer, server_default="0")
     errors: Mapped[Any | None] = mapped_column(Json)
     created_at: Mapped[datetime] = _now()
+    #: a large import's ``import_leads`` job (None for one imported within its request)
+    job_id: Mapped[int | None] = mapped_column(Id)
+    #: a large import's header, column name -> index: how its job reads the staged rows
+    columns: Mapped[Any | None] = mapped_column(Json)
+
+
+class LeadImportChunk(Base):
+    """A slice of a large import's CSV (whole records, as uploaded) waiting for its job.
+
+    Deleted in the transaction that imports it, so an attempt killed at any instant resumes at
+    the first chunk not yet imported; whatever is left goes when the job ends."""
+
+    __tablename__ = "lead_import_chunks"
+    __table_args__ = (Index("ix_lead_import_chunks_import_id_id", "import_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("lead_imports.id", ondelete="CASCADE"))
+    #: line number (in the uploaded file) of the chunk's first line
+    first_line: Mapped[int] = mapped_column(Integer)
+    #: records in the chunk, blank ones included
+    rows: Mapped[int] = mapped_column(Integer)
+    #: the records as zlib-compressed UTF-8 (bytes: PostgreSQL text cannot hold a NUL, which a
+    #: bad row may carry and must be reported like any bad row)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Lead(Base):

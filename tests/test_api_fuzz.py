@@ -127,8 +127,15 @@ def requests_for(draw, op_entry, doc):
 
 
 def test_no_route_answers_5xx_and_every_error_is_json(env, runtime):
-    # plugin settings a deployment has (the recordings webhook answers 503 without its secret)
-    app = create_app({**env, "TWILIO_AUTH_TOKEN": "fuzz-secret"})
+    # plugin settings a deployment has (the recordings webhook answers 503 without its secret,
+    # and the API does not start with it but without a public base URL)
+    app = create_app(
+        {
+            **env,
+            "TWILIO_AUTH_TOKEN": "fuzz-secret",
+            "TWILIO_WEBHOOK_BASE_URL": "https://hooks.example.com",
+        }
+    )
     client = app.test_client()
     _, token = business_with_token(runtime, "Fuzz")
     client.post(  # some objects to find

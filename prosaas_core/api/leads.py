@@ -14,6 +14,7 @@ from prosaas_core.api.openapi import describe
 from prosaas_core.api.params import page, parse_query
 from prosaas_core.api.schemas import (
     Error,
+    LeadImportQueued,
     LeadImportResult,
     LeadImportSummary,
     LeadIn,
@@ -180,6 +181,11 @@ def _csv_source() -> tuple[Any, str | None]:
     body=CSV_BODY,
     responses={
         201: ("The import batch: counts, and each bad row with its line number", LeadImportResult),
+        202: (
+            "More rows than PROSAAS_IMPORT_BACKGROUND_ROWS: staged and imported by an "
+            "import_leads job (Location: the job; the batch shows its progress)",
+            LeadImportQueued,
+        ),
         413: ("The CSV has more rows than PROSAAS_IMPORT_MAX_ROWS: nothing imported", Error),
     },
     tags=["leads"],
@@ -187,24 +193,37 @@ def _csv_source() -> tuple[Any, str | None]:
 def import_leads():
     """Import leads from a CSV with columns name, phone, email, as one batch.
 
-    Rows are read and inserted as they stream in. Bad rows are reported with their line
-    numbers and skipped; the good rows are kept.
+    Bad rows are reported with their line numbers and skipped; the good rows are kept. A CSV
+    of at most ``PROSAAS_IMPORT_BACKGROUND_ROWS`` rows is imported in the request (201); a
+    larger one is stored and imported by an ``import_leads`` job, with progress and cancel
+    (202: follow the job, or the batch at ``/api/leads/imports/{id}``).
     """
-    from prosaas_core.lead_import import ImportFormatError, ImportTooLarge, import_csv, max_rows
+    from prosaas_core.import_job import JOB_TYPE, Staged, receive, start
+    from prosaas_core.lead_import import (
+        ImportFormatError,
+        ImportTooLarge,
+        background_rows,
+        max_rows,
+    )
 
+    rt = current_runtime()
     source, filename = _csv_source()
     text = io.TextIOWrapper(
         io.BufferedReader(_Reader(source), 64 * 1024), encoding="utf-8-sig", newline=""
     )
+    limit = max_rows(rt.settings)
+    # without the core's plugin (PROSAAS_DISABLE_PLUGINS=core) every import runs here
+    threshold = background_rows(rt.settings) if JOB_TYPE in rt.registry.job_types else limit
     try:
-        with current_runtime().session() as s:
-            result = import_csv(
+        with rt.session() as s:
+            result = receive(
                 s,
                 current_business_id(),
                 text,
                 filename=filename,
                 region=_region(),
-                row_limit=max_rows(current_runtime().settings),
+                threshold=threshold,
+                row_limit=limit,
             )
     except ImportTooLarge as exc:
         raise ApiError(413, "Too many rows", str(exc)) from None
@@ -212,6 +231,20 @@ def import_leads():
         raise ApiError(400, "Invalid CSV", str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ApiError(400, "Invalid CSV", f"the file is not UTF-8 text ({exc.reason})") from None
+    if isinstance(result, Staged):
+        job = start(rt, current_business_id(), result)
+        resp = jsonify(
+            {
+                "id": job.id,
+                "status": job.status,
+                "job_type": job.job_type,
+                "import_id": result.import_id,
+                "total_rows": result.total_rows,
+            }
+        )
+        resp.status_code = 202
+        resp.headers["Location"] = url_for("prosaas_core.get_job", job_id=job.id)
+        return resp
     resp = jsonify(result.as_dict())
     resp.status_code = 201
     resp.headers["Location"] = url_for("prosaas_leads.get_import", import_id=result.import_id)
@@ -237,5 +270,6 @@ def get_import(import_id: int):
                 "failed_rows": row.failed_rows,
                 "errors": row.errors,
                 "created_at": _iso(row.created_at),
+                "job_id": row.job_id,
             }
         )

@@ -149,7 +149,20 @@ class LeadImportResult(BaseModel):
     errors_truncated: bool
 
 
+class LeadImportQueued(BaseModel):
+    """A large import, staged: its ``import_leads`` job, and the batch that job fills."""
+
+    id: int
+    status: JobStatus
+    job_type: str
+    import_id: int
+    total_rows: int
+
+
 class LeadImportSummary(BaseModel):
+    """A batch: ``completed``, or for a large import ``queued``, ``running``, ``completed``,
+    ``cancelled`` or ``failed`` as its job (``job_id``) goes."""
+
     id: int
     filename: str | None
     status: str
@@ -158,3 +171,4 @@ class LeadImportSummary(BaseModel):
     failed_rows: int
     errors: list[RowError] | None
     created_at: str | None
+    job_id: int | None

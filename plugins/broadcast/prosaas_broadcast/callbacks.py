@@ -2,8 +2,10 @@
 callback, which moves a recipient to ``delivered`` or ``failed``.
 
 Verified with the Twilio SDK's ``RequestValidator`` and ``TWILIO_AUTH_TOKEN`` against the URL
-Twilio called: ``BROADCAST_PUBLIC_BASE_URL`` (or ``TWILIO_WEBHOOK_BASE_URL``) + path and query
-when set, else the URL Flask saw. Twilio signs the full URL, so the recipient id in it cannot
+Twilio called: ``BROADCAST_PUBLIC_BASE_URL`` (or ``TWILIO_WEBHOOK_BASE_URL``) + path and query;
+the URL Flask saw only with ``TWILIO_WEBHOOK_TRUST_HOST=1`` (development): with
+``TWILIO_AUTH_TOKEN`` set and neither, the API does not start (`prosaas_core.api.webhooks`).
+Twilio signs the full URL, so the recipient id in it cannot
 be forged; the ``MessageSid`` must also be the one recorded for that recipient (when one is).
 """
 
@@ -16,6 +18,7 @@ from flask import Blueprint, jsonify, request
 from prosaas_broadcast import store
 from prosaas_broadcast.config import BroadcastConfig
 from prosaas_core.api import ApiError, current_runtime
+from prosaas_core.api.webhooks import require_public_base_url, signed_url
 
 log = logging.getLogger("prosaas.broadcast.callbacks")
 
@@ -25,11 +28,14 @@ DELIVERED = {"delivered", "read"}
 FAILED = {"failed", "undelivered"}
 
 
-def _signed_url(cfg: BroadcastConfig) -> str:
-    if not cfg.public_base_url:
-        return request.url
-    query = request.query_string.decode("latin-1")
-    return cfg.public_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
+# no public base URL with TWILIO_AUTH_TOKEN set: create_app() and `prosaas serve` refuse to start
+require_public_base_url(
+    bp,
+    plugin="broadcast",
+    path="/webhooks/twilio/broadcast-status",
+    base_url=lambda settings: BroadcastConfig.from_settings(settings).public_base_url,
+    setting="BROADCAST_PUBLIC_BASE_URL (or TWILIO_WEBHOOK_BASE_URL)",
+)
 
 
 def _verify(cfg: BroadcastConfig) -> None:
@@ -39,7 +45,7 @@ def _verify(cfg: BroadcastConfig) -> None:
         raise ApiError(503, "Webhook not configured", "set TWILIO_AUTH_TOKEN")
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature or not RequestValidator(cfg.twilio_auth_token).validate(
-        _signed_url(cfg), request.form, signature
+        signed_url(cfg.public_base_url), request.form, signature
     ):
         log.warning("Twilio signature rejected for %s", request.path)
         raise ApiError(403, "Forbidden", "missing or invalid X-Twilio-Signature")

@@ -34,6 +34,9 @@ def env(env: dict[str, str], fake: FakeProvider) -> dict[str, str]:
         "BROADCAST_RETRY_MAX_SECONDS": "0.5",
         "BROADCAST_SCHEDULER_INTERVAL": "0.5",
         "BROADCAST_PUBLIC_BASE_URL": "https://hooks.example.com",
+        # the other Twilio webhooks (recordings, outbound_calls): with a token set, the API
+        # does not start without a public base URL
+        "TWILIO_WEBHOOK_BASE_URL": "https://hooks.example.com",
         "PROSAAS_DISABLE_SERVICES": "recording-worker,acme-ticker",
         "PROSAAS_SHUTDOWN_TIMEOUT": "5",
     }

@@ -3,7 +3,9 @@
 The URL carries ``target`` and ``attempt`` (the claim's token); Twilio signs the whole URL, so
 they cannot be forged without the auth token. The signature is checked with the SDK's
 ``RequestValidator`` against ``TWILIO_WEBHOOK_BASE_URL`` + path + query (the URL prosaas gave
-Twilio), or the URL Flask saw when that is not set: 403 otherwise, nothing changed.
+Twilio): 403 otherwise, nothing changed. The URL Flask saw is used only with
+``TWILIO_WEBHOOK_TRUST_HOST=1`` (development); with ``TWILIO_AUTH_TOKEN`` set and no base URL
+the API does not start (`prosaas_core.api.webhooks`).
 
 A status is applied only when it ranks above the one recorded (`attempts.apply_status`), so a
 replayed or late callback changes nothing; a final status frees the attempt's live-call slot
@@ -18,6 +20,7 @@ import re
 from flask import Blueprint, jsonify, request
 
 from prosaas_core.api import ApiError, current_runtime
+from prosaas_core.api.webhooks import require_public_base_url, signed_url
 from prosaas_core.limits import Slot
 from prosaas_outbound_calls import attempts, campaigns
 from prosaas_outbound_calls.config import OutboundConfig
@@ -31,11 +34,13 @@ SID_RE = re.compile(r"^CA[0-9a-fA-F]{32}$")
 TOKEN_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
 
-def signed_url(cfg: OutboundConfig) -> str:
-    if not cfg.webhook_base_url:
-        return request.url
-    query = request.query_string.decode("latin-1")
-    return cfg.webhook_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
+# no public base URL with TWILIO_AUTH_TOKEN set: create_app() and `prosaas serve` refuse to start
+require_public_base_url(
+    bp,
+    plugin="outbound_calls",
+    path=STATUS_PATH,
+    base_url=lambda settings: settings.get("TWILIO_WEBHOOK_BASE_URL"),
+)
 
 
 def verify_signature(cfg: OutboundConfig) -> None:
@@ -46,7 +51,7 @@ def verify_signature(cfg: OutboundConfig) -> None:
         raise ApiError(503, "Webhook not configured", "set TWILIO_AUTH_TOKEN")
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature or not RequestValidator(cfg.auth_token).validate(
-        signed_url(cfg), request.form, signature
+        signed_url(cfg.webhook_base_url), request.form, signature
     ):
         log.warning("OUTBOUND_CALLBACK_FORGED path=%s", request.path)
         raise ApiError(403, "Forbidden", "missing or invalid X-Twilio-Signature")

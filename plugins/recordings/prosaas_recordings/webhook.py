@@ -1,10 +1,10 @@
 """``POST /webhooks/twilio/recording``: Twilio's recording status callback.
 
 Verified with the Twilio SDK's ``RequestValidator`` and ``TWILIO_AUTH_TOKEN`` against the URL
-Twilio called: ``TWILIO_WEBHOOK_BASE_URL`` + path and query. Without a base URL the webhook is
-not served (503, and an error line at start-up): the URL Flask sees is built from the request's
-``Host`` header, which the caller chooses. ``TWILIO_WEBHOOK_TRUST_HOST=1`` allows it for
-development. A completed recording becomes a durable ``recording_tasks`` row, once per
+Twilio called: ``TWILIO_WEBHOOK_BASE_URL`` + path and query. With ``TWILIO_AUTH_TOKEN`` set and
+no base URL the API does not start (`prosaas_core.api.webhooks`): the URL Flask sees is built
+from the request's ``Host`` header, which the caller chooses. ``TWILIO_WEBHOOK_TRUST_HOST=1``
+allows it for development. A completed recording becomes a durable ``recording_tasks`` row, once per
 ``RecordingSid``; a repeated callback writes nothing. The answer is immediate, the download is
 the recording worker's.
 
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from prosaas_core.api import ApiError, current_runtime
 from prosaas_core.api.openapi import describe
+from prosaas_core.api.webhooks import require_public_base_url, signed_url
 from prosaas_recordings import store
 from prosaas_recordings.config import RecordingsConfig
 from prosaas_recordings.download import Limits, host_allowed
@@ -44,44 +45,19 @@ CALL_SID_RE = re.compile(r"^CA[0-9a-fA-F]{32}$")
 RECORDING_SID_RE = re.compile(r"^RE[0-9a-fA-F]{32}$")
 #: every value Twilio sends as RecordingStatus
 STATUSES = frozenset({"in-progress", "completed", "absent", "failed"})
-#: development switch: check signatures against the URL built from the Host header
-TRUST_HOST = "TWILIO_WEBHOOK_TRUST_HOST"
 
 
 def config() -> RecordingsConfig:
     return RecordingsConfig.from_settings(current_runtime().settings)
 
 
-def _trust_host(settings: Any) -> bool:
-    return (settings.get(TRUST_HOST) or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-@bp.record_once
-def _check_at_startup(state: Any) -> None:
-    """Say at start-up, once, that the webhook will refuse callbacks without a base URL."""
-    rt = state.app.extensions.get("prosaas")
-    if rt is None:
-        return
-    if not rt.settings.get("TWILIO_WEBHOOK_BASE_URL") and not _trust_host(rt.settings):
-        log.error(
-            "RECORDINGS WEBHOOK DISABLED: set TWILIO_WEBHOOK_BASE_URL to the public base URL "
-            "Twilio calls (e.g. https://api.example.com); %s=1 is for development only",
-            TRUST_HOST,
-        )
-
-
-def signed_url(cfg: RecordingsConfig) -> str:
-    """The URL Twilio signed: the public base URL, or (development switch) the one Flask saw."""
-    if not cfg.webhook_base_url:
-        if not _trust_host(current_runtime().settings):
-            raise ApiError(
-                503,
-                "Webhook not configured",
-                "set TWILIO_WEBHOOK_BASE_URL (the public base URL Twilio calls)",
-            )
-        return request.url
-    query = request.query_string.decode("latin-1")
-    return cfg.webhook_base_url.rstrip("/") + request.path + (f"?{query}" if query else "")
+# no public base URL with TWILIO_AUTH_TOKEN set: create_app() and `prosaas serve` refuse to start
+require_public_base_url(
+    bp,
+    plugin="recordings",
+    path="/webhooks/twilio/recording",
+    base_url=lambda settings: settings.get("TWILIO_WEBHOOK_BASE_URL"),
+)
 
 
 def verify_signature(cfg: RecordingsConfig) -> None:
@@ -93,7 +69,7 @@ def verify_signature(cfg: RecordingsConfig) -> None:
     signature = request.headers.get("X-Twilio-Signature", "")
     algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
     if not signature or not RequestValidator(cfg.auth_token).validate(
-        signed_url(cfg), request.form, signature, algorithm
+        signed_url(cfg.webhook_base_url), request.form, signature, algorithm
     ):
         log.warning("Twilio signature rejected for %s", request.path)
         raise ApiError(403, "Forbidden", "missing or invalid X-Twilio-Signature")
