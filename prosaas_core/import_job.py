@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict
@@ -46,6 +46,7 @@ from prosaas_core.lead_import import (
 from prosaas_core.models import FINAL_STATUSES, BackgroundJob, LeadImport, LeadImportChunk
 
 if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
     from sqlalchemy.orm import Session
 
     from prosaas_core.runtime import Runtime
@@ -227,9 +228,11 @@ def start(rt: Runtime, business_id: int, staged: Staged) -> Any:
 
 def _drop(session: Session, import_id: int, status: str) -> int:
     """Delete what is left of an import's staged CSV and mark the batch `status`."""
-    n = session.execute(
-        delete(LeadImportChunk).where(LeadImportChunk.import_id == import_id)
-    ).rowcount
+    deleted = cast(
+        "CursorResult[Any]",
+        session.execute(delete(LeadImportChunk).where(LeadImportChunk.import_id == import_id)),
+    )
+    n = deleted.rowcount
     session.execute(
         update(LeadImport)
         .where(LeadImport.id == import_id, LeadImport.status.in_(("queued", "running")))

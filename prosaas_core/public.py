@@ -25,6 +25,10 @@ PUBLIC: Mapping[str, frozenset[str] | str | None] = {
     "prosaas_core.api.openapi": frozenset({"describe"}),
     "prosaas_core.api.params": frozenset({"parse_query"}),
     "prosaas_core.api.schemas": frozenset({"Enqueued", "Error"}),
+    # Twilio-signed webhooks: the URL the signature covers, and the start-up refusal
+    "prosaas_core.api.webhooks": frozenset(
+        {"WebhookConfigError", "require_public_base_url", "signed_url"}
+    ),
     # CLI: what a prosaas_cli command needs
     "prosaas_core.cli.common": frozenset({"UserError", "echo_json", "get_runtime", "pass_runtime"}),
     # the plugin manager, for a plugin that declares hooks of its own (prosaas_addhooks)
@@ -38,6 +42,10 @@ PUBLIC: Mapping[str, frozenset[str] | str | None] = {
     "prosaas_core.csvsafe": None,
     "prosaas_core.errors": None,
     "prosaas_core.limits": None,
+    # the one store: named queries, the typed connection wrapper, the core tables plugins use
+    "prosaas_core.store": ALL,
+    # deprecating a name of your own plugin: warns once, with the removal version
+    "prosaas_core.deprecation": frozenset({"deprecated"}),
     "prosaas_core.settings": frozenset({"Settings"}),
     # the pytest plugin a plugin's own test suite uses (fixtures, worker/serve processes)
     "prosaas_core.testing": None,

@@ -11,6 +11,7 @@ from prosaas_core.errors import DuplicateJobTypeError, PluginError
 
 if TYPE_CHECKING:
     import pluggy
+    from pydantic import BaseModel
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 QUEUE_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
@@ -25,7 +26,7 @@ class JobType:
     handler: Callable[[Any], Any]
     _: KW_ONLY
     queue: str = "default"
-    payload_model: type | None = None
+    payload_model: type[BaseModel] | None = None
     description: str = ""
     max_attempts: int = 3
     timeout: float | None = None

@@ -43,7 +43,7 @@ from typing import Any, Union
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 from prosaas_core.models import Business, Call
@@ -64,9 +64,9 @@ __all__ = [
 ]
 
 #: the core's ``calls`` table (core domain, including a call's recording reference)
-calls: Table = Call.__table__  # type: ignore[assignment]
+calls: Table = Call.__table__
 #: the core's ``businesses`` table
-businesses: Table = Business.__table__  # type: ignore[assignment]
+businesses: Table = Business.__table__
 
 DIALECTS = ("postgresql", "sqlite")
 Row = tuple[Any, ...]
@@ -168,11 +168,11 @@ class Queries:
 def _default_dialect(name: str) -> Dialect:
     """A dialect for a bare cursor handed in without an engine (its error classes and
     disconnect test are all `Db` needs)."""
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite as cls
-    else:
-        from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as cls
-    return cls(dbapi=cls.import_dbapi())
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    cls: type[Dialect] = SQLiteDialect_pysqlite if name == "sqlite" else PGDialect_psycopg2
+    return cls(dbapi=cls.import_dbapi())  # type: ignore[call-arg]
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -230,7 +230,7 @@ class Db:
             )
         sqlite = type(handle).__module__.startswith("sqlite3")
         dialect = _default_dialect("sqlite" if sqlite else "postgresql")
-        return cls(handle.connection, dialect, cursor=handle)  # type: ignore[attr-defined]
+        return cls(handle.connection, dialect, cursor=handle)
 
     # -- running a query --------------------------------------------------------------------
 
@@ -289,18 +289,18 @@ class Db:
             cur.execute("COMMIT")
         return answer
 
-    def _translate(self, err: Exception, cur: DBAPICursor) -> DBAPIError:
+    def _translate(self, err: Exception, cur: DBAPICursor) -> StatementError:
         lost = self.dialect.is_disconnect(err, self._conn, cur)  # type: ignore[arg-type]
         if lost and self._on_lost is not None:
             self._on_lost(err)
-        return DBAPIError.instance(None, None, err, self._error, connection_invalidated=lost)  # type: ignore[return-value]
+        return DBAPIError.instance(None, None, err, self._error, connection_invalidated=lost)
 
 
 def _execute(cur: DBAPICursor, sql: str, params: Params) -> tuple[list[Row], int]:
     cur.execute(sql, params)
     # fetch everything: a SQLite statement with RETURNING ends (and commits) once its rows
     # are read
-    rows = cur.fetchall() if cur.description is not None else []
+    rows = list(cur.fetchall()) if cur.description is not None else []
     return rows, cur.rowcount
 
 
@@ -327,7 +327,7 @@ def connect(engine: Engine) -> Iterator[Db]:
     def on_lost(err: BaseException) -> None:
         nonlocal lost
         lost = True
-        raw.invalidate(err)  # type: ignore[arg-type]
+        raw.invalidate(err)
 
     try:
         set_autocommit(dbapi_conn, engine.dialect, True)

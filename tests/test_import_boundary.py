@@ -16,48 +16,6 @@ SCANNED = [*sorted((ROOT / "plugins").glob("*/")), ROOT / "tests" / "fixtures" /
 GUIDE = ROOT / "docs" / "plugin-guide.md"
 START, END = "<!-- public-api:start -->\n", "<!-- public-api:end -->"
 
-# TEMPORARY, for the merge of issue #16 only: imports of non-public core names in files other
-# engineers were rewriting at the same time (the recordings store/tasks, the plugins" testing.py
-# and tests, which move to prosaas_core.testing). The lead empties this list at merge; an entry
-# that no longer occurs fails the test too, so the list can only shrink.
-KNOWN_VIOLATIONS_TO_REMOVE_AT_MERGE: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("plugins/broadcast/prosaas_broadcast/testing.py", "prosaas_core.tokens.create_token"),
-        ("plugins/delete_leads/tests/test_delete_leads_api.py", "prosaas_core.tokens.create_token"),
-        (
-            "plugins/outbound_calls/prosaas_outbound_calls/testing.py",
-            "prosaas_core.api.testing.bearer",
-        ),
-        (
-            "plugins/outbound_calls/prosaas_outbound_calls/testing.py",
-            "prosaas_core.api.testing.business_with_token",
-        ),
-        ("plugins/outbound_calls/tests/conftest.py", "prosaas_core.api.testing.free_port"),
-        ("plugins/receipts/tests/test_receipts_api.py", "prosaas_core.tokens.create_token"),
-        ("plugins/recordings/tests/test_hardening.py", "prosaas_core.api.testing.bearer"),
-        (
-            "plugins/recordings/tests/test_hardening.py",
-            "prosaas_core.api.testing.business_with_token",
-        ),
-        ("plugins/recordings/tests/test_retention.py", "prosaas_core.jobs.control"),
-        ("plugins/recordings/tests/test_retention.py", "prosaas_core.jobs.enqueue.enqueue"),
-        ("plugins/recordings/tests/test_service.py", "prosaas_core.api.testing.bearer"),
-        (
-            "plugins/recordings/tests/test_service.py",
-            "prosaas_core.api.testing.business_with_token",
-        ),
-        ("plugins/recordings/tests/test_sqlite.py", "prosaas_core.api.testing.bearer"),
-        ("plugins/recordings/tests/test_sqlite.py", "prosaas_core.api.testing.business_with_token"),
-        ("plugins/recordings/tests/test_sqlite.py", "prosaas_core.migrate"),
-        ("plugins/recordings/tests/test_store.py", "prosaas_core.db.autocommit"),
-        (
-            "plugins/recordings/tests/test_worker_e2e.py",
-            "prosaas_core.api.testing.business_with_token",
-        ),
-        ("plugins/update_leads/tests/test_update_leads_api.py", "prosaas_core.tokens.create_token"),
-    }
-)
-
 
 def core_imports(path: Path) -> list[tuple[int, str]]:
     """(line, "module" or "module.name") for each import of a prosaas_core name in `path`."""
@@ -87,16 +45,11 @@ def violations() -> set[tuple[str, str]]:
 
 
 def test_plugins_import_only_public_core_names():
-    found = violations()
-    new = sorted(found - KNOWN_VIOLATIONS_TO_REMOVE_AT_MERGE)
-    assert not new, (
+    found = sorted(violations())
+    assert not found, (
         "plugins import core names that are not public (prosaas_core/public.py lists the "
         "public ones; use those, or make the name public there and in the plugin guide):\n"
-        + "\n".join(f"  {path}: {name}" for path, name in new)
-    )
-    gone = sorted(KNOWN_VIOLATIONS_TO_REMOVE_AT_MERGE - found)
-    assert not gone, "fixed: remove from KNOWN_VIOLATIONS_TO_REMOVE_AT_MERGE:\n" + "\n".join(
-        f"  {path}: {name}" for path, name in gone
+        + "\n".join(f"  {path}: {name}" for path, name in found)
     )
 
 

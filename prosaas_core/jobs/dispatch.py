@@ -91,7 +91,7 @@ class Dispatcher:
         """The kept connection is gone: the next statement connects afresh."""
         raw, self._raw, self._db = self._raw, None, None
         if raw is not None:
-            raw.invalidate(err)  # type: ignore[arg-type]
+            raw.invalidate(err)
 
     @contextmanager
     def connect(self) -> Iterator[Db]:

@@ -45,13 +45,17 @@ __all__ = [
     "REDIS_SERVER",
     "ServeProcess",
     "WorkerProcess",
+    "auth_header",
     "bearer",
     "business_with_token",
     "create_pg_database",
     "drop_pg_database",
     "free_port",
+    "get_job",
+    "list_jobs",
     "prosaas_env",
     "run_cli",
+    "upgrade",
     "wait_until",
 ]
 
@@ -140,6 +144,36 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def auth_header(rt: Runtime, business_id: int) -> dict[str, str]:
+    """The ``Authorization`` header of a new token for an existing business."""
+    from prosaas_core.tokens import create_token
+
+    with rt.session() as s:
+        return bearer(create_token(s, business_id))
+
+
+def upgrade(rt: Runtime) -> Any:
+    """Migrate `rt`'s database to the installed plugin set (what ``prosaas db upgrade`` does)."""
+    from prosaas_core import migrate
+
+    return migrate.upgrade(rt)
+
+
+def get_job(rt: Runtime, job_id: int) -> dict[str, Any]:
+    """One job as an operator sees it (``prosaas jobs show --json``)."""
+    from prosaas_core.jobs import control
+
+    return control.get_job(rt, job_id)
+
+
+def list_jobs(rt: Runtime, **filters: Any) -> list[dict[str, Any]]:
+    """Jobs as an operator lists them (``prosaas jobs list --json``); filters as its options:
+    ``business_id``, ``status``, ``job_type``, ``limit``."""
+    from prosaas_core.jobs import control
+
+    return control.list_jobs(rt, **filters)
+
+
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -162,7 +196,8 @@ def free_port() -> int:
     """A TCP port nothing listens on right now (127.0.0.1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class WorkerProcess:
@@ -215,7 +250,9 @@ class WorkerProcess:
             return next((ln for ln in self.log().splitlines() if text in ln), None)
 
         try:
-            return wait_until(found, timeout, f"{text!r} in worker log")
+            line = wait_until(found, timeout, f"{text!r} in worker log")
+            assert line is not None  # wait_until returns only a truthy value
+            return line
         except AssertionError:
             raise AssertionError(f"{text!r} not logged; output:\n{self.log()}") from None
 

@@ -288,10 +288,9 @@ def new_business(runtime, name: str = "Other") -> int:
 
 
 def token_for(runtime, business_id: int) -> dict:
-    from prosaas_core.tokens import create_token
+    from prosaas_core.testing import auth_header
 
-    with runtime.session() as s:
-        return {"Authorization": f"Bearer {create_token(s, business_id)}"}
+    return auth_header(runtime, business_id)
 
 
 def wait_broadcast(

@@ -6,12 +6,11 @@ import pytest
 from sqlalchemy import text
 
 from prosaas_core.leads import MAX_LEAD_IDS
-from prosaas_core.tokens import create_token
+from prosaas_core.testing import auth_header
 
 
 def _auth(runtime, business_id: int) -> dict:
-    with runtime.session() as s:
-        return {"Authorization": f"Bearer {create_token(s, business_id)}"}
+    return auth_header(runtime, business_id)
 
 
 def _jobs(runtime) -> list[tuple]:

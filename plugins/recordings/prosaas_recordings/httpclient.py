@@ -31,7 +31,9 @@ def env_proxy(scheme: str, host: str) -> str | None:
     """The proxy the environment sets for `scheme`://`host`, or None (direct, or NO_PROXY)."""
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+    # proxy_bypass_environment is public in urllib.request but missing from typeshed
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxy or bypass(host, proxies):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
 

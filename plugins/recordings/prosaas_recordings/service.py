@@ -216,7 +216,11 @@ class RecordingWorker:
                 except Exception:
                     self.log.exception("slot acquire failed; retrying later")
                     slot = None
-                if not self._started(inf, slot) or slot.active >= self.cfg.slots_per_business:
+                if (
+                    not self._started(inf, slot)
+                    or slot is None
+                    or slot.active >= self.cfg.slots_per_business
+                ):
                     break  # no slot, or that was the business's last free one
 
     def _started(self, inf: InFlight, slot: Slot | None) -> bool:
@@ -430,6 +434,8 @@ class RecordingWorker:
             "duration": task.duration,
             "bytes": size,
         }
+        if self.transcribe is None:
+            return
         try:
             text = self.transcribe(path=path, call=call)
             if text:

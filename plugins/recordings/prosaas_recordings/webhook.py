@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select, update
@@ -80,6 +79,13 @@ def _field(name: str, *, required: bool = True) -> str | None:
     if required and not value:
         raise ApiError(400, "Invalid callback", f"{name} is required")
     return value or None
+
+
+def _required(name: str) -> str:
+    """A form field that must be present (400 naming it otherwise)."""
+    value = _field(name)
+    assert value is not None  # _field raised otherwise
+    return value
 
 
 def _duration() -> int | None:
@@ -175,9 +181,9 @@ def recording_callback():
     """Accept a recording status callback; queue the download of a completed recording."""
     cfg = config()
     verify_signature(cfg)
-    call_sid = _field("CallSid")
-    recording_sid = _field("RecordingSid")
-    status = _field("RecordingStatus").lower()
+    call_sid = _required("CallSid")
+    recording_sid = _required("RecordingSid")
+    status = _required("RecordingStatus").lower()
     if not CALL_SID_RE.match(call_sid) or not RECORDING_SID_RE.match(recording_sid):
         raise ApiError(
             400, "Invalid callback", "CallSid must be CA + 32 hex digits, RecordingSid RE + 32"
@@ -210,6 +216,7 @@ def recording_callback():
                 )
             )
             return jsonify({"status": "ignored", "recording_status": status})
+        assert url is not None  # required for a completed recording, checked above
         task_id = store.create_task(
             s,
             business_id=business_id,

@@ -8,10 +8,9 @@ from prosaas_recordings.tables import calls
 from prosaas_recordings.testing import call_sid, make_call
 from sqlalchemy import text, update
 
-from prosaas_core.jobs import control
-from prosaas_core.jobs.enqueue import enqueue
+from prosaas_core import enqueue
 from prosaas_core.models import Business
-from prosaas_core.testing import wait_until
+from prosaas_core.testing import get_job, list_jobs, wait_until
 
 
 def _recording(runtime, recordings_dir, business_id: int, n: int, age_days: float):
@@ -44,7 +43,7 @@ def test_retention_job_deletes_only_old_files_of_its_business(
     job = enqueue(runtime, "recordings_retention", business, {"days": 30})
     w = start_worker("--burst")
     assert w.wait(90) == 0, w.log()
-    done = control.get_job(runtime, job.id)
+    done = get_job(runtime, job.id)
     assert done["status"] == "succeeded" and done["result"] == {"deleted": 1, "days": 30}
     assert not old.exists() and new.exists() and others.exists()
     with runtime.engine.connect() as conn:
@@ -68,10 +67,10 @@ def test_nightly_schedule_fires_once_per_business_after_a_missed_night(
         )
     start_worker()
     wait_until(
-        lambda: len(control.list_jobs(runtime, job_type="recordings_retention")) == 2, 60,
+        lambda: len(list_jobs(runtime, job_type="recordings_retention")) == 2, 60,
         "a retention job per business",
     )  # fmt: skip
-    jobs = control.list_jobs(runtime, job_type="recordings_retention")
+    jobs = list_jobs(runtime, job_type="recordings_retention")
     assert sorted(j["business_id"] for j in jobs) == sorted([business, business + 1])
     with runtime.engine.connect() as conn:
         occurrences = conn.execute(

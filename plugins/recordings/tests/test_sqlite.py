@@ -19,14 +19,12 @@ from sqlalchemy import select
 
 from prosaas_core import Runtime, ServiceContext, Settings, create_app
 from prosaas_core.plugins import get_plugin_manager
-from prosaas_core.testing import bearer, business_with_token, wait_until
+from prosaas_core.testing import bearer, business_with_token, upgrade, wait_until
 
 
 def test_download_on_sqlite(env, sqlite_url, stub, recordings_dir):
-    from prosaas_core import migrate
-
     rt = Runtime(Settings.from_env({**env, "DATABASE_URL": sqlite_url}), pm=get_plugin_manager())
-    migrate.upgrade(rt)
+    upgrade(rt)
     biz, token = business_with_token(rt)
     make_call(rt, biz, call_sid(1))
     params = {

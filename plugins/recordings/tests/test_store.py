@@ -7,8 +7,8 @@ from prosaas_recordings.tables import calls, recording_tasks
 from prosaas_recordings.testing import call_sid, make_call, recording_sid
 from sqlalchemy import select
 
-from prosaas_core.db import autocommit
 from prosaas_core.models import Business
+from prosaas_core.store import connect
 
 
 def _seed(runtime, per_business: dict[int, int]) -> None:
@@ -36,7 +36,7 @@ def _businesses(runtime, k: int) -> list[int]:
 
 
 def _claim(runtime, **kw) -> list[store.Task]:
-    with autocommit(runtime.engine) as conn:
+    with connect(runtime.engine) as conn:
         return store.claim_due(conn, worker="w1", lease=30, **kw)
 
 
@@ -70,7 +70,7 @@ def test_complete_updates_task_and_call_in_one_statement_and_is_fenced(runtime):
     _seed(runtime, {a: 1})
     [task] = _claim(runtime, quota={}, per_business=3, limit=5)
     stale = store.Task(**{**task.__dict__, "fence": task.fence - 1})
-    with autocommit(runtime.engine) as conn:
+    with connect(runtime.engine) as conn:
         assert store.complete(conn, stale, path="/x/old.mp3", size=1) is False
         assert store.complete(conn, task, path="/x/CA.mp3", size=123) is True
         assert store.complete(conn, task, path="/x/again.mp3", size=9) is False  # done already
@@ -90,6 +90,6 @@ def test_renew_reports_the_tasks_no_longer_held(runtime):
     (a,) = _businesses(runtime, 1)
     _seed(runtime, {a: 2})
     t1, t2 = _claim(runtime, quota={}, per_business=3, limit=5)
-    with autocommit(runtime.engine) as conn:
+    with connect(runtime.engine) as conn:
         store.put_back(conn, t2)
         assert store.renew(conn, [t1, t2], lease=30) == {t2.id}

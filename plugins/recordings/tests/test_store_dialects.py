@@ -14,6 +14,7 @@ from sqlalchemy import select
 from prosaas_core import Runtime, ServiceContext, Settings
 from prosaas_core.models import Business
 from prosaas_core.plugins import get_plugin_manager
+from prosaas_core.testing import upgrade
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -21,10 +22,8 @@ def rt(request, env, sqlite_url) -> Iterator[Runtime]:
     if request.param == "postgresql":
         yield request.getfixturevalue("runtime")
         return
-    from prosaas_core import migrate
-
     rt = Runtime(Settings.from_env({**env, "DATABASE_URL": sqlite_url}), pm=get_plugin_manager())
-    migrate.upgrade(rt)
+    upgrade(rt)
     yield rt
     rt.close()
 
