@@ -26,10 +26,13 @@ REDIS_SERVER = os.environ.get("PROSAAS_TEST_REDIS", "redis://127.0.0.1:6379")
 #: Redis database the tests use (FLUSHDB'd per test); RQ and prosaas keys live there.
 REDIS_DB = int(os.environ.get("PROSAAS_TEST_REDIS_DB", "9"))
 PROSAAS = str(Path(sys.executable).with_name("prosaas"))
+#: with PROSAAS_TEST_PG pointing at a pooler (PgBouncer), its PostgreSQL itself: databases are
+#: created there and migrations use it (DATABASE_MIGRATION_URL), see tests/scale/
+PG_DIRECT = os.environ.get("PROSAAS_TEST_PG_DIRECT") or None
 
 
 def _admin_engine():
-    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    return create_engine(f"{PG_DIRECT or PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
 def create_pg_database() -> str:
@@ -86,6 +89,8 @@ def env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
         PROSAAS_SWEEP_INTERVAL="1",
         PYTHONUNBUFFERED="1",
     )
+    if PG_DIRECT:
+        e["DATABASE_MIGRATION_URL"] = f"{PG_DIRECT}/{pg_url.rsplit('/', 1)[1]}"
     e.pop("RUN_MIGRATIONS", None)
     e.pop("ENABLE_SCHEDULERS", None)
     return e
