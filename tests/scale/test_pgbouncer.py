@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 #: The worker and API tests run through PgBouncer: claims, leases, fencing, retries, the
 #: sweeper, flow control, the API's job routes and a plugin end to end (real `prosaas worker`
-#: processes and real HTTP in several of them).
+#: processes and real HTTP in several of them). Their SQLite variants are left out.
 SLICE = [
     "tests/test_worker.py",
     "tests/test_api_jobs.py",
@@ -138,16 +138,49 @@ def test_run_migrations_at_start_up_refuses_through_pgbouncer_and_serves(
 
 
 @pytest.mark.slow
-def test_the_worker_and_api_slice_passes_through_pgbouncer(bouncer: PgBouncer):
+def test_the_worker_and_api_slice_passes_through_pgbouncer(bouncer: PgBouncer, tmp_path):
     """The slice's own tests, each database reached through PgBouncer, migrations direct."""
     env = dict(os.environ)
     env.update(PROSAAS_TEST_PG=bouncer.server(), PROSAAS_TEST_PG_DIRECT=PG_SERVER)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *SLICE],
+        # the SQLite variants of these tests set their own DATABASE_URL: nothing to pool there
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-x",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not sqlite",
+            *SLICE,
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=1200,
     )
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    (tmp_path / "slice.log").write_text(proc.stdout + proc.stderr)
+    summary = proc.stdout[proc.stdout.find("short test summary") :][-3000:]
+    assert proc.returncode == 0, f"see {tmp_path / 'slice.log'}\n{summary}"
+
+
+def test_doctor_reports_direct_or_pooled_postgresql_and_the_redis_master(cli, runtime, pooled):
+    lines = cli("doctor").stdout.splitlines()
+    assert "ok      database topology: direct PostgreSQL (one backend per connection)" in lines
+    assert any(
+        line.startswith("ok      Redis topology: direct master redis://127.0.0.1:6379/")
+        for line in lines
+    ), lines
+
+    lines = cli("doctor", extra_env={"DATABASE_URL": pooled}).stdout.splitlines()
+    assert "ok      database topology: pooled (a transaction pooler such as PgBouncer)" in lines
+    assert any(
+        line.startswith("warn    DATABASE_MIGRATION_URL is not set: `prosaas db upgrade`")
+        for line in lines
+    ), lines
+    out = cli("doctor", extra_env={"DATABASE_URL": pooled, "DATABASE_MIGRATION_URL": pooled}).stdout
+    assert "PROBLEM DATABASE_MIGRATION_URL goes through a transaction pooler too" in out

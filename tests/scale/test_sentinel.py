@@ -68,7 +68,7 @@ def _max_overlap(spans: list[tuple[float, float]]) -> int:
 
 
 def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
-    sentinel_env, cluster, start_worker
+    sentinel_env, cluster, start_worker, cli
 ):
     rt = Runtime(Settings.from_env(sentinel_env), pm=get_plugin_manager(load_entrypoints=True))
     migrate.upgrade(rt)
@@ -91,6 +91,12 @@ def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
             ids.append(enqueue(rt, "acme_slot", bs[i % 3], {"seconds": 0.1}).id)
             i += 1
             time.sleep(0.1)
+
+    doctor = cli("doctor").stdout
+    assert (
+        f"ok      Redis topology: sentinel master 'prosaas' at 127.0.0.1:{cluster.master_port}, "
+        f"3/3 sentinel(s) answering, replicas: 127.0.0.1:{cluster.replica_port} (online)"
+    ) in doctor, doctor
 
     t = threading.Thread(target=producer)
     t.start()
