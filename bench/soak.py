@@ -280,6 +280,9 @@ def main() -> None:
         redis_cpu = rcpu["used_cpu_user"] + rcpu["used_cpu_sys"] - redis_cpu0
         worker_cpu = cpu_s(pids) - worker_cpu0
         # the workers' pooled backends live through the run: their CPU is the database's share
+        # PostgreSQL sessions the workers hold (the producer's own pool taken out)
+        ours = rt.engine.pool.checkedin() + rt.engine.pool.checkedout()
+        pg_sessions = len(pg_backends(admin, db)) - ours  # admin sessions are on "postgres"
         pg_cpu = sum(cpu_s([pid]) - backends0.get(pid, 0.0) for pid in pg_backends(admin, db))
         xacts = pg_xacts(admin, db) - xacts0
         with rt.engine.connect() as c:
@@ -324,6 +327,7 @@ def main() -> None:
             ),
             "redis_bytes_per_queued_job": round(queued_bytes),
             "pg_transactions_per_job": round(xacts / max(len(done), 1), 1),
+            "pg_sessions_per_worker": round(pg_sessions / args.workers, 1),
             "worker_cpu_ms_per_job": round(worker_cpu * 1000 / max(len(done), 1), 2),
             "redis_cpu_ms_per_job": round(redis_cpu * 1000 / max(len(done), 1), 3),
             "pg_backend_cpu_ms_per_job": round(pg_cpu * 1000 / max(len(done), 1), 2),

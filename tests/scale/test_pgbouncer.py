@@ -28,19 +28,18 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(PGBOUNCER), reason="pgbouncer is not installed (.ci/run installs it)"
 )
 
-#: The worker and API tests run through PgBouncer: claims, leases, fencing, retries, the
-#: sweeper, flow control, the API's job routes and a plugin end to end (real `prosaas worker`
-#: processes and real HTTP in several of them). Their SQLite variants are left out.
+#: The worker and API tests run through PgBouncer: claims, leases, fencing, retries, cancel,
+#: timeouts, the sweeper (a Redis flush, a killed worker), the job context, the API's job
+#: routes and tenancy (real `prosaas worker` processes in several of them). Their SQLite
+#: variants are left out. Flow control runs through Sentinel in test_sentinel.py instead.
 SLICE = [
     "tests/test_worker.py",
     "tests/test_api_jobs.py",
     "tests/test_fencing.py",
     "tests/test_leases.py",
     "tests/test_sweeper.py",
-    "tests/test_flow_control.py",
     "tests/test_jobs_context.py",
     "tests/test_api_tenancy.py",
-    "tests/test_lead_plugins_e2e.py",
 ]
 
 
@@ -138,6 +137,7 @@ def test_run_migrations_at_start_up_refuses_through_pgbouncer_and_serves(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_worker_and_api_slice_passes_through_pgbouncer(bouncer: PgBouncer, tmp_path):
     """The slice's own tests, each database reached through PgBouncer, migrations direct."""
     env = dict(os.environ)
