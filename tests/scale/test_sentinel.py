@@ -19,6 +19,7 @@ from prosaas_core.plugins import get_plugin_manager
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
 from tests.scale.servers import SentinelCluster
+from tests.test_flow_control import max_overlap
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +57,6 @@ def _statuses(rt) -> dict[str, int]:
         return dict(
             conn.execute(text("SELECT status, count(*) FROM background_jobs GROUP BY 1")).all()
         )
-
-
-def _max_overlap(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    best = cur = 0
-    for _, d in events:
-        cur += d
-        best = max(best, cur)
-    return best
 
 
 def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
@@ -122,5 +114,5 @@ def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
     assert sorted(r["job_id"] for r in got) == sorted(ids)
     for b in bs:
         spans = [(r["started_at"], r["finished_at"]) for r in got if r["business_id"] == b]
-        assert _max_overlap(spans) <= LIMIT, (b, killed_at)
+        assert max_overlap(spans) <= LIMIT, (b, killed_at)
     rt.close()
