@@ -116,7 +116,7 @@ class Bench:
         ]
 
     def reload(self) -> None:
-        self.q("TRUNCATE leads, calls, receipts")
+        self.q("TRUNCATE leads, calls, receipts CASCADE")  # plugins' tables reference leads
         self.q("INSERT INTO leads SELECT * FROM bench_leads")
         self.q("INSERT INTO calls SELECT * FROM bench_calls")
         self.q("VACUUM (ANALYZE) leads, calls", autocommit=True)

@@ -66,11 +66,9 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        import redis as redis_lib
+        from prosaas_core.redisconn import make_redis
 
-        return redis_lib.Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=2, socket_timeout=10
-        )
+        return make_redis(self.settings, socket_connect_timeout=2, socket_timeout=10)
 
     @cached_property
     def limits(self) -> Limits:

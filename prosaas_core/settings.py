@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from prosaas_core.errors import SettingError
+from prosaas_core.errors import ConfigError, SettingError
 
 DEFAULT_DATABASE_URL = "sqlite:///prosaas.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -66,6 +66,14 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     migration_database_url: str | None = None
     redis_url: str = DEFAULT_REDIS_URL
+    #: REDIS_SENTINELS: (host, port) of each sentinel; empty for a plain REDIS_URL server
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: REDIS_SENTINEL_MASTER: the master name the sentinels monitor
+    redis_sentinel_master: str | None = None
+    #: REDIS_SENTINEL_PASSWORD: the sentinels' own password (requirepass in sentinel.conf)
+    redis_sentinel_password: str | None = None
+    #: REDIS_PASSWORD: the Redis master's password (overrides the one in REDIS_URL)
+    redis_password: str | None = None
     run_migrations: bool = False
     disable_plugins: frozenset[str] = frozenset()
     disable_services: frozenset[str] = frozenset()
@@ -122,10 +130,23 @@ class Settings:
         """Build settings from `env` (default: `os.environ`), then apply `overrides`."""
         env = dict(os.environ if env is None else env)
         database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+        from prosaas_core.redisconn import parse_sentinels
+
+        sentinels = parse_sentinels(env.get("REDIS_SENTINELS"))
+        sentinel_master = (env.get("REDIS_SENTINEL_MASTER") or "").strip() or None
+        if sentinels and not sentinel_master:
+            raise ConfigError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is not")
         settings = cls(
             database_url=database_url,
-            migration_database_url=env.get("MIGRATION_DATABASE_URL") or None,
+            # DATABASE_MIGRATION_URL; MIGRATION_DATABASE_URL is the older spelling
+            migration_database_url=(
+                env.get("DATABASE_MIGRATION_URL") or env.get("MIGRATION_DATABASE_URL") or None
+            ),
             redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            redis_sentinels=sentinels,
+            redis_sentinel_master=sentinel_master,
+            redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
+            redis_password=env.get("REDIS_PASSWORD") or None,
             run_migrations=(env.get("RUN_MIGRATIONS") or "").strip().lower() in _TRUE,
             disable_plugins=parse_names(env.get("PROSAAS_DISABLE_PLUGINS")),
             disable_services=parse_names(env.get("PROSAAS_DISABLE_SERVICES")),

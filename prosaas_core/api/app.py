@@ -35,6 +35,9 @@ def migrate_at_startup(rt: Runtime) -> None:
     except MigrationLockTimeout as exc:
         log.warning("Migrations skipped at start-up: %s", exc)
         return
+    except migrate.TransactionPoolerError as exc:
+        log.error("Migrations refused at start-up: %s", exc)
+        return
     except Exception:
         log.exception("Migrations failed at start-up; serving anyway, /readyz reports the state")
         return

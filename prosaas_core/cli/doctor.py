@@ -46,6 +46,10 @@ def check_database(rt: Runtime, report: Report) -> bool:
         return False
     report.add(OK, f"database reachable ({rt.engine.dialect.name})")
     try:
+        _database_topology(rt, report)
+    except Exception as exc:
+        report.add(WARN, f"database topology unknown: {first_line(exc)}")
+    try:
         from prosaas_core import migrate
 
         drift = migrate.drift(rt)
@@ -59,14 +63,67 @@ def check_database(rt: Runtime, report: Report) -> bool:
     return True
 
 
+def _database_topology(rt: Runtime, report: Report) -> None:
+    """Direct or pooled PostgreSQL, and where migrations go (``migrate/pooler.py``'s probe)."""
+    from sqlalchemy.pool import NullPool
+
+    from prosaas_core.db import is_sqlite, make_engine
+    from prosaas_core.migrate.pooler import transaction_pooled
+
+    if rt.engine.dialect.name != "postgresql":
+        return
+    pooled = transaction_pooled(rt.engine)
+    mig = rt.settings.migration_database_url
+    if not pooled:
+        report.add(OK, "database topology: direct PostgreSQL (one backend per connection)")
+        return
+    report.add(OK, "database topology: pooled (a transaction pooler such as PgBouncer)")
+    if not mig:
+        report.add(
+            WARN,
+            "DATABASE_MIGRATION_URL is not set: `prosaas db upgrade` and RUN_MIGRATIONS refuse "
+            "to migrate through the pooler",
+        )
+    elif not is_sqlite(mig):
+        engine = make_engine(mig, poolclass=NullPool, ping_idle_seconds=None)
+        try:
+            mig_pooled = transaction_pooled(engine)
+        finally:
+            engine.dispose()
+        if mig_pooled:
+            report.add(PROBLEM, "DATABASE_MIGRATION_URL goes through a transaction pooler too")
+        else:
+            report.add(OK, f"migrations go direct ({mask_url(mig)})")
+
+
 def check_redis(rt: Runtime, report: Report) -> bool:
+    from prosaas_core.redisconn import describe, topology
+
     try:
         rt.redis.ping()
     except Exception as exc:
-        url = mask_url(rt.settings.redis_url)
-        report.add(PROBLEM, f"Redis unreachable ({url}): {mask_urls_in(str(exc))}")
+        where = describe(rt.settings)
+        report.add(PROBLEM, f"Redis unreachable ({where}): {mask_urls_in(str(exc))}")
         return False
     report.add(OK, "Redis reachable")
+    try:
+        topo = topology(rt.settings, rt.redis)
+    except Exception as exc:
+        report.add(WARN, f"Redis topology unknown: {first_line(exc)}")
+        return True
+    replicas = ", ".join(topo.replicas) or "none"
+    if topo.role != "master":
+        report.add(PROBLEM, f"Redis at {topo.master} is a {topo.role}, not a master: writes fail")
+    if topo.mode == "sentinel":
+        n = len(rt.settings.redis_sentinels)
+        report.add(
+            OK if topo.sentinels else WARN,
+            f"Redis topology: sentinel master {rt.settings.redis_sentinel_master!r} at "
+            f"{topo.master}, {len(topo.sentinels)}/{n} sentinel(s) answering, "
+            f"replicas: {replicas}",
+        )
+    else:
+        report.add(OK, f"Redis topology: direct master {topo.master}, replicas: {replicas}")
     return True
 
 

@@ -33,8 +33,9 @@ class JobLog(logging.LoggerAdapter):
     structured handlers, and at the end of each message so a plain log can be grepped."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        fields = " ".join(f"{k}={v}" for k, v in self.extra.items())
-        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        extra = self.extra or {}
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
         return f"{msg} [{fields}]", kwargs
 
 

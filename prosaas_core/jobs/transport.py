@@ -67,12 +67,12 @@ def push_client(rt: Runtime) -> redis.Redis:
     if client is None:
         import redis as redis_lib
 
+        from prosaas_core.redisconn import make_redis
+
         if type(rt.redis) is not redis_lib.Redis:
             return rt.redis  # a stand-in (the demo's fakeredis): used as it is
         t = rt.settings.push_timeout
-        client = redis_lib.Redis.from_url(
-            rt.settings.redis_url, socket_connect_timeout=t, socket_timeout=t
-        )
+        client = make_redis(rt.settings, socket_connect_timeout=t, socket_timeout=t)
         with _queues_lock:
             client = _clients.setdefault(rt, client)
     return client

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prosaas_core.errors import MigrationLockTimeout
+from prosaas_core.migrate.pooler import TransactionPoolerError
 from prosaas_core.migrate.retry import DdlLockBudgetExceeded
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = [
     "history",
     "MigrationLockTimeout",
     "DdlLockBudgetExceeded",
+    "TransactionPoolerError",
 ]
 
 log = logging.getLogger("prosaas.migrate")
@@ -67,15 +69,18 @@ def upgrade(
     lock, then raises MigrationLockTimeout; with `skip_if_locked`, returns
     ``UpgradeResult(skipped=True)`` instead when the schema is already what this code needs.
     DDL that keeps hitting lock_timeout past settings.migration_ddl_budget raises
-    DdlLockBudgetExceeded.
+    DdlLockBudgetExceeded. A migration URL through a transaction pooler (PgBouncer in
+    transaction mode) raises TransactionPoolerError before anything is locked.
     """
     from prosaas_core.migrate.connection import log_timeouts, migration_engine
     from prosaas_core.migrate.lock import lock_for
+    from prosaas_core.migrate.pooler import refuse_transaction_pooler
     from prosaas_core.migrate.steps import run_steps
 
     settings = rt.settings
     wait = settings.migration_lock_wait if lock_wait is None else lock_wait
     registry = rt.registry  # a plugin error fails here, before anything is locked
+    refuse_transaction_pooler(settings)  # the session lock would be a no-op through PgBouncer
     engine = migration_engine(settings)
     try:
         lock = lock_for(engine)

@@ -16,7 +16,7 @@ APPLICATION_NAME = "prosaas-migrate"
 
 
 def migration_engine(settings: Settings) -> Engine:
-    """An engine on ``settings.migration_url`` (``MIGRATION_DATABASE_URL`` or ``DATABASE_URL``).
+    """An engine on ``settings.migration_url`` (``DATABASE_MIGRATION_URL`` or ``DATABASE_URL``).
 
     PostgreSQL connections carry ``statement_timeout`` (nothing runs forever), a short
     ``lock_timeout`` (DDL waiting for its table lock makes every later writer queue behind it,

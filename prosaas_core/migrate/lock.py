@@ -17,7 +17,8 @@ so every migrator of one database contends for the same key, and prosaas never c
 advisory keys an application picks by hand (small integers). An operator can see the holder
 with ``SELECT * FROM pg_locks WHERE locktype = 'advisory'`` (``classid``/``objid`` are the high
 and low 32 bits of the key). Session advisory locks do not survive a transaction-pooling
-PgBouncer: point ``MIGRATION_DATABASE_URL`` at the database directly.
+PgBouncer: point ``DATABASE_MIGRATION_URL`` at the database directly (``pooler.py`` refuses
+otherwise).
 
 SQLite: an exclusive ``flock`` on ``<database file>.migrate-lock``, polled the same way; the
 kernel releases it when the process dies.

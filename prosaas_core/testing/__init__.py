@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 PG_SERVER = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("PROSAAS_TEST_REDIS", "redis://127.0.0.1:6379")
+#: with PROSAAS_TEST_PG pointing at a pooler (PgBouncer), its PostgreSQL itself: databases are
+#: created there and migrations use it (DATABASE_MIGRATION_URL), see tests/scale/
+PG_DIRECT = os.environ.get("PROSAAS_TEST_PG_DIRECT") or None
 #: Redis database the tests use (FLUSHDB'd per test); RQ and prosaas keys live there.
 REDIS_DB = int(os.environ.get("PROSAAS_TEST_REDIS_DB", "9"))
 #: the ``prosaas`` console script of the running interpreter's environment
@@ -84,7 +87,7 @@ def wait_until(
 def _admin_engine() -> Any:
     from sqlalchemy import create_engine
 
-    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    return create_engine(f"{PG_DIRECT or PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
 def create_pg_database() -> str:
@@ -122,6 +125,8 @@ def prosaas_env(database_url: str, redis_url: str) -> dict[str, str]:
         PROSAAS_SWEEP_INTERVAL="1",
         PYTHONUNBUFFERED="1",
     )
+    if PG_DIRECT:
+        e["DATABASE_MIGRATION_URL"] = f"{PG_DIRECT}/{database_url.rsplit('/', 1)[1]}"
     e.pop("RUN_MIGRATIONS", None)
     e.pop("ENABLE_SCHEDULERS", None)
     return e
