@@ -11,11 +11,10 @@ import time
 
 import pytest
 import requests
-from prosaas_acme.testing import wait_until
-from prosaas_core.api.testing import ServeProcess, bearer, business_with_token
 from sqlalchemy import func, select
 
 from prosaas_core.models import Lead, LeadImport, LeadImportChunk
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, wait_until
 
 #: rows above which an import is a job, in these tests (the default is 5,000)
 THRESHOLD = 100

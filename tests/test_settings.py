@@ -5,10 +5,10 @@ and by a worker's service supervisor, never as a traceback."""
 from __future__ import annotations
 
 import pytest
-from prosaas_acme.testing import wait_until
 
 from prosaas_core.errors import ConfigError, SettingError
 from prosaas_core.settings import Settings
+from prosaas_core.testing import wait_until
 
 
 def s(**env: str) -> Settings:

@@ -5,11 +5,10 @@ line, exit 1); TWILIO_WEBHOOK_TRUST_HOST=1 is the development switch."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
-from prosaas_core.api.testing import free_port
 
 from prosaas_core import create_app
 from prosaas_core.api.webhooks import WebhookConfigError
+from prosaas_core.testing import free_port, run_cli
 
 #: each plugin serving a Twilio-signed webhook, its path and the setting it names
 WEBHOOKS = {
