@@ -47,8 +47,12 @@ def run_steps(
     budget = settings.migration_ddl_budget
     dirs = registry.migration_dirs()
     with engine.connect() as conn:
+        # On PostgreSQL Alembic owns the transaction (one for the run, rolled back whole on a
+        # lock timeout), so a revision can step out of it in autocommit_block() to build an
+        # index CONCURRENTLY (prosaas_core.migrate.online_index).
+        run = (lambda: upgrade_heads(conn, dirs)) if conn.dialect.name == "postgresql" else None
         result.revisions = retry_on_lock_timeout(
-            "Schema upgrade", _in_txn(conn, lambda: upgrade_heads(conn, dirs)), budget
+            "Schema upgrade", run or _in_txn(conn, lambda: upgrade_heads(conn, dirs)), budget
         )
         if result.revisions:
             log.info("Schema upgraded: applied %s", ", ".join(result.revisions))
