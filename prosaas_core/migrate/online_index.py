@@ -57,7 +57,8 @@ def create(
         if valid is False:  # the leftover of a failed build: not used by queries, still written
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     cols = ", ".join(columns)
-    sql = f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({cols})"
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    sql = f"CREATE {kind} CONCURRENTLY IF NOT EXISTS {name} ON {table} ({cols})"
     if where:
         sql += f" WHERE {where}"
     op.execute(sql)
