@@ -341,6 +341,8 @@ class JobTotal(Base):
     jobs: Mapped[int] = mapped_column(BigInteger)
     ran: Mapped[int] = mapped_column(BigInteger)
     duration_sum: Mapped[float] = mapped_column(Float)
+    #: run times per bucket of ``history.BUCKETS`` (not cumulative; the last one is +Inf)
+    buckets: Mapped[Any] = mapped_column(Json)
 
 
 class RollupState(Base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 from prosaas_core.migrate import online_index
 
@@ -19,6 +20,7 @@ branch_labels = None
 depends_on = None
 
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 ACTIVE = "status IN ('queued', 'running')"
 
 #: name -> (columns, partial condition). Built CONCURRENTLY: writers never wait for them.
@@ -87,6 +89,8 @@ def upgrade() -> None:
         sa.Column("jobs", sa.BigInteger(), nullable=False),
         sa.Column("ran", sa.BigInteger(), nullable=False),
         sa.Column("duration_sum", sa.Float(), nullable=False),
+        # run times per bucket of prosaas_core.jobs.history.BUCKETS (not cumulative; +Inf last)
+        sa.Column("buckets", Json, nullable=False),
         sa.PrimaryKeyConstraint("job_type", "status", name=op.f("pk_prosaas_job_totals")),
     )
     op.create_table(
