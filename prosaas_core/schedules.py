@@ -161,14 +161,15 @@ def ensure_plugin_rows(rt: Runtime, session: Any) -> None:
     from prosaas_core.models import ScheduleRow
 
     wanted = {("plugin", n) for n in rt.registry.schedules} | {("core", NAME)}
-    have = set(
-        session.execute(
+    have = {
+        (source, name)
+        for source, name in session.execute(
             select(ScheduleRow.source, ScheduleRow.name).where(
                 ScheduleRow.source.in_(("plugin", "core")),
                 ScheduleRow.name.in_({n for _, n in wanted}),
             )
-        ).tuples()
-    )
+        )
+    }
     if wanted <= have:
         return
     for source, name in sorted(wanted - have):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, case, func, select
@@ -38,7 +38,7 @@ BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: and hosts' clocks differ a little. A row committed behind the watermark would be missed.
 SETTLE = timedelta(minutes=2)
 #: at most this much time per rollup transaction (the first pass over a long history)
-WINDOW = timedelta(hours=6)
+WINDOW = timedelta(days=1)
 
 R = JobRollup.__table__
 TOT = JobTotal.__table__
@@ -170,14 +170,14 @@ def roll_up(rt: Runtime, *, now: datetime | None = None) -> dict[str, Any]:
             if win is None:
                 break
             lo, hi = win
-            day = _day_expr(conn.dialect.name)
             where = [c.finished_at >= _param(conn, lo), c.finished_at < _param(conn, hi)]
-            groups = _aggregate(conn, where, [day, c.business_id, c.job_type, c.status])
-            _add(conn, groups)
+            _add_rollups(conn, where)
+            groups = _aggregate(conn, where, [c.job_type, c.status])
+            rows += sum(f.jobs for f in groups.values())
+            _add_totals(conn, groups)
             conn.execute(
                 ST.update().where(ST.c.id == 1).values(rolled_through=hi, updated_at=utcnow())
             )
-            rows += sum(f.jobs for f in groups.values())
             windows += 1
     with rt.engine.connect() as conn:
         through = _aware(conn.execute(select(ST.c.rolled_through)).scalar())
@@ -188,36 +188,43 @@ def roll_up(rt: Runtime, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def _add(conn: Connection, groups: dict[tuple, Figures]) -> None:
-    """Add one window's figures to the rollups and the totals (the caller holds the lock)."""
-    rollups = [
-        {
-            "day": d if isinstance(d, date) else date.fromisoformat(str(d)),
-            "business_id": b,
-            "job_type": t,
-            "status": s,
-            "jobs": f.jobs,
-            "ran": f.ran,
-            "duration_sum": f.duration_sum,
-            "duration_max": f.duration_max,
-        }
-        for (d, b, t, s), f in groups.items()
-    ]
-    _upsert(
-        conn,
-        R,
-        rollups,
-        ["day", "business_id", "job_type", "status"],
-        lambda x: {
-            "jobs": R.c.jobs + x.jobs,
-            "ran": R.c.ran + x.ran,
-            "duration_sum": R.c.duration_sum + x.duration_sum,
-            "duration_max": _greatest(conn, R.c.duration_max, x.duration_max),
-        },
+def _add_rollups(conn: Connection, where: list[Any]) -> None:
+    """Add the finished rows matching `where` to the rollups: one INSERT ... SELECT ... ON
+    CONFLICT in the database (no row travels through Python)."""
+    c = _jobs()
+    d = duration_expr(conn.dialect.name)
+    day = _day_expr(conn.dialect.name)
+    keys = [day, c.business_id, c.job_type, c.status]
+    agg = (
+        select(*keys, func.count(), func.count(c.started_at), func.coalesce(func.sum(d), 0.0),
+               func.max(d))
+        .where(c.status.in_(FINAL_STATUSES), *where)
+        .group_by(*keys)
+    )  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    cols = ["day", "business_id", "job_type", "status", "jobs", "ran", "duration_sum",
+            "duration_max"]  # fmt: skip
+    stmt = insert(R).from_select(cols, agg)
+    x = stmt.excluded
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["day", "business_id", "job_type", "status"],
+            set_={
+                "jobs": R.c.jobs + x.jobs,
+                "ran": R.c.ran + x.ran,
+                "duration_sum": R.c.duration_sum + x.duration_sum,
+                "duration_max": _greatest(conn, R.c.duration_max, x.duration_max),
+            },
+        )
     )
-    totals: dict[tuple[str, str], Figures] = {}
-    for (_, _, t, s), f in groups.items():
-        totals.setdefault((t, s), Figures()).add(f)
+
+
+def _add_totals(conn: Connection, totals: dict[tuple, Figures]) -> None:
+    """Add one window's figures per (job type, status) to the totals (the caller holds the
+    watermark's lock, so no one else writes them)."""
     have = {
         (r.job_type, r.status): r
         for r in conn.execute(
@@ -225,8 +232,9 @@ def _add(conn: Connection, groups: dict[tuple, Figures]) -> None:
         )  # fmt: skip
     }
     rows = []
-    for (t, s), f in totals.items():
-        old = have.get((t, s))
+    for (t, s), window in totals.items():
+        f, old = Figures(), have.get((t, s))
+        f.add(window)
         if old is not None:
             f.add(Figures(old.jobs, old.ran, old.duration_sum, None, list(old.buckets)))
         rows.append(
