@@ -38,7 +38,7 @@ BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: and hosts' clocks differ a little. A row committed behind the watermark would be missed.
 SETTLE = timedelta(minutes=2)
 #: at most this much time per rollup transaction (the first pass over a long history)
-WINDOW = timedelta(days=1)
+WINDOW = timedelta(days=7)
 
 R = JobRollup.__table__
 TOT = JobTotal.__table__

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -27,8 +28,6 @@ log = logging.getLogger("prosaas.history")
 
 NAME = "prosaas-history"
 SOURCE = "core"
-#: seconds between two looks at the schedule
-TICK = 5.0
 
 
 def claim(rt: Runtime, worker: str, *, now: datetime | None = None) -> datetime | None:
@@ -41,7 +40,11 @@ def claim(rt: Runtime, worker: str, *, now: datetime | None = None) -> datetime 
 
     now = now or utcnow()
     with rt.session() as s:
-        ensure_plugin_rows(rt, s)
+        try:
+            with s.begin_nested():  # workers starting together may race to create the rows
+                ensure_plugin_rows(rt, s)
+        except IntegrityError:
+            pass  # another worker made them
         row = s.scalars(
             select(ScheduleRow).where(ScheduleRow.source == SOURCE, ScheduleRow.name == NAME)
         ).one()
@@ -91,7 +94,8 @@ class Housekeeper:
             self._thread.join(5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(TICK):
+        # as often as the scheduler ticks (PROSAAS_SCHEDULE_TICK): one indexed read when not due
+        while not self._stop.wait(self.rt.settings.schedule_tick):
             try:
                 occurrence = claim(self.rt, self.worker)
                 if occurrence is not None:

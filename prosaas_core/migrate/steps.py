@@ -75,10 +75,10 @@ def _constraint_step(
         result.orphans = plan.orphans
         for name, count in plan.orphans.items():
             log.warning(
-                "Job type %r is not provided by any installed plugin but %d rows use it: "
+                "Job type %r is not provided by any installed plugin but %s rows use it: "
                 "it stays allowed by chk_job_type (no row is deleted or rewritten)",
                 name,
-                count,
+                ck.rows_text(count),
             )
         result.allowed = plan.allowed
         if plan.nothing_to_do:
@@ -161,7 +161,11 @@ def render_plan(rt: Runtime) -> str:
 
 def _constraint_sql(plan: ck.Plan, last: int, dialect: str) -> str:
     for name, count in plan.orphans.items():
-        log.warning("Job type %r has no installed plugin but %d rows: kept allowed", name, count)
+        log.warning(
+            "Job type %r has no installed plugin but %s rows: kept allowed",
+            name,
+            ck.rows_text(count),
+        )
     if plan.nothing_to_do:
         return "-- chk_job_type is up to date\n"
     if not plan.change:
