@@ -14,12 +14,13 @@ nothing: the next occurrence rolls up and prunes from where the watermark and th
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+
+from prosaas_core.jobs.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -74,42 +75,18 @@ def run(rt: Runtime) -> dict:
     return prune(rt)
 
 
-class Housekeeper:
-    """The thread of one worker that runs the history task when its occurrence falls to it."""
+class Housekeeper(Scheduler):
+    """The thread of one worker that runs the history task when its occurrence falls to it
+    (looking as often as the scheduler ticks: one indexed read when nothing is due)."""
 
-    def __init__(self, rt: Runtime, worker: str) -> None:
-        self.rt, self.worker = rt, worker
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
+    what = "history"
+    log = log
 
-    def start(self) -> Housekeeper:
-        self._thread = threading.Thread(target=self._loop, name="history", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _loop(self) -> None:
-        # as often as the scheduler ticks (PROSAAS_SCHEDULE_TICK): one indexed read when not due
-        while not self._stop.wait(self.rt.settings.schedule_tick):
-            try:
-                occurrence = claim(self.rt, self.worker)
-                if occurrence is not None:
-                    out = run(self.rt)
-                    log.info(
-                        "HISTORY occurrence=%s rolled_up=%s pruned=%s",
-                        occurrence.isoformat(), (out["rolled_up"] or {}).get("rows"),
-                        out["total"],
-                    )  # fmt: skip
-            except Exception as exc:  # database away: one line now, one when it is back
-                if not self._failing:
-                    log.warning("history task paused: %s", str(exc).splitlines()[0])
-                    self._failing = True
-                continue
-            if self._failing:
-                log.info("history task resumed")
-                self._failing = False
+    def once(self) -> None:
+        occurrence = claim(self.rt, self.worker)
+        if occurrence is not None:
+            out = run(self.rt)
+            log.info(
+                "HISTORY occurrence=%s rolled_up=%s pruned=%s",
+                occurrence.isoformat(), (out["rolled_up"] or {}).get("rows"), out["total"],
+            )  # fmt: skip
