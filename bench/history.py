@@ -3,7 +3,8 @@
 For each size (0 and 1,000,000 finished rows with --quick; 0, 1,000,000 and 5,000,000
 otherwise: 200 businesses, 90 days, realistic payloads, generated in SQL, with a few hundred
 active jobs and a small business of 20 jobs), on a database at the head schema whose history
-task has run (rolled up), the median time of:
+task has run (rolled up), the median time of (every size kept, timed round-robin, so each
+size runs under the same load):
 
 - ``GET /metrics`` (every collector; the Flask app in this process),
 - ``GET /api/jobs`` for the small business, and with ``?status=queued``,
@@ -65,16 +66,6 @@ FROM big, generate_series(%(lo)s, %(hi)s) g,
 """
 
 
-def _median_ms(fn, n: int = 7) -> float:
-    fn()  # warm
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 2)
-
-
 def _db() -> tuple[str, str]:
     name = f"prosaas_bench_hist_{uuid.uuid4().hex[:8]}"
     admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
@@ -127,7 +118,8 @@ def load(url: str, rows: int) -> None:
     raw.close()
 
 
-def measure(rows: int) -> dict:
+def build(rows: int) -> dict:
+    """A database of `rows` finished jobs, rolled up, with the operations to time on it."""
     from prosaas_core.api.app import create_app
     from prosaas_core.api.testing import bearer, business_with_token
     from prosaas_core.cli.doctor import diagnose
@@ -175,7 +167,6 @@ def measure(rows: int) -> dict:
             "doctor": lambda: diagnose(rt),
             "constraint_plan_remove_type": plan,
         }
-        times = {k: _median_ms(fn) for k, fn in ops.items()}
         with rt.engine.connect() as conn:
             size = conn.execute(text("SELECT pg_total_relation_size('background_jobs')")).scalar()
             heap = conn.execute(text("SELECT pg_relation_size('background_jobs')")).scalar()
@@ -190,7 +181,9 @@ def measure(rows: int) -> dict:
             )
         return {
             "rows": rows,
-            "ms": times,
+            "ops": ops,
+            "rt": rt,
+            "name": name,
             "load_s": round(loaded, 1),
             "rollup_s": round(rolled, 1),
             "table_bytes": size,
@@ -198,9 +191,27 @@ def measure(rows: int) -> dict:
             "index_bytes": idx,
             "index_bytes_each": per_index,
         }
-    finally:
+    except BaseException:
         rt.close()
         _drop(name)
+        raise
+
+
+def time_all(built: list[dict], reps: int = 9) -> None:
+    """Time every operation on every size round-robin, so that each size sees the same load
+    on this shared machine; the median of `reps` per size and operation."""
+    samples: dict[tuple[int, str], list[float]] = {}
+    for b in built:
+        for fn in b["ops"].values():
+            fn()  # warm
+    for _ in range(reps):
+        for b in built:
+            for op, fn in b["ops"].items():
+                t = time.perf_counter()
+                fn()
+                samples.setdefault((b["rows"], op), []).append((time.perf_counter() - t) * 1e3)
+    for b in built:
+        b["ms"] = {op: round(statistics.median(samples[(b["rows"], op)]), 2) for op in b["ops"]}
 
 
 def hot_ratio(target: str | None, checkpoints: int = 50, jobs: int = 40) -> float:
@@ -273,7 +284,16 @@ def main() -> None:
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     sizes = [0, 1_000_000] if args.quick else [0, 1_000_000, 5_000_000]
-    results = [measure(n) for n in sizes]
+    load_before = os.getloadavg()[0]
+    results = []
+    try:
+        for n in sizes:
+            results.append(build(n))
+        time_all(results)
+    finally:
+        for r in results:
+            r["rt"].close()
+            _drop(r["name"])
     for r in results:
         print(f"{r['rows']:>9} rows: load {r['load_s']}s, rollup {r['rollup_s']}s, table"
               f" {r['table_bytes'] / 1e6:.1f} MB (heap {r['heap_bytes'] / 1e6:.1f}, indexes"
@@ -309,7 +329,7 @@ def main() -> None:
                 "index_bytes_each": top["index_bytes_each"],
                 "table_bytes_by_rows": {str(r["rows"]): r["table_bytes"] for r in results},
                 "quick": args.quick,
-                "load_average": os.getloadavg()[0],
+                "load_average_start_end": [load_before, os.getloadavg()[0]],
             }
         )
     )
