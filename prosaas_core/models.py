@@ -6,7 +6,7 @@ declared here because it is generated from the installed plugins (``prosaas_core
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -190,7 +191,19 @@ class BackgroundJob(Base):
             "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
         ),
         Index("ix_background_jobs_business_id_created_at", "business_id", "created_at"),
-        Index("ix_background_jobs_status_job_type", "status", "job_type"),
+        # 0006_history: a business's jobs, by status, by type; types; the active rows
+        Index("ix_background_jobs_business_id_id", "business_id", "id"),
+        Index("ix_background_jobs_business_status_id", "business_id", "status", "id"),
+        Index("ix_background_jobs_business_type_id", "business_id", "job_type", "id"),
+        Index("ix_background_jobs_job_type_id", "job_type", "id"),
+        Index(
+            "ix_background_jobs_active",
+            "status",
+            "job_type",
+            "queue",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
         # One active job per (business, unique_key): how unique_per_business is enforced.
         Index(
             "ix_background_jobs_parked",
@@ -325,3 +338,47 @@ class JobTypeMigration(Base):
     applied_at: Mapped[datetime] = _now()
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+
+
+class JobRollup(Base):
+    """Finished jobs of one day (UTC), business, type and status: what history keeps after
+    the rows are pruned (``prosaas_core.jobs.history``)."""
+
+    __tablename__ = "prosaas_job_rollups"
+    __table_args__ = (Index("ix_prosaas_job_rollups_business_id_day", "business_id", "day"),)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    business_id: Mapped[int] = mapped_column(
+        ForeignKey("businesses.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: finished jobs; those of them that ran (had a start); their run time in seconds
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    ran: Mapped[int] = mapped_column(BigInteger)
+    duration_sum: Mapped[float] = mapped_column(Float)
+    duration_max: Mapped[float | None] = mapped_column(Float)
+
+
+class JobTotal(Base):
+    """All-time finished jobs per type and status (the rollups summed, for /metrics)."""
+
+    __tablename__ = "prosaas_job_totals"
+
+    job_type: Mapped[str] = mapped_column(String(63), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    ran: Mapped[int] = mapped_column(BigInteger)
+    duration_sum: Mapped[float] = mapped_column(Float)
+    #: run times per bucket of ``history.BUCKETS`` (not cumulative; the last one is +Inf)
+    buckets: Mapped[Any] = mapped_column(Json)
+
+
+class RollupState(Base):
+    """One row: finished jobs with ``finished_at`` before ``rolled_through`` are rolled up."""
+
+    __tablename__ = "prosaas_rollup_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rolled_through: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _now()

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
 
 CATCH_UP = ("skip", "once", "all")
+#: the job_type shown for the core history schedule (not a job type: it runs in the worker)
+CORE_TASK = "(core: roll up and prune history)"
 #: occurrences looked at in one go; a schedule further behind catches up over several ticks
 SCAN_CAP = 1000
 
@@ -122,7 +124,10 @@ def effective(rt: Runtime, rows: list[ScheduleRow]) -> list[Effective]:
     plugin = rt.registry.schedules
     out = []
     for r in rows:
-        if r.source == "plugin":
+        if r.source == "core":  # prosaas_core.jobs.housekeeping: runs in a worker, no job
+            cron, job_type, payload, per_business = rt.settings.history_cron, CORE_TASK, None, False
+            tz, catch_up, jitter = "UTC", "skip", 0.0
+        elif r.source == "plugin":
             d = plugin.get(r.name)
             if d is None:
                 continue
@@ -158,20 +163,23 @@ def ensure_plugin_rows(rt: Runtime, session: Any) -> None:
     """A row for every installed plugin schedule (it holds the paused flag and progress)."""
     from sqlalchemy import select
 
+    from prosaas_core.jobs.housekeeping import NAME
     from prosaas_core.models import ScheduleRow
 
-    wanted = set(rt.registry.schedules)
-    if not wanted:
-        return
-    have = set(
-        session.scalars(
-            select(ScheduleRow.name).where(
-                ScheduleRow.source == "plugin", ScheduleRow.name.in_(wanted)
+    wanted = {("plugin", n) for n in rt.registry.schedules} | {("core", NAME)}
+    have = {
+        (source, name)
+        for source, name in session.execute(
+            select(ScheduleRow.source, ScheduleRow.name).where(
+                ScheduleRow.source.in_(("plugin", "core")),
+                ScheduleRow.name.in_({n for _, n in wanted}),
             )
         )
-    )
-    for name in sorted(wanted - have):
-        session.add(ScheduleRow(name=name, source="plugin", business_id=None))
+    }
+    if wanted <= have:
+        return
+    for source, name in sorted(wanted - have):
+        session.add(ScheduleRow(name=name, source=source, business_id=None))
     session.flush()
 
 
@@ -221,7 +229,7 @@ def status(rt: Runtime, *, business_id: int | None = None) -> list[dict[str, Any
                 ):
                     statuses[st] = n
             problem = None
-            installed = e.job_type in rt.registry.job_types
+            installed = e.source == "core" or e.job_type in rt.registry.job_types
             if not installed:
                 problem = f"job type {e.job_type!r} is not installed"
             elif not e.paused:
@@ -349,6 +357,7 @@ def remove(rt: Runtime, name_or_id: str | int, *, business_id: int | None = None
     """Remove an operator's or business's schedule (a plugin's can only be paused)."""
     with rt.session() as s:
         row = _find(s, name_or_id, business_id)
-        if row.source == "plugin":
-            raise ConflictError(f"schedule {row.name!r} is a plugin's: pause it instead")
+        if row.source in ("plugin", "core"):
+            owner = "a plugin's" if row.source == "plugin" else "prosaas's own"
+            raise ConflictError(f"schedule {row.name!r} is {owner}: pause it instead")
         s.delete(row)

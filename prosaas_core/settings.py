@@ -59,6 +59,45 @@ def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _retention(key: str, raw: str) -> float | None:
+    """Days as a number, or "never" (None: not pruned)."""
+    if raw.strip().lower() == "never":
+        return None
+    try:
+        days = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of days or 'never', got {raw!r}") from None
+    if days < 0:
+        raise ConfigError(f"{key} must not be negative, got {raw!r}")
+    return days
+
+
+def _days(env: Mapping[str, str], key: str, default: float) -> float | None:
+    raw = env.get(key)
+    return default if raw in (None, "") else _retention(key, raw)
+
+
+_FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _overrides(value: str | None) -> dict[tuple[str, str | None], float | None]:
+    """PROSAAS_RETENTION_OVERRIDES: "broadcast=90,delete_leads.failed=never"."""
+    key = "PROSAAS_RETENTION_OVERRIDES"
+    out: dict[tuple[str, str | None], float | None] = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, days = item.partition("=")
+        job_type, _, status = name.strip().partition(".")
+        if not sep or not job_type or (status and status not in _FINAL):
+            raise ConfigError(
+                f"{key}: {item.strip()!r} is not TYPE=DAYS or TYPE.STATUS=DAYS"
+                f" (STATUS one of {', '.join(_FINAL)})"
+            )
+        out[(job_type, status or None)] = _retention(key, days)
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting prosaas reads. Plugins read their own keys through `get()`."""
@@ -123,6 +162,17 @@ class Settings:
     schedule_catch_up_max: int = 100
     #: largest request body the API accepts, bytes
     max_body_bytes: int = 16 * 1024 * 1024
+    #: days finished jobs are kept, per status (None: kept for ever); per job type overrides in
+    #: retention_overrides, "type=days" or "type.status=days", comma-separated
+    retention_days: Mapping[str, float | None] = field(
+        default_factory=lambda: {"succeeded": 7.0, "failed": 30.0, "cancelled": 30.0}
+    )
+    retention_overrides: Mapping[tuple[str, str | None], float | None] = field(default_factory=dict)
+    #: cron of the core history task (roll up, then prune), run by one worker per occurrence
+    history_cron: str = "*/10 * * * *"
+    #: rows per DELETE of the pruning, and seconds it pauses between two
+    prune_batch: int = 1000
+    prune_pause: float = 0.01
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -171,6 +221,14 @@ class Settings:
             schedule_grace=_number(env, "PROSAAS_SCHEDULE_GRACE", 60.0),
             schedule_catch_up_max=int(_number(env, "PROSAAS_SCHEDULE_CATCH_UP_MAX", 100)),
             max_body_bytes=int(_number(env, "PROSAAS_MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            retention_days={
+                st: _days(env, f"PROSAAS_RETENTION_{st.upper()}_DAYS", d)
+                for st, d in (("succeeded", 7.0), ("failed", 30.0), ("cancelled", 30.0))
+            },
+            retention_overrides=_overrides(env.get("PROSAAS_RETENTION_OVERRIDES")),
+            history_cron=env.get("PROSAAS_HISTORY_CRON") or "*/10 * * * *",
+            prune_batch=int(_number(env, "PROSAAS_PRUNE_BATCH", 1000)),
+            prune_pause=_number(env, "PROSAAS_PRUNE_PAUSE", 0.01),
             env=env,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -350,14 +350,17 @@ def run_worker(
             "ENABLE_SCHEDULERS is set but prosaas does not read it: every prosaas worker "
             "fires schedules and runs every service (a flag like it once stopped recordings)"
         )
+    from prosaas_core.jobs.housekeeping import Housekeeper
     from prosaas_core.jobs.scheduler import Scheduler
 
     scheduler = Scheduler(rt, name)
+    housekeeper = Housekeeper(rt, name)
     maintenance = Maintenance(rt)
     maintenance.run_once(grace=0.0)  # at start-up: rows Redis lost are pushed before draining
     if not burst:
         maintenance.start()
         scheduler.start()
+        housekeeper.start()
 
     def on_stop(worker) -> None:
         # services stop in parallel with the job's wind-down; a watchdog bounds the whole stop
@@ -408,6 +411,7 @@ def run_worker(
         shutdown.set()
         maintenance.stop()
         scheduler.stop()
+        housekeeper.stop()
         waker.stop()
         late = supervisor.stop(grace)
         heartbeat.stop()

@@ -1,38 +1,39 @@
 """Prometheus metrics, computed from the database, Redis and worker heartbeats at scrape time.
 
-Because every figure is read from shared state when scraped (not counted inside this
-process), any API process answers the same numbers: no multiprocess mode is needed under
-gunicorn. The job duration histogram is built from finished rows: ``finished_at -
-started_at`` of each job that ran (``started_at`` is its last attempt's start), per job type;
-its buckets are cumulative over every such row still in ``background_jobs``.
+Every figure is read from shared state when scraped (nothing is counted inside this process),
+so any API process on any host answers the same numbers: no prometheus multiprocess mode is
+needed under gunicorn, and workers on other hosts need no port of their own. No read grows
+with the history of ``background_jobs``:
+
+- active jobs (queued, running) by type, status and queue: the partial index on the active
+  rows (``ix_background_jobs_active``), bounded by the active rows;
+- finished jobs and their run-time histogram (``prosaas_job_duration_seconds``, worker-side
+  ``finished_at - started_at``): ``prosaas_job_totals``, which the core history task keeps up
+  to date, plus the rows finished since its watermark (an index range on ``finished_at``);
+  see ``prosaas_core.jobs.history``. They are counters: they survive pruning and restarts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from prosaas_core.jobs.history import BUCKETS
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
 
 log = logging.getLogger("prosaas.api")
-
-BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-def _duration_expr(dialect: str) -> Any:
-    from sqlalchemy import func
-
-    from prosaas_core.models import BackgroundJob as J
-
-    if dialect == "postgresql":
-        return func.extract("epoch", J.finished_at - J.started_at)
-    return (func.julianday(J.finished_at) - func.julianday(J.started_at)) * 86400.0
 
 
 class ProsaasCollector(Collector):
@@ -65,13 +66,20 @@ class ProsaasCollector(Collector):
         yield up
 
     def _jobs(self) -> Iterator[Metric]:
-        from sqlalchemy import case, func, select
+        from sqlalchemy import func, select
 
-        from prosaas_core.models import BackgroundJob as J
+        from prosaas_core.jobs.history import totals
+        from prosaas_core.jobs.store import c
 
         jobs = GaugeMetricFamily(
             "prosaas_jobs",
-            "Jobs in background_jobs by type and status",
+            "Active jobs by type and status; finished ones: all that finished (history kept"
+            " after pruning)",
+            labels=["job_type", "status"],
+        )
+        finished = CounterMetricFamily(
+            "prosaas_jobs_finished",
+            "Jobs that finished, by type and status (kept after their rows are pruned)",
             labels=["job_type", "status"],
         )
         queued = GaugeMetricFamily(
@@ -82,31 +90,36 @@ class ProsaasCollector(Collector):
             "Run time of finished jobs (finished_at - started_at), per job type",
             labels=["job_type"],
         )
-        with self.rt.session() as s:
-            for job_type, status, n in s.execute(
-                select(J.job_type, J.status, func.count()).group_by(J.job_type, J.status)
-            ):
-                jobs.add_metric([job_type, status], n)
-            per_queue = dict.fromkeys(self.rt.registry.queues, 0)
-            for queue, n in s.execute(
-                select(J.queue, func.count()).where(J.status == "queued").group_by(J.queue)
-            ):
-                per_queue[queue] = n
-            d = _duration_expr(s.get_bind().dialect.name)
-            cols = [func.count(), func.coalesce(func.sum(d), 0.0)]
-            cols += [func.sum(case((d <= b, 1), else_=0)) for b in BUCKETS]
-            stmt = (
-                select(J.job_type, *cols)
-                .where(J.finished_at.is_not(None), J.started_at.is_not(None))
-                .group_by(J.job_type)
-            )
-            for job_type, count, total, *le in s.execute(stmt):
-                buckets = [(str(b), int(n or 0)) for b, n in zip(BUCKETS, le, strict=True)]
-                buckets.append(("+Inf", int(count)))
-                hist.add_metric([job_type], buckets, float(total))
+        per_queue = dict.fromkeys(self.rt.registry.queues, 0)
+        with self.rt.engine.connect() as conn:
+            active = conn.execute(
+                select(c.job_type, c.status, c.queue, func.count())
+                .where(c.status.in_(("queued", "running")))
+                .group_by(c.job_type, c.status, c.queue)
+            ).all()
+        by_type_status: dict[tuple[str, str], int] = {}
+        for job_type, status, queue, n in active:
+            by_type_status[(job_type, status)] = by_type_status.get((job_type, status), 0) + n
+            if status == "queued":
+                per_queue[queue] = per_queue.get(queue, 0) + n
+        for (job_type, status), n in sorted(by_type_status.items()):
+            jobs.add_metric([job_type, status], n)
+        per_type = {}
+        for (job_type, status), f in sorted(totals(self.rt).items()):
+            jobs.add_metric([job_type, status], f.jobs)
+            finished.add_metric([job_type, status], f.jobs)
+            agg = per_type.setdefault(job_type, [0.0, [0] * (len(BUCKETS) + 1)])
+            agg[0] += f.duration_sum
+            agg[1] = [a + b for a, b in zip(agg[1], f.buckets, strict=True)]
+        for job_type, (total, per) in sorted(per_type.items()):
+            cum, buckets = 0, []
+            for bound, n in zip([*map(str, BUCKETS), "+Inf"], per, strict=True):
+                cum += n
+                buckets.append((bound, cum))
+            hist.add_metric([job_type], buckets, float(total))
         for queue, n in sorted(per_queue.items()):
             queued.add_metric([queue], n)
-        yield from (jobs, queued, hist)
+        yield from (jobs, finished, queued, hist)
 
     def _queues(self) -> Iterator[Metric]:
         from rq import Queue

@@ -271,3 +271,51 @@ def watch(rt, job_id: int, business_id: int | None, interval: float, timeout: fl
         click.echo(f"job {job_id} was cancelled", err=True)
         sys.exit(EXIT_CANCELLED)
     click.echo(f"job {job_id} succeeded: {json.dumps(j['result'], sort_keys=True)}")
+
+
+@jobs.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as an object.")
+@pass_runtime
+def prune(rt, dry_run: bool, as_json: bool) -> None:
+    """Roll up finished jobs, then delete those past their retention (PROSAAS_RETENTION_*).
+
+    Workers do this by themselves on PROSAAS_HISTORY_CRON; this runs it now."""
+    from prosaas_core.jobs.prune import prune as do_prune
+    from prosaas_core.jobs.prune import rules
+
+    out = do_prune(rt, dry_run=dry_run)
+    if as_json:
+        echo_json(out)
+        return
+    for rule in rules(rt.settings):
+        kept = "for ever" if rule.days is None else f"{rule.days:g} days"
+        click.echo(f"retention {rule.label:<32} {kept}")
+    verb = "would delete" if dry_run else "deleted"
+    for key, n in out["deleted"].items():
+        click.echo(f"{verb} {n:>10}  {key}")
+    rolled = out["rolled_up"]
+    if rolled is not None:
+        click.echo(f"rolled up {rolled['rows']} row(s); history through {rolled['rolled_through']}")
+    click.echo(f"{verb} {out['total']} finished job(s) in total")
+
+
+@jobs.command()
+@click.option("--business", "business_id", type=int, help="Only this business's jobs.")
+@click.option("--days", type=click.IntRange(1, 3660), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_runtime
+def stats(rt, business_id: int | None, days: int, as_json: bool) -> None:
+    """Finished jobs per type and status over the last DAYS days, from the rollups (history
+    outlives pruning) and the rows not rolled up yet."""
+    from prosaas_core.jobs.history import stats as read_stats
+
+    rows = read_stats(rt, business_id=business_id, days=days)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'TYPE':<24} {'STATUS':<10} {'JOBS':>10} {'AVG S':>9} {'MAX S':>9}")
+    for r in rows:
+        avg = "-" if r["avg_seconds"] is None else f"{r['avg_seconds']:.3f}"
+        top = "-" if r["max_seconds"] is None else f"{r['max_seconds']:.3f}"
+        click.echo(f"{r['job_type']:<24} {r['status']:<10} {r['jobs']:>10} {avg:>9} {top:>9}")

@@ -53,6 +53,8 @@ def list_(rt, business_id, as_json) -> None:
     click.echo(f"{'ID':>4}  {'NAME':<28} {'CRON':<16} {'SCOPE':<12} {'LAST':<26} NEXT")
     for r in rows:
         scope = "per business" if r["per_business"] else f"business {r['business_id']}"
+        if r["source"] == "core":
+            scope = "core"
         last = (r["last_occurrence"] or "-")[:25]
         jobs = ",".join(f"{k}={v}" for k, v in sorted(r["last_jobs"].items()))
         nxt = "paused" if r["paused"] else r["next_occurrence"]

@@ -238,6 +238,9 @@ def last_occurrences(rt: Runtime) -> dict[int, datetime]:
 class Scheduler:
     """The thread of one worker that ticks the scheduler."""
 
+    #: the thread's name and the word its log lines use
+    what = "scheduler"
+
     def __init__(self, rt: Runtime, worker: str) -> None:
         self.rt, self.worker = rt, worker
         self._stop = threading.Event()
@@ -245,10 +248,16 @@ class Scheduler:
         self._failing = False
 
     def start(self) -> Scheduler:
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.what, daemon=True)
         self._thread.start()
-        log.info("SCHEDULER STARTED (every %.1fs)", self.rt.settings.schedule_tick)
+        self.log.info("%s STARTED (every %.1fs)", self.what.upper(), self.rt.settings.schedule_tick)
         return self
+
+    log = log
+
+    def once(self) -> None:
+        """One pass of the thread."""
+        tick(self.rt, self.worker)
 
     def stop(self) -> None:
         self._stop.set()
@@ -258,12 +267,12 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.wait(self.rt.settings.schedule_tick):
             try:
-                tick(self.rt, self.worker)
+                self.once()
             except Exception as exc:  # database away: one line now, one when it is back
                 if not self._failing:
-                    log.warning("scheduler paused: %s", str(exc).splitlines()[0])
+                    self.log.warning("%s paused: %s", self.what, str(exc).splitlines()[0])
                     self._failing = True
                 continue
             if self._failing:
-                log.info("scheduler resumed")
+                self.log.info("%s resumed", self.what)
                 self._failing = False

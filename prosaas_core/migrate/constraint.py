@@ -124,18 +124,51 @@ def comment_sql(plan: Plan, digest: str) -> str:
     return f"COMMENT ON CONSTRAINT {NAME} ON {TABLE} IS {quote(json.dumps(data))}"
 
 
+def present_types(conn: Connection) -> set[str]:
+    """Every job type rows use: a loose index scan of ``ix_background_jobs_job_type_id``,
+    one probe per type (a recursive CTE: each step finds the next type above the last),
+    instead of reading one index entry per row."""
+    rows = conn.execute(
+        text(
+            # min() is one index probe on PostgreSQL and SQLite alike
+            "WITH RECURSIVE t(job_type) AS ("
+            f" SELECT min(job_type) FROM {TABLE}"
+            " UNION ALL"
+            f" SELECT (SELECT min(b.job_type) FROM {TABLE} b WHERE b.job_type > t.job_type)"
+            " FROM t WHERE t.job_type IS NOT NULL"
+            ") SELECT job_type FROM t WHERE job_type IS NOT NULL"
+        )
+    )
+    return {r[0] for r in rows}
+
+
+#: orphan types are counted up to this many rows: past it the plan only needs "still used",
+#: and an exact count would read every row of the type (as big as the history)
+COUNT_CAP = 10_000
+
+
 def present_counts(conn: Connection, types: Iterable[str] | None = None) -> dict[str, int]:
-    """Rows per job type in background_jobs, for `types` only (None: every type)."""
-    sql = f"SELECT job_type, count(*) FROM {TABLE}"
-    params: dict[str, str] = {}
-    if types is not None:
-        names = sorted(types)
-        if not names:
-            return {}
-        params = {f"t{i}": n for i, n in enumerate(names)}
-        sql += " WHERE job_type IN (" + ", ".join(f":{k}" for k in params) + ")"
-    rows = conn.execute(text(sql + " GROUP BY job_type"), params)
-    return {name: int(count) for name, count in rows if count}
+    """Rows per job type in background_jobs, for `types` only (None: every type present), up
+    to COUNT_CAP + 1 (meaning "more than COUNT_CAP"). Each count is a range of the
+    ``(job_type, id)`` index that stops after COUNT_CAP + 1 entries."""
+    names = sorted(present_types(conn) if types is None else types)
+    out = {}
+    for name in names:
+        n = conn.execute(
+            text(
+                f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} WHERE job_type = :t"
+                f" LIMIT {COUNT_CAP + 1}) AS capped"
+            ),
+            {"t": name},
+        ).scalar()
+        if n:
+            out[name] = int(n)
+    return out
+
+
+def rows_text(count: int) -> str:
+    """A present_counts figure for a log line."""
+    return f"more than {COUNT_CAP}" if count > COUNT_CAP else str(count)
 
 
 def make_plan(conn: Connection, installed: set[str], state: ConstraintState) -> Plan:
@@ -144,7 +177,8 @@ def make_plan(conn: Connection, installed: set[str], state: ConstraintState) -> 
     constraint is missing or not validated (rows may predate it)."""
     current = state.allowed
     if current is None or not state.validated:
-        counts = present_counts(conn)
+        # only the types no plugin provides are counted: installed ones are allowed anyway
+        counts = present_counts(conn, present_types(conn) - installed)
     else:
         counts = present_counts(conn, current - installed)
     orphans = {t: n for t, n in sorted(counts.items()) if t not in installed}

@@ -48,8 +48,12 @@ def run_steps(
     budget = settings.migration_ddl_budget
     dirs = registry.migration_dirs()
     with engine.connect() as conn:
+        # On PostgreSQL Alembic owns the transaction (one for the run, rolled back whole on a
+        # lock timeout), so a revision can step out of it in autocommit_block() to build an
+        # index CONCURRENTLY (prosaas_core.migrate.online_index).
+        run = (lambda: upgrade_heads(conn, dirs)) if conn.dialect.name == "postgresql" else None
         result.revisions = retry_on_lock_timeout(
-            "Schema upgrade", _in_txn(conn, lambda: upgrade_heads(conn, dirs)), budget
+            "Schema upgrade", run or _in_txn(conn, lambda: upgrade_heads(conn, dirs)), budget
         )
         if result.revisions:
             log.info("Schema upgraded: applied %s", ", ".join(result.revisions))
@@ -72,10 +76,10 @@ def _constraint_step(
         result.orphans = plan.orphans
         for name, count in plan.orphans.items():
             log.warning(
-                "Job type %r is not provided by any installed plugin but %d rows use it: "
+                "Job type %r is not provided by any installed plugin but %s rows use it: "
                 "it stays allowed by chk_job_type (no row is deleted or rewritten)",
                 name,
-                count,
+                ck.rows_text(count),
             )
         result.allowed = plan.allowed
         if plan.nothing_to_do:
@@ -158,7 +162,11 @@ def render_plan(rt: Runtime) -> str:
 
 def _constraint_sql(plan: ck.Plan, last: int, dialect: str) -> str:
     for name, count in plan.orphans.items():
-        log.warning("Job type %r has no installed plugin but %d rows: kept allowed", name, count)
+        log.warning(
+            "Job type %r has no installed plugin but %s rows: kept allowed",
+            name,
+            ck.rows_text(count),
+        )
     if plan.nothing_to_do:
         return "-- chk_job_type is up to date\n"
     if not plan.change:

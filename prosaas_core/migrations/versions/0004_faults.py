@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from prosaas_core.migrate import online_index
+
 revision = "0004_faults"
 down_revision = "0003_schedules"
 branch_labels = None
@@ -17,6 +19,19 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # the sweeper's keyset over queued rows and its rescue of running rows stay index scans
+    # however many finished rows the table holds. Built CONCURRENTLY (writers never wait) and
+    # first, so a migrator killed after the builds re-runs this revision cleanly.
+    with online_index.block():
+        online_index.create(
+            "ix_background_jobs_queued_id", "background_jobs", ["id"], where="status = 'queued'"
+        )
+        online_index.create(
+            "ix_background_jobs_running_worker",
+            "background_jobs",
+            ["worker"],
+            where="status = 'running'",
+        )
     op.create_table(
         "prosaas_worker_leases",
         sa.Column("worker", sa.String(length=200), nullable=False),
@@ -27,22 +42,6 @@ def upgrade() -> None:
             "renewed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("worker", name=op.f("pk_prosaas_worker_leases")),
-    )
-    # the sweeper's keyset over queued rows and its rescue of running rows stay index scans
-    # however many finished rows the table holds
-    op.create_index(
-        "ix_background_jobs_queued_id",
-        "background_jobs",
-        ["id"],
-        postgresql_where=sa.text("status = 'queued'"),
-        sqlite_where=sa.text("status = 'queued'"),
-    )
-    op.create_index(
-        "ix_background_jobs_running_worker",
-        "background_jobs",
-        ["worker"],
-        postgresql_where=sa.text("status = 'running'"),
-        sqlite_where=sa.text("status = 'running'"),
     )
 
 

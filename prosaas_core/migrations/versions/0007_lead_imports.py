@@ -1,7 +1,7 @@
 """Large CSV imports run as a background job: the staged CSV and the import's job.
 
-Revision ID: 0008_lead_imports
-Revises: 0005_admin_tokens
+Revision ID: 0007_lead_imports
+Revises: 0006_history
 Create Date: 2026-12-01
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0008_lead_imports"
-down_revision = "0005_admin_tokens"
+revision = "0007_lead_imports"
+down_revision = "0006_history"
 branch_labels = None
 depends_on = None
 
