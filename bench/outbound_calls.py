@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import redis
@@ -251,6 +252,11 @@ def main() -> None:
                 ).scalar_one() == len(businesses)
 
         wait_until(completed, 90)
+        with rt.session() as s:
+            # connections opened to the bench's database (each is a PostgreSQL backend started)
+            sessions = s.execute(
+                text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
         print(f"{n} targets, {args.businesses} businesses, max_concurrent {args.slots}, "
               f"{args.cps:g} calls/s each, {args.workers} workers, "
               f"{args.web_workers} web workers")  # fmt: skip
@@ -261,8 +267,10 @@ def main() -> None:
         lat = sorted(fake.callback_seconds)
         p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
         lost = sum(1 for c in fake.callback_codes if c != 200)
+        codes = Counter(str(c) for c in fake.callback_codes if c != 200)  # 0: no answer at all
         print(f"callbacks: {len(lat)}, answered in p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
-              f"; not delivered: {lost}")  # fmt: skip
+              f"; not delivered: {lost} {dict(codes) or ''}")  # fmt: skip
+        print(f"PostgreSQL connections opened: {sessions}")
         print(f"CPU per call: workers {worker_cpu / n * 1000:.1f} ms, web {web_cpu / n * 1000:.1f}"
               f" ms, fake Twilio {fake_cpu / n * 1000:.1f} ms (PostgreSQL and Redis not counted);"
               f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
@@ -282,6 +290,7 @@ def main() -> None:
             "max_live_per_business": max_live,
             "called_once": once,
             "callbacks_not_delivered": lost,
+            "callbacks_not_delivered_by_code": dict(codes),
             "callback_p50_ms": round(p50 * 1000, 1),
             "callback_p99_ms": round(p99 * 1000, 1),
             "cpu_ms_per_call": {
@@ -289,6 +298,7 @@ def main() -> None:
                 "web": round(web_cpu / n * 1000, 1),
                 "fake": round(fake_cpu / n * 1000, 1),
             },
+            "pg_connections_opened": sessions,
             "load_average": round(os.getloadavg()[0], 1),
             # ok: nothing broke (the limit held, nobody was called twice); the 0.9 target is
             # reported, not enforced, so a slow machine does not fail `make bench`

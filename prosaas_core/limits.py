@@ -55,6 +55,25 @@ return redis.call('ZCARD', KEYS[1])
 """
 )
 
+# KEYS[1] set; ARGV: limit, ttl_ms, token... Takes a slot for each token while there is room
+# (in order); returns the count held after each one taken (fewer entries: the set was full).
+_ACQUIRE_MANY = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local limit, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local held = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if not held and redis.call('ZCARD', KEYS[1]) >= limit then break end
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  out[#out + 1] = redis.call('ZCARD', KEYS[1])
+end
+if #out > 0 then redis.call('PEXPIRE', KEYS[1], ttl * 2) end
+return out
+"""
+)
+
 # KEYS[1] set; ARGV: ttl_ms, token, readd. 1 renewed, 2 re-added (it had vanished), 0 lost.
 _RENEW = (
     _NOW
@@ -270,6 +289,7 @@ class Slots:
         self.redis, self.prefix, self.origin = redis, prefix, origin
         self.channel = f"{prefix}released"
         self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire_many = redis.register_script(_ACQUIRE_MANY)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._active = redis.register_script(_ACTIVE)
@@ -287,6 +307,17 @@ class Slots:
         token = token or secrets.token_hex(12)
         n = self._acquire(keys=[self.redis_key(key)], args=[limit, self._ms(ttl), token])
         return Slot(key, token, int(n)) if n else None
+
+    def acquire_many(self, key: str, limit: int, ttl: float, n: int) -> list[Slot]:
+        """Up to `n` slots of `key` (at most `limit` held), in one round trip: as many as
+        were free, possibly none. Each is released or renewed on its own, as from `acquire`."""
+        if n <= 0:
+            return []
+        tokens = [secrets.token_hex(12) for _ in range(n)]
+        counts = self._acquire_many(
+            keys=[self.redis_key(key)], args=[limit, self._ms(ttl), *tokens]
+        )
+        return [Slot(key, t, int(c)) for t, c in zip(tokens, counts, strict=False)]
 
     def renew(self, slot: Slot, ttl: float, *, readd: bool = False) -> bool:
         """Extend the lease; False when it was lost (expired, or Redis lost it). With `readd`,

@@ -19,11 +19,11 @@ from typing import Any
 
 import psycopg2
 import pytest
+from conftest import create_pg_database, drop_pg_database
+from prosaas_core.api.testing import bearer, business_with_token
 from sqlalchemy import event, text
 
-from conftest import create_pg_database, drop_pg_database
 from prosaas_core.api.app import create_app
-from prosaas_core.api.testing import bearer, business_with_token
 from prosaas_core.jobs import control
 from prosaas_core.jobs.history import roll_up
 from prosaas_core.jobs.prune import prune
@@ -69,8 +69,8 @@ def big() -> Iterator[dict[str, Any]]:
     import os
 
     import redis
-
     from conftest import REDIS_DB, REDIS_SERVER
+
     from prosaas_core import migrate
 
     url = create_pg_database()

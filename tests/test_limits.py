@@ -39,6 +39,18 @@ def test_slots_limit_is_shared_and_per_key(r):
     assert b.acquire("7", 3, 5) is not None
 
 
+def test_acquire_many_takes_what_is_free_in_one_call(r):
+    a, b = Slots(r), Slots(r)
+    assert a.acquire("m", 5, 5) is not None
+    got = b.acquire_many("m", 5, 5, 10)  # 4 free of the 10 asked for
+    assert [s.active for s in got] == [2, 3, 4, 5]
+    assert len({s.token for s in got}) == 4 and a.active("m") == 5
+    assert a.acquire_many("m", 5, 5, 3) == [] and a.acquire("m", 5, 5) is None
+    assert a.release(got[0]) == (True, 4)
+    assert [s.active for s in a.acquire_many("m", 5, 5, 3)] == [5]
+    assert a.acquire_many("m", 5, 5, 0) == []
+
+
 def test_acquire_with_a_held_token_renews_instead_of_taking_another(r):
     s = Slots(r)
     first = s.acquire("k", 1, 5, token="job:1")

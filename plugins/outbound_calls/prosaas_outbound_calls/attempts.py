@@ -62,27 +62,43 @@ class Claimed:
     slot_token: str
 
 
-def claim(session: Session, campaign_id: int, slot_token: str) -> Claimed | None:
-    """The campaign's next due pending target, claimed for a new attempt; None when there is
-    none or the campaign is no longer running (a pause takes effect at the next claim)."""
-    t = now()
-    pick = (
-        select(T.c.id)
-        .where(T.c.campaign_id == campaign_id, T.c.status == "pending", T.c.next_attempt_at <= t)
-        .order_by(T.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+def lock_due(session: Session, campaign_id: int, n: int) -> list[int]:
+    """Up to `n` of the campaign's next due pending targets, locked for this transaction (the
+    first step of a claim: slots are only taken for targets there are); none while the
+    campaign is not running, so a pause takes effect at the next claim."""
     running = select(C.c.id).where(C.c.id == campaign_id, C.c.state == "running").exists()
-    token = new_token()
-    row = session.execute(
+    return list(
+        session.execute(
+            select(T.c.id)
+            .where(
+                T.c.campaign_id == campaign_id,
+                T.c.status == "pending",
+                T.c.next_attempt_at <= now(),
+                running,
+            )
+            .order_by(T.c.id)
+            .limit(n)
+            .with_for_update(of=T, skip_locked=True)
+        ).scalars()
+    )
+
+
+def claim_locked(
+    session: Session, campaign_id: int, ids: list[int], slot_tokens: list[str]
+) -> list[Claimed]:
+    """Targets `ids` (locked by `lock_due`), each claimed for a new attempt with its own slot
+    token (pairwise), in one statement."""
+    if not ids:
+        return []
+    t = now()
+    tokens = {i: (new_token(), slot) for i, slot in zip(ids, slot_tokens, strict=True)}
+    rows = session.execute(
         update(T)
-        .where(T.c.id == pick, running)
+        .where(T.c.id.in_(ids), T.c.status == "pending")
         .values(
             status="dialing",
-            attempt_token=token,
-            slot_token=slot_token,
+            attempt_token=case(*((T.c.id == i, a) for i, (a, _) in tokens.items())),
+            slot_token=case(*((T.c.id == i, sl) for i, (_, sl) in tokens.items())),
             attempts=T.c.attempts + 1,
             claimed_at=t,
             dialed_at=None,
@@ -91,18 +107,13 @@ def claim(session: Session, campaign_id: int, slot_token: str) -> Claimed | None
             updated_at=t,
         )
         .returning(T.c.id, T.c.business_id, T.c.lead_id, T.c.phone, T.c.attempts)
-    ).first()
-    if row is None:
-        return None
-    return Claimed(
-        row.id,
-        campaign_id,
-        row.business_id,
-        row.lead_id,
-        row.phone,
-        row.attempts,
-        token,
-        slot_token,
+    ).all()
+    return sorted(
+        (
+            Claimed(r.id, campaign_id, r.business_id, r.lead_id, r.phone, r.attempts, *tokens[r.id])
+            for r in rows
+        ),
+        key=lambda c: c.id,
     )
 
 
@@ -115,10 +126,15 @@ def upsert_call(
     status: str | None,
     from_number: str | None,
     to_number: str | None,
+    along: Any | None = None,
 ) -> None:
     """The core ``calls`` row of an outbound call: created, or brought up to date (its status
-    only moves forward; a row another business owns is never touched)."""
+    only moves forward; a row another business owns is never touched). `along`, an UPDATE of
+    the target, goes in the same statement on PostgreSQL (one round trip less per callback)."""
     t = now()
+    if along is not None and session.get_bind().dialect.name != "postgresql":
+        session.execute(along)
+        along = None
     ins = dialect_insert(session)(calls).values(
         business_id=business_id,
         call_sid=call_sid,
@@ -131,6 +147,8 @@ def upsert_call(
         updated_at=t,
     )
     ex = ins.excluded
+    if along is not None:
+        ins = ins.add_cte(along.cte("target_update"))
     session.execute(
         ins.on_conflict_do_update(
             index_elements=["call_sid"],
@@ -161,7 +179,7 @@ def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, 
         .where(T.c.id == c.id, T.c.attempt_token == c.token)
         .with_for_update()
     ).first()
-    outcome = "lost"
+    outcome, along = "lost", None
     if row is not None:
         adopted = row.status == "pending" and row.call_sid is None
         values: dict[str, Any] = {
@@ -175,7 +193,7 @@ def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, 
         if adopted:
             values.update(attempts=T.c.attempts + 1, slot_token=c.slot_token)
             log.warning("OUTBOUND_CALL_ADOPTED target=%s call_sid=%s", c.id, call_sid)
-        session.execute(update(T).where(T.c.id == c.id).values(**values))
+        along = update(T).where(T.c.id == c.id).values(**values)
         outcome = "adopted" if adopted else "recorded"
     upsert_call(
         session,
@@ -185,6 +203,7 @@ def record_sid(session: Session, c: Claimed, call_sid: str, status: str | None, 
         status=status if status in KNOWN else None,
         from_number=caller,
         to_number=c.phone,
+        along=along,
     )
     return outcome
 
@@ -231,6 +250,127 @@ class Applied:
     status: str | None = None
 
 
+def _rank_case(column: str) -> str:
+    whens = " ".join(f"WHEN '{s}' THEN {r}" for s, r in RANK.items())
+    return f"(CASE {column} {whens} ELSE -1 END)"
+
+
+_CALL_ROW_CONFLICT = f"""
+  ON CONFLICT (call_sid) DO UPDATE SET
+     direction = 'outbound', lead_id = COALESCE(k.lead_id, EXCLUDED.lead_id),
+     from_number = COALESCE(k.from_number, EXCLUDED.from_number),
+     to_number = COALESCE(k.to_number, EXCLUDED.to_number),
+     status = CASE WHEN {_rank_case("EXCLUDED.status")} > {_rank_case("k.status")}
+                   THEN EXCLUDED.status ELSE k.status END,
+     updated_at = %(now)s
+   WHERE k.business_id = EXCLUDED.business_id"""
+
+_CALL_ROW_COLUMNS = """INSERT INTO calls AS k (business_id, call_sid, lead_id, direction, status,
+                          from_number, to_number, created_at, updated_at)"""
+
+#: `apply_progress` in one statement: the target moves forward only when the attempt, the sid
+#: and the rank allow (the row lock is taken and the condition checked again by the UPDATE
+#: itself), and the call row follows it (`upsert_call`)
+_PROGRESS_SQL = f"""
+WITH t AS (
+  UPDATE outbound_targets AS t
+     SET call_sid = %(sid)s, call_status = %(status)s, status = 'live',
+         dialed_at = COALESCE(t.dialed_at, %(now)s),
+         answered_by = COALESCE(%(answered_by)s, t.answered_by), updated_at = %(now)s
+    FROM outbound_campaigns AS c
+   WHERE t.id = %(id)s AND t.attempt_token = %(token)s AND c.id = t.campaign_id
+     AND t.status IN ('dialing', 'live') AND (t.call_sid IS NULL OR t.call_sid = %(sid)s)
+     AND {_rank_case("t.call_status")} < %(rank)s
+  RETURNING t.business_id, t.campaign_id, t.lead_id, t.phone, c.caller_id
+), call_row AS (
+  {_CALL_ROW_COLUMNS}
+  SELECT business_id, %(sid)s, lead_id, 'outbound', %(status)s, caller_id, phone,
+         %(now)s, %(now)s FROM t
+  {_CALL_ROW_CONFLICT}
+)
+SELECT business_id, campaign_id FROM t
+"""
+
+#: `record_sid` in one statement for a claim still the target's (not given back meanwhile)
+_SID_SQL = f"""
+WITH t AS (
+  UPDATE outbound_targets
+     SET call_sid = COALESCE(call_sid, %(sid)s), call_status = COALESCE(call_status, %(status)s),
+         dialed_at = COALESCE(dialed_at, %(now)s), updated_at = %(now)s,
+         status = CASE WHEN status = 'dialing' THEN 'live' ELSE status END
+   WHERE id = %(id)s AND attempt_token = %(token)s AND NOT (status = 'pending' AND call_sid IS NULL)
+  RETURNING id
+), call_row AS (
+  {_CALL_ROW_COLUMNS}
+  VALUES (%(business_id)s, %(sid)s, %(lead_id)s, 'outbound', %(call_status)s, %(caller)s,
+          %(phone)s, %(now)s, %(now)s)
+  {_CALL_ROW_CONFLICT}
+)
+SELECT count(*) FROM t
+"""
+
+
+def record_sid_fast(
+    engine: Any, c: Claimed, call_sid: str, status: str | None, caller: str
+) -> bool:
+    """`record_sid` for its common case (the claim is still the target's), in one autocommit
+    round trip on PostgreSQL. False when that is not the case (or on SQLite): `record_sid`
+    then decides, with the row locked."""
+    from prosaas_core.db import autocommit_cursor
+
+    if engine.dialect.name != "postgresql":
+        return False
+    params = {
+        "id": c.id,
+        "token": c.token,
+        "sid": call_sid,
+        "status": status,
+        "call_status": status if status in KNOWN else None,
+        "now": now(),
+        "business_id": c.business_id,
+        "lead_id": c.lead_id,
+        "caller": caller,
+        "phone": c.phone,
+    }
+    with autocommit_cursor(engine) as cur:
+        cur.execute(_SID_SQL, params)
+        return cur.fetchone()[0] == 1
+
+
+def apply_progress(
+    engine: Any,
+    target_id: int,
+    token: str,
+    call_sid: str,
+    status: str,
+    *,
+    answered_by: str | None = None,
+) -> Applied | None:
+    """The common case of a progress callback (``initiated``, ``ringing``, ``in-progress``
+    moving a dialing or live attempt forward), in one autocommit round trip on PostgreSQL:
+    what `apply_status` does for it. None when it did not apply as such (stale, duplicate,
+    an adopted claim, SQLite): `apply_status` then decides, with the row locked."""
+    from prosaas_core.db import autocommit_cursor
+
+    if status in FINAL or engine.dialect.name != "postgresql":
+        return None
+    params = {
+        "id": target_id,
+        "token": token,
+        "sid": call_sid,
+        "status": status,
+        "rank": rank(status),
+        "now": now(),
+        "answered_by": answered_by[:32] if answered_by else None,
+    }
+    with autocommit_cursor(engine) as cur:
+        cur.execute(_PROGRESS_SQL, params)
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return Applied("applied", business_id=row[0], campaign_id=row[1], status="live")
+
+
 def apply_status(
     session: Session,
     target_id: int,
@@ -257,17 +397,23 @@ def apply_status(
     ).first()
     if row is None:
         return Applied("unknown")
-    upsert_call(
-        session,
-        business_id=row.business_id,
-        call_sid=call_sid,
-        lead_id=row.lead_id,
-        status=status,
-        from_number=row.caller_id,
-        to_number=row.phone,
-    )
+
+    def call_row(along: Any | None = None) -> None:
+        # the call row follows every callback, even a stale or duplicate one (monotonic)
+        upsert_call(
+            session,
+            business_id=row.business_id,
+            call_sid=call_sid,
+            lead_id=row.lead_id,
+            status=status,
+            from_number=row.caller_id,
+            to_number=row.phone,
+            along=along,
+        )
+
     base = {"business_id": row.business_id, "campaign_id": row.campaign_id}
     if row.attempt_token != token or row.call_sid not in (None, call_sid):
+        call_row()
         return Applied("stale", **base)
     # A claim the sweep gave back because the provider's list did not show its call (yet): the
     # target is still pending under the same token, so nothing has dialed it since. Its call
@@ -276,6 +422,7 @@ def apply_status(
     if not adopted and (
         row.status not in ("dialing", "live") or rank(status) <= rank(row.call_status)
     ):
+        call_row()
         return Applied("duplicate", **base)
     t = now()
     attempts_made = row.attempts + 1 if adopted else row.attempts
@@ -311,5 +458,5 @@ def apply_status(
         if adopted:  # live again without a slot: it takes one back, even above the limit
             values["slot_token"] = token
             readd = (slot_key(row.business_id), token)
-    session.execute(update(T).where(T.c.id == target_id).values(**values))
+    call_row(update(T).where(T.c.id == target_id).values(**values))
     return Applied("applied", release=release, readd=readd, status=values["status"], **base)

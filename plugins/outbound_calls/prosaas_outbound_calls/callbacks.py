@@ -84,14 +84,20 @@ def status_callback():
     answered_by = (request.form.get("AnsweredBy") or "").strip() or None
 
     rt = current_runtime()
-    with rt.session() as s:
-        applied = attempts.apply_status(
-            s, target_id, token, call_sid, status, answered_by=answered_by, duration=duration
-        )
-        if applied.outcome == "applied" and status in attempts.FINAL and applied.campaign_id:
-            # in the same transaction: two last callbacks racing each other may both see the
-            # other's call open; the dialers' sweep finishes such a campaign soon after
-            campaigns.finish(s, [applied.campaign_id])
+    # most callbacks are progress moving a call forward: one round trip, no row held across
+    # round trips (the same rules as apply_status, checked by the UPDATE itself)
+    applied = attempts.apply_progress(
+        rt.engine, target_id, token, call_sid, status, answered_by=answered_by
+    )
+    if applied is None:
+        with rt.session() as s:
+            applied = attempts.apply_status(
+                s, target_id, token, call_sid, status, answered_by=answered_by, duration=duration
+            )
+            if applied.outcome == "applied" and status in attempts.FINAL and applied.campaign_id:
+                # in the same transaction: two last callbacks racing each other may both see
+                # the other's call open; the dialers' sweep finishes such a campaign soon after
+                campaigns.finish(s, [applied.campaign_id])
     if applied.readd:
         rt.limits.slots.renew(Slot(*applied.readd, 0), cfg.slot_timeout, readd=True)
     if applied.release:

@@ -78,12 +78,27 @@ class Dialer:
         self.pool = ThreadPoolExecutor(cfg.dial_threads, thread_name_prefix="outbound-dial")
         self.inflight = 0
         self.lock = threading.Lock()
+        self._campaigns: list[Any] | None = None
+        self._refresh = threading.Event()
+        #: per slot key: release notices seen, and that count when the key was found full
+        self._releases: dict[str, int] = {}
+        self._full: dict[str, int] = {}
+        #: campaigns that had nothing due: skipped until the next refresh
+        self._dry: set[int] = set()
+        #: per slot key: until when it is peeked at before slots are taken (rate-bound lately)
+        self._rate_bound: dict[str, float] = {}
 
     # -- dialing ------------------------------------------------------------------------------
 
     def running(self) -> list[Any]:
+        """The running campaigns, read again when a wake notice (created, resumed) or the slow
+        timer asked for it: a claim checks the campaign's state itself, so a paused or
+        cancelled campaign still in this list dials nothing."""
+        if self._campaigns is not None and not self._refresh.is_set():
+            return self._campaigns
+        self._refresh.clear()
         with self.ctx.session() as s:
-            return list(
+            self._campaigns = list(
                 s.execute(
                     select(
                         C.c.id,
@@ -99,6 +114,22 @@ class Dialer:
                     .order_by(C.c.id)
                 )
             )
+        return self._campaigns
+
+    def refresh(self) -> None:
+        """Read the running campaigns again and look at every business (the slow timer, a
+        wake notice): slots may have expired, campaigns may have come or gone."""
+        self._refresh.set()
+        with self.lock:
+            self._full.clear()
+            self._dry.clear()
+        self.event.set()
+
+    def released(self, key: str) -> None:
+        """A slot of `key` was released somewhere (a release notice): worth looking again."""
+        with self.lock:
+            self._releases[key] = self._releases.get(key, 0) + 1
+        self.event.set()
 
     def turn(self) -> float:
         """Dial what the slots and rates allow now; the seconds until it is worth looking again
@@ -111,44 +142,62 @@ class Dialer:
         return delay
 
     def _campaign_turn(self, camp: Any) -> float:
-        """Claim what the campaign may dial now, in batches: slots first, then the rate for as
-        many as were free (or one), then that many targets in one transaction."""
+        """Claim what the campaign may dial now, in batches, in one transaction each: the due
+        targets are locked first (so no slot is taken for a campaign with nothing to dial, or
+        no longer running), then as many slots as are free for them (one round trip), then
+        the rate for that many (or one), then the claims in one statement.
+
+        A business found full is not asked again until one of its slots is released (its
+        release notice) or the slow timer fires (slots that expired); a campaign with nothing
+        due is not looked at again before a wake notice or the slow timer."""
         key, rate = campaigns.slot_key(camp.business_id), rate_of(camp.calls_per_second)
         for _ in range(PER_TURN):
             with self.lock:
                 room = self.cfg.dial_threads * 2 - self.inflight
+                seen = self._releases.get(key, 0)
+                if self._full.get(key) == seen or camp.id in self._dry:
+                    return self.cfg.poll_interval  # a notice or the slow timer wakes us
             if room <= 0:
                 return self.cfg.poll_interval  # a dial ending sets the event
-            wait = self.rates.peek(key, rate)
-            if wait > 0:
-                return wait
-            held = []
-            for _ in range(min(room, rate.burst, BATCH)):
-                slot = self.slots.acquire(key, camp.max_concurrent, self.cfg.slot_timeout)
-                if slot is None:
-                    break
-                held.append(slot)
-            if not held:
-                return self.cfg.poll_interval  # all held: a release notice wakes us
-            wait = self.rates.acquire(key, rate, cost=len(held))
-            if wait > 0 and len(held) > 1:
-                for slot in held[1:]:
-                    self.slots.release(slot, notify=False)
-                held = held[:1]
-                wait = self.rates.acquire(key, rate)
-            if wait > 0:
-                self.slots.release(held[0], notify=False)
-                return wait
+            # only a key the rate held back lately is peeked at first: there taking slots and
+            # giving them back costs more, elsewhere the peek is a wasted round trip
+            if time.monotonic() < self._rate_bound.get(key, 0.0):
+                wait = self.rates.peek(key, rate)
+                if wait > 0:
+                    return wait
             claimed: list[tuple[attempts.Claimed, Slot]] = []
+            wait = 0.0
             with self.ctx.session() as s:
-                for slot in held:
-                    c = attempts.claim(s, camp.id, slot.token)
-                    if c is None:
-                        break
-                    claimed.append((c, slot))
-            for slot in held[len(claimed) :]:
+                ids = attempts.lock_due(s, camp.id, min(room, rate.burst, BATCH))
+                if not ids:
+                    with self.lock:
+                        self._dry.add(camp.id)
+                    return self.cfg.poll_interval
+                held = self.slots.acquire_many(
+                    key, camp.max_concurrent, self.cfg.slot_timeout, len(ids)
+                )
+                if not held:
+                    with self.lock:
+                        self._full[key] = seen
+                    return self.cfg.poll_interval  # all held: a release notice wakes us
+                wait = self.rates.acquire(key, rate, cost=len(held))
+                if wait > 0 and len(held) > 1:
+                    for slot in held[1:]:
+                        self.slots.release(slot, notify=False)
+                    held = held[:1]
+                    wait = self.rates.acquire(key, rate)
+                if wait > 0:
+                    self._rate_bound[key] = time.monotonic() + 1.0
+                    self.slots.release(held[0], notify=False)
+                    return wait
+                by_token = {slot.token: slot for slot in held}
+                for c in attempts.claim_locked(
+                    s, camp.id, ids[: len(held)], [slot.token for slot in held]
+                ):
+                    claimed.append((c, by_token.pop(c.slot_token)))
+            for slot in by_token.values():  # not claimed after all (gone meanwhile)
                 self.slots.release(slot, notify=False)
-            for c, slot in claimed:
+            for c, slot in claimed:  # dialed once the claims are committed
                 log.info(
                     "OUTBOUND_CALL_CLAIMED campaign=%s target=%s attempt=%s active=%s/%s",
                     camp.id,
@@ -160,7 +209,7 @@ class Dialer:
                 with self.lock:
                     self.inflight += 1
                 self.pool.submit(self._dial, camp, c, slot)
-            if len(claimed) < len(held):
+            if len(ids) < min(room, rate.burst, BATCH):
                 return self.cfg.poll_interval  # nothing more is due now
         return 0.0
 
@@ -185,8 +234,12 @@ class Dialer:
             # reconciles the claim against the provider before anything is retried
             log.warning("OUTBOUND_CALL_UNCERTAIN target=%s attempt=%s: %s", c.id, c.attempt, exc)
         else:
-            with self.ctx.session() as s:
-                outcome = attempts.record_sid(s, c, info.sid, info.status, camp.caller_id)
+            outcome = "recorded"
+            if not attempts.record_sid_fast(
+                self.ctx.runtime.engine, c, info.sid, info.status, camp.caller_id
+            ):
+                with self.ctx.session() as s:
+                    outcome = attempts.record_sid(s, c, info.sid, info.status, camp.caller_id)
             if outcome == "adopted":
                 self.slots.renew(slot, self.cfg.slot_timeout, readd=True)
             log.info(
@@ -325,26 +378,34 @@ def run(ctx: Any) -> None:
 
     def on_release(key: str) -> None:
         if key.startswith("outbound_calls:"):
-            dialer.event.set()
+            dialer.released(key)
+
+    def on_wake(_key: str) -> None:
+        dialer.refresh()
 
     notices = [
         ReleaseNotices(ctx.redis, dialer.slots.channel, dialer.origin, on_release).start(
             "outbound-slot-notices"
         ),
-        ReleaseNotices(ctx.redis, WAKE_CHANNEL, dialer.origin, on_release).start(
+        ReleaseNotices(ctx.redis, WAKE_CHANNEL, dialer.origin, on_wake).start(
             "outbound-wake-notices"
         ),
     ]
     ctx.log.info("Outbound dialer loop started (origin=%s)", dialer.origin)
-    next_sweep = 0.0
+    next_sweep = next_poll = 0.0
     try:
         while not ctx.stop_event.is_set():
             dialer.event.clear()
+            if time.monotonic() >= next_poll:
+                # the slow timer: what no notice announces (expired slots, retries due,
+                # campaigns whose wake notice was missed)
+                dialer.refresh()
+                next_poll = time.monotonic() + cfg.poll_interval
             if time.monotonic() >= next_sweep:
                 dialer.sweep()
                 next_sweep = time.monotonic() + cfg.sweep_interval
             delay = dialer.turn()
-            delay = min(delay, max(0.0, next_sweep - time.monotonic()))
+            delay = min(delay, max(0.0, min(next_sweep, next_poll) - time.monotonic()))
             if delay > 0:
                 dialer.event.wait(delay)
     finally:

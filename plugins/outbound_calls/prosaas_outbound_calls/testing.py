@@ -258,9 +258,10 @@ class FakeTwilio:
                     "Content-Type": "application/x-www-form-urlencoded",
                 },
                 timeout=urllib3.Timeout(connect=5, read=10),
-                # a kept-alive connection the server has just closed, or a refused connect:
-                # sent again, as Twilio retries a callback that could not be delivered
-                retries=urllib3.Retry(total=2, read=False, allowed_methods=None, redirect=False),
+                # a kept-alive connection the server has just closed (no answer at all: urllib3
+                # counts it as a read error), or a refused connect: sent again, as Twilio
+                # retries a callback that could not be delivered (a callback is idempotent)
+                retries=urllib3.Retry(total=2, read=1, allowed_methods=None, redirect=False),
             )
             code = resp.status
         except urllib3.exceptions.HTTPError:
