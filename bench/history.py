@@ -120,14 +120,13 @@ def load(url: str, rows: int) -> None:
 
 def build(rows: int) -> dict:
     """A database of `rows` finished jobs, rolled up, with the operations to time on it."""
-    from prosaas_core.api.testing import bearer, business_with_token
-
     from prosaas_core.api.app import create_app
     from prosaas_core.cli.doctor import diagnose
     from prosaas_core.jobs import control
     from prosaas_core.jobs.history import roll_up
     from prosaas_core.jobs.sweeper import sweep
     from prosaas_core.migrate.constraint import make_plan, read_state
+    from prosaas_core.testing import bearer, business_with_token
 
     url, name = _db()
     rt = _runtime(url)

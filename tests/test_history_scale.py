@@ -19,8 +19,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from conftest import create_pg_database, drop_pg_database
-from prosaas_core.api.testing import bearer, business_with_token
 from sqlalchemy import event, text
 
 from prosaas_core.api.app import create_app
@@ -30,6 +28,7 @@ from prosaas_core.jobs.prune import prune
 from prosaas_core.plugins import get_plugin_manager
 from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
+from prosaas_core.testing import bearer, business_with_token, create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +68,9 @@ def big() -> Iterator[dict[str, Any]]:
     import os
 
     import redis
-    from conftest import REDIS_DB, REDIS_SERVER
 
     from prosaas_core import migrate
+    from prosaas_core.testing import REDIS_DB, REDIS_SERVER
 
     url = create_pg_database()
     redis_url = f"{REDIS_SERVER}/{REDIS_DB}"
