@@ -92,6 +92,12 @@ class Query:
     name: str
     sql: Mapping[str, tuple[str, ...]]
 
+    @classmethod
+    def of(cls, name: str, text: str) -> Query:
+        """A query from one SQL text (the same dialect lines as in a ``.sql`` file), for SQL
+        a module builds from parts instead of keeping it in a file."""
+        return cls(name, {d: _for(d, text) for d in DIALECTS})
+
 
 _HEADER = re.compile(r"^--\s*([A-Za-z_]\w*)(?:@(\w+))?\s*--\s*$")
 _ONLY = re.compile(r"\s*--@(\w+)\s*$")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -104,7 +104,7 @@ class ProsaasCollector(Collector):
                 per_queue[queue] = per_queue.get(queue, 0) + n
         for (job_type, status), n in sorted(by_type_status.items()):
             jobs.add_metric([job_type, status], n)
-        per_type = {}
+        per_type: dict[str, Any] = {}
         for (job_type, status), f in sorted(totals(self.rt).items()):
             jobs.add_metric([job_type, status], f.jobs)
             finished.add_metric([job_type, status], f.jobs)

@@ -127,10 +127,7 @@ def _f(value: Any) -> float | None:
 def _upsert(conn: Connection, table: Any, rows: list[dict], keys: list[str], set_: Any) -> None:
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _dialect_insert(conn)
     stmt = insert(table).values(rows)
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=set_(stmt.excluded)))
 
@@ -201,10 +198,7 @@ def _add_rollups(conn: Connection, where: list[Any]) -> None:
         .where(c.status.in_(FINAL_STATUSES), *where)
         .group_by(*keys)
     )  # fmt: skip
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _dialect_insert(conn)
     cols = ["day", "business_id", "job_type", "status", "jobs", "ran", "duration_sum",
             "duration_max"]  # fmt: skip
     stmt = insert(R).from_select(cols, agg)
@@ -316,3 +310,10 @@ def stats(rt: Runtime, *, business_id: int | None = None, days: int = 30) -> lis
         }
         for (t, s), f in sorted(out.items())
     ]
+
+
+def _dialect_insert(conn: Any) -> Any:
+    """The dialect's ``insert`` (both have ``on_conflict_do_update``, with different types)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert

@@ -15,6 +15,7 @@ INVALID index behind; :func:`create` drops such a leftover before it builds agai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -50,6 +51,7 @@ def create(
     ctx = op.get_context()
     conn = ctx.connection if not ctx.as_sql else None
     if _online(conn):
+        assert conn is not None  # _online says so
         valid = conn.execute(
             sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
             {"n": name},
@@ -87,18 +89,20 @@ class block:
         self._saved = None
         if not ctx.as_sql:
             conn = ctx.connection
+            assert conn is not None  # not an offline (--sql) run
             st = conn.execute(sa.text("SHOW statement_timeout")).scalar()
             lk = conn.execute(sa.text("SHOW lock_timeout")).scalar()
             self._saved = (st, lk)
             conn.execute(sa.text("SET statement_timeout = 0"))
             conn.execute(sa.text(f"SET lock_timeout = '{st if st != '0' else '120s'}'"))
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._cm is None:
             return
         try:
             if self._saved is not None:
                 conn = op.get_context().connection
+                assert conn is not None
                 conn.execute(sa.text(f"SET statement_timeout = '{self._saved[0]}'"))
                 conn.execute(sa.text(f"SET lock_timeout = '{self._saved[1]}'"))
         finally:

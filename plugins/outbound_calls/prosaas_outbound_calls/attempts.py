@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.orm import Session
 
+from prosaas_core.store import Query
 from prosaas_outbound_calls.campaigns import dialect_insert, now, slot_key
 from prosaas_outbound_calls.tables import calls, campaigns, targets
 
@@ -309,6 +310,9 @@ WITH t AS (
 SELECT count(*) FROM t
 """
 
+_PROGRESS = Query.of("apply_progress", _PROGRESS_SQL)
+_SID = Query.of("record_sid", _SID_SQL)
+
 
 def record_sid_fast(
     engine: Any, c: Claimed, call_sid: str, status: str | None, caller: str
@@ -316,7 +320,7 @@ def record_sid_fast(
     """`record_sid` for its common case (the claim is still the target's), in one autocommit
     round trip on PostgreSQL. False when that is not the case (or on SQLite): `record_sid`
     then decides, with the row locked."""
-    from prosaas_core.db import autocommit_cursor
+    from prosaas_core.store import connect
 
     if engine.dialect.name != "postgresql":
         return False
@@ -332,9 +336,8 @@ def record_sid_fast(
         "caller": caller,
         "phone": c.phone,
     }
-    with autocommit_cursor(engine) as cur:
-        cur.execute(_SID_SQL, params)
-        return cur.fetchone()[0] == 1
+    with connect(engine) as db:
+        return bool(db.scalar(_SID, params) == 1)
 
 
 def apply_progress(
@@ -350,7 +353,7 @@ def apply_progress(
     moving a dialing or live attempt forward), in one autocommit round trip on PostgreSQL:
     what `apply_status` does for it. None when it did not apply as such (stale, duplicate,
     an adopted claim, SQLite): `apply_status` then decides, with the row locked."""
-    from prosaas_core.db import autocommit_cursor
+    from prosaas_core.store import connect
 
     if status in FINAL or engine.dialect.name != "postgresql":
         return None
@@ -363,9 +366,8 @@ def apply_progress(
         "now": now(),
         "answered_by": answered_by[:32] if answered_by else None,
     }
-    with autocommit_cursor(engine) as cur:
-        cur.execute(_PROGRESS_SQL, params)
-        row = cur.fetchone()
+    with connect(engine) as db:
+        row = db.one(_PROGRESS, params)
     if row is None:
         return None
     return Applied("applied", business_id=row[0], campaign_id=row[1], status="live")
