@@ -255,14 +255,16 @@ def _finished(body: str) -> dict[tuple[str, str], float]:
     return {(t, s): float(v) for t, s, v in pat.findall(body)}
 
 
-def _counts(cur, sql: str) -> dict:
-    cur.execute(sql)
+def _counts(cur, sql: str, params: tuple = ()) -> dict:
+    cur.execute(sql, params)
     return {tuple(r[:-1]): r[-1] for r in cur.fetchall()}
 
 
+# failed under 29 days old at a fixed instant (the test's start), so rows crossing the boundary
+# while it prunes don't change the count
 YOUNG_FAILED = (
     "SELECT job_type, count(*) FROM background_jobs WHERE status = 'failed'"
-    " AND finished_at > now() - interval '29 days' GROUP BY 1"
+    " AND finished_at > %s - interval '29 days' GROUP BY 1"
 )
 BY_DAY = (
     "SELECT date(timezone('UTC', finished_at)), business_id, job_type, status, count(*)"
@@ -280,7 +282,9 @@ def test_pruning_keeps_history_spares_active_rows_and_never_blocks_a_writer(big)
         before = _counts(cur, BY_DAY)
         active = _counts(cur, "SELECT id, status FROM background_jobs WHERE status IN"
                               " ('queued', 'running')")  # fmt: skip
-        young_failed = _counts(cur, YOUNG_FAILED)
+        cur.execute("SELECT now()")
+        (t0,) = cur.fetchone()
+        young_failed = _counts(cur, YOUNG_FAILED, (t0,))
     settings = Settings.from_env(
         {
             **rt.settings.env,
@@ -335,7 +339,7 @@ def test_pruning_keeps_history_spares_active_rows_and_never_blocks_a_writer(big)
         last = max(i for (i,) in active)  # the writer's rows come after
         after_active = _counts(cur, "SELECT id, status FROM background_jobs WHERE status IN"
                                     f" ('queued', 'running') AND id <= {last}")  # fmt: skip
-        after_young_failed = _counts(cur, YOUNG_FAILED)
+        after_young_failed = _counts(cur, YOUNG_FAILED, (t0,))
         cur.execute("SELECT day, business_id, job_type, status, jobs FROM prosaas_job_rollups")
         rollups = {tuple(r[:-1]): r[-1] for r in cur.fetchall()}
     assert after_active == active  # every active row, even one with an old finished_at
