@@ -60,7 +60,7 @@ python - <<'PYEOF'
 import json
 data = json.load(open("plugins.json"))
 names = sorted(p["name"] for p in data["plugins"])
-want = ["broadcast", "delete_leads", "greetings", "outbound_calls", "receipts", "recordings",
+want = ["broadcast", "core", "delete_leads", "greetings", "outbound_calls", "receipts", "recordings",
         "update_leads"]
 assert names == want, names
 assert data["failed"] == [] and data["incompatible"] == [], data
