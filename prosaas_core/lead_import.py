@@ -14,13 +14,16 @@ import csv
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from prosaas_core.errors import ProsaasError
 from prosaas_core.models import Lead, LeadImport
+
+if TYPE_CHECKING:
+    from prosaas_core.settings import Settings
 
 DEFAULT_REGION = "US"
 COLUMNS = ("name", "phone", "email")
@@ -50,29 +53,14 @@ class ImportTooLarge(ImportFormatError):
     """The CSV has more data rows than the configured cap."""
 
 
-def _positive_int(settings: Any, key: str, default: int) -> int:
-    from prosaas_core.errors import ConfigError
-
-    raw = (settings.get(key) or "").strip()
-    if not raw:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
-    if n < 1:
-        raise ConfigError(f"{key} must be at least 1, got {n}")
-    return n
-
-
-def max_rows(settings: Any) -> int:
+def max_rows(settings: Settings) -> int:
     """``PROSAAS_IMPORT_MAX_ROWS`` (a positive integer), default `DEFAULT_MAX_ROWS`."""
-    return _positive_int(settings, MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
+    return settings.get_int(MAX_ROWS_ENV, DEFAULT_MAX_ROWS, minimum=1)
 
 
-def background_rows(settings: Any) -> int:
+def background_rows(settings: Settings) -> int:
     """``PROSAAS_IMPORT_BACKGROUND_ROWS`` (a positive integer), default 5,000."""
-    return _positive_int(settings, BACKGROUND_ROWS_ENV, DEFAULT_BACKGROUND_ROWS)
+    return settings.get_int(BACKGROUND_ROWS_ENV, DEFAULT_BACKGROUND_ROWS, minimum=1)
 
 
 def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str:
