@@ -251,7 +251,15 @@ def main() -> None:
                     text("SELECT count(*) FROM outbound_campaigns WHERE state = 'completed'")
                 ).scalar_one() == len(businesses)
 
-        wait_until(completed, 90)
+        try:
+            wait_until(completed, 180, "every campaign completed")
+        except AssertionError:
+            with rt.session() as s:  # say what is still open, rather than only time out
+                left = s.execute(
+                    text("SELECT status, count(*) FROM outbound_targets GROUP BY status")
+                ).all()
+            print(f"campaigns not completed after 180 s; targets by status: {dict(left)}")
+            raise
         with rt.session() as s:
             # connections opened to the bench's database (each is a PostgreSQL backend started)
             sessions = s.execute(

@@ -46,9 +46,16 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        from prosaas_core.db import make_engine
+        from prosaas_core.db import is_sqlite, make_engine, normalize_url
 
-        return make_engine(self.settings.database_url)
+        url = self.settings.database_url
+        if is_sqlite(normalize_url(url)):
+            return make_engine(url)
+        return make_engine(
+            url,
+            pool_size=self.settings.db_pool_size,
+            max_overflow=self.settings.db_max_overflow,
+        )
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

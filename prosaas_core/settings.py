@@ -104,6 +104,11 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     migration_database_url: str | None = None
+    #: PostgreSQL connections a process keeps open in its pool, and how many more it may open
+    #: for a burst (closed again when returned). Below a process's concurrent users (API
+    #: threads, dialer or download threads) each burst connection is a new PostgreSQL backend
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
     redis_url: str = DEFAULT_REDIS_URL
     #: REDIS_SENTINELS: (host, port) of each sentinel; empty for a plain REDIS_URL server
     redis_sentinels: tuple[tuple[str, int], ...] = ()
@@ -186,12 +191,15 @@ class Settings:
         sentinel_master = (env.get("REDIS_SENTINEL_MASTER") or "").strip() or None
         if sentinels and not sentinel_master:
             raise ConfigError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is not")
+        typed = cls(env=env)  # the typed getters, for the settings below that use them
         settings = cls(
             database_url=database_url,
             # DATABASE_MIGRATION_URL; MIGRATION_DATABASE_URL is the older spelling
             migration_database_url=(
                 env.get("DATABASE_MIGRATION_URL") or env.get("MIGRATION_DATABASE_URL") or None
             ),
+            db_pool_size=typed.get_int("PROSAAS_DB_POOL_SIZE", 10, minimum=1, maximum=1000),
+            db_max_overflow=typed.get_int("PROSAAS_DB_MAX_OVERFLOW", 20, minimum=0, maximum=1000),
             redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
             redis_sentinels=sentinels,
             redis_sentinel_master=sentinel_master,

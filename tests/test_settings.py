@@ -127,3 +127,37 @@ def test_a_service_with_a_bad_setting_logs_one_line_and_no_traceback(runtime, st
     )
     wait_until(lambda: line in w.log(), 10, "the one-line crash")
     assert "Traceback" not in w.log(), out
+
+
+def _held_open_after_burst(rt, n: int) -> int:
+    """Connections the runtime's pool keeps open after `n` were in use at once."""
+    conns = [rt.engine.connect() for _ in range(n)]
+    for c in conns:
+        c.exec_driver_sql("SELECT 1")
+    for c in conns:
+        c.close()
+    return rt.engine.pool.checkedin()
+
+
+def test_the_pool_keeps_a_burst_of_connections_open_up_to_the_pool_size(env):
+    from prosaas_core import Runtime
+
+    rt = Runtime(Settings.from_env(env))
+    try:  # the default keeps 10 (SQLAlchemy's own default would close all but 5 again)
+        assert _held_open_after_burst(rt, 12) == 10
+    finally:
+        rt.close()
+    rt = Runtime(Settings.from_env({**env, "PROSAAS_DB_POOL_SIZE": "14"}))
+    try:
+        assert _held_open_after_burst(rt, 12) == 12
+    finally:
+        rt.close()
+
+
+def test_a_bad_pool_size_is_one_error():
+    with pytest.raises(
+        SettingError, match="PROSAAS_DB_POOL_SIZE must be an integer between 1 and 1000, got '0'"
+    ):
+        Settings.from_env({"PROSAAS_DB_POOL_SIZE": "0"})
+    with pytest.raises(SettingError, match="PROSAAS_DB_MAX_OVERFLOW must be an integer"):
+        Settings.from_env({"PROSAAS_DB_MAX_OVERFLOW": "lots"})

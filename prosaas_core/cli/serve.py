@@ -107,11 +107,20 @@ def serve(
     Settings come from the environment. With RUN_MIGRATIONS=1 the schema is upgraded once at
     start-up (skipped, not crashed, when another migrator holds the lock).
     """
+    import functools
+    import os
+
     from prosaas_core.api.app import create_app
     from prosaas_core.settings import Settings
 
+    settings = Settings.from_env()
+    config = {}
+    if not os.environ.get("PROSAAS_DB_POOL_SIZE") and threads > settings.db_pool_size:
+        # every request thread may hold a connection at once: keep that many open rather than
+        # open (and close) a PostgreSQL backend per request at full load
+        config["PROSAAS_DB_POOL_SIZE"] = str(threads)
     run_gunicorn(
-        create_app,
+        functools.partial(create_app, config),
         host=host,
         port=port,
         workers=workers,
@@ -119,5 +128,5 @@ def serve(
         timeout=timeout,
         access_log=access_log,
         read_timeout=read_timeout,
-        max_body=Settings.from_env().max_body_bytes,
+        max_body=settings.max_body_bytes,
     )
