@@ -1,9 +1,10 @@
 """The dashboard: server-rendered pages where operators and businesses watch and steer jobs.
 
 ``bp`` is mounted at ``/dashboard`` by ``create_app``. Pages: Overview, Jobs (and one job),
-Schedules, Workers and services, Migrations and plugins; the live ones poll a small JSON
-endpoint. Sign-in with an admin token (every business) or a business token (that business
-only); see ``session.py`` for the cookie and CSRF, docs/dashboard.md for the tour.
+Schedules, History (finished jobs per day, kept after pruning), Workers and services,
+Migrations and plugins; the live ones poll a small JSON endpoint. Sign-in with an admin token
+(every business) or a business token (that business only); see ``session.py`` for the cookie
+and CSRF, docs/dashboard.md for the tour.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 WIDTH, HEIGHT, LEFT, BOTTOM = 900, 200, 30, 18
 
 
-def stacked_bars(throughput: dict[str, Any]) -> dict[str, Any]:
-    """Bars of jobs finished per minute, stacked by job type: ``{width, height, bars: [{x, y,
-    w, h, color, title}], legend: [{name, color, total}], max, empty}``."""
+def stacked_bars(throughput: dict[str, Any], labels: list[str] | None = None) -> dict[str, Any]:
+    """Bars of jobs finished per slot (a minute, or a day with `labels`, one per slot), stacked
+    by job type: ``{width, height, bars: [{x, y, w, h, color, title}], legend: [{name, color,
+    total}], max, empty}``."""
     minutes = throughput["minutes"]
     series = throughput["series"]
     per_minute = [sum(s[i] for s in series.values()) for i in range(minutes)]
@@ -22,7 +23,7 @@ def stacked_bars(throughput: dict[str, Any]) -> dict[str, Any]:
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
     for i in range(minutes):
         y = plot_h
-        ago = minutes - i - 1
+        when = labels[i] if labels else f"{minutes - i - 1} min ago"
         for name, counts in series.items():
             n = counts[i]
             if not n:
@@ -36,7 +37,7 @@ def stacked_bars(throughput: dict[str, Any]) -> dict[str, Any]:
                     "w": round(max(slot - 1, 1), 2),
                     "h": round(h, 2),
                     "color": colors[name],
-                    "title": f"{name}: {n} finished, {ago} min ago",
+                    "title": f"{name}: {n} finished, {when}",
                 }
             )
     return {

@@ -109,4 +109,9 @@ def logout():
     return redirect(url_for("dashboard.login"), code=303)
 
 
-from prosaas_core.dashboard import job_views, schedule_views, system_views  # noqa: E402,F401
+from prosaas_core.dashboard import (  # noqa: E402,F401
+    history_views,
+    job_views,
+    schedule_views,
+    system_views,
+)

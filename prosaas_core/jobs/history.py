@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, case, func, select
@@ -274,42 +274,66 @@ def totals(rt: Runtime) -> dict[tuple[str, str], Figures]:
     return out
 
 
-def stats(rt: Runtime, *, business_id: int | None = None, days: int = 30) -> list[dict[str, Any]]:
-    """Finished jobs per job type and status over the last `days` UTC days (today included):
-    the rollups of those days plus the rows not rolled up yet."""
+def _day(value: Any) -> date:
+    """A day from the database (SQLite's date() is text)."""
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def daily(
+    rt: Runtime, *, business_id: int | None = None, days: int = 30
+) -> dict[tuple[date, str, str], Figures]:
+    """Finished jobs per (UTC day, job type, status) over the last `days` UTC days (today
+    included): the rollups of those days plus the rows not rolled up yet, read in one
+    snapshot. Pruned rows are in the rollups, so this is the same before and after pruning."""
     from prosaas_core.jobs.store import utcnow
 
     c = _jobs()
     first = (utcnow() - timedelta(days=max(days, 1) - 1)).date()
-    out: dict[tuple[str, str], Figures] = {}
+    out: dict[tuple[date, str, str], Figures] = {}
     with _snapshot(rt) as conn, conn.begin():
         q = (
-            select(R.c.job_type, R.c.status, func.sum(R.c.jobs), func.sum(R.c.ran),
+            select(R.c.day, R.c.job_type, R.c.status, func.sum(R.c.jobs), func.sum(R.c.ran),
                    func.sum(R.c.duration_sum), func.max(R.c.duration_max))
             .where(R.c.day >= first)
-            .group_by(R.c.job_type, R.c.status)
+            .group_by(R.c.day, R.c.job_type, R.c.status)
         )  # fmt: skip
         if business_id is not None:
             q = q.where(R.c.business_id == business_id)
-        for t, s, n, ran, total, top in conn.execute(q):
-            out[(t, s)] = Figures(int(n), int(ran), float(total or 0), _f(top))
+        for day, t, s, n, ran, total, top in conn.execute(q):
+            out[(_day(day), t, s)] = Figures(int(n), int(ran), float(total or 0), _f(top))
+        # rows before the watermark are in the rollups (pruned or not); rows before the first
+        # day are outside the window
+        start = datetime.combine(first, datetime.min.time(), UTC)
         since = rolled_through(conn)
-        start = max(since, datetime.combine(first, datetime.min.time(), UTC)) if since else None
-        where = [c.finished_at >= _param(conn, start)] if start else [c.finished_at.is_not(None)]
+        if since is not None and since > start:
+            start = since
+        where = [c.finished_at >= _param(conn, start)]
         if business_id is not None:
             where.append(c.business_id == business_id)
-        for key, f in _aggregate(conn, where, [c.job_type, c.status]).items():
-            out.setdefault(key, Figures()).add(f)
-    return [
-        {
-            "job_type": t,
-            "status": s,
-            "jobs": f.jobs,
-            "avg_seconds": round(f.duration_sum / f.ran, 3) if f.ran else None,
-            "max_seconds": round(f.duration_max, 3) if f.duration_max is not None else None,
-        }
-        for (t, s), f in sorted(out.items())
-    ]
+        keys = [_day_expr(conn.dialect.name), c.job_type, c.status]
+        for (day, t, s), f in _aggregate(conn, where, keys).items():
+            out.setdefault((_day(day), t, s), Figures()).add(f)
+    return out
+
+
+def stats(rt: Runtime, *, business_id: int | None = None, days: int = 30) -> list[dict[str, Any]]:
+    """Finished jobs per job type and status over the last `days` UTC days (today included),
+    from :func:`daily`: ``[{job_type, status, jobs, avg_seconds, max_seconds}]``."""
+    out: dict[tuple[str, str], Figures] = {}
+    for (_, t, s), f in daily(rt, business_id=business_id, days=days).items():
+        out.setdefault((t, s), Figures()).add(f)
+    return [summary(t, s, f) for (t, s), f in sorted(out.items())]
+
+
+def summary(job_type: str, status: str, f: Figures) -> dict[str, Any]:
+    """One group's figures as ``jobs stats`` and the dashboard show them."""
+    return {
+        "job_type": job_type,
+        "status": status,
+        "jobs": f.jobs,
+        "avg_seconds": round(f.duration_sum / f.ran, 3) if f.ran else None,
+        "max_seconds": round(f.duration_max, 3) if f.duration_max is not None else None,
+    }
 
 
 def _dialect_insert(conn: Any) -> Any:
