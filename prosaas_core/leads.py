@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     String,
     and_,
     any_,
@@ -330,13 +331,14 @@ class LeadBatcher:
         f = self.selection.filter
         return _filter_clauses(f, dialect) if f is not None else []
 
-    def next_batch(self, session: Session) -> Batch | None:
-        """The next batch, or None when the selection is exhausted."""
+    def next_batch(self, session: Session | Connection) -> Batch | None:
+        """The next batch, or None when the selection is exhausted (`session` may be a
+        ``Connection``)."""
         if self._ids is not None:
             pos = int(self.state["pos"])
             chunk = self._ids[pos : pos + self.size]
             return Batch(self.business_id, len(chunk), ids=chunk) if chunk else None
-        dialect = session.get_bind().dialect.name
+        dialect = _dialect(session)
         last, upto = int(self.state["last_id"]), int(self.state["upto"])
         conditions = tuple(self._conditions(dialect))
         page = (
@@ -384,6 +386,10 @@ class LeadBatcher:
         for key, n in counts.items():
             state[key] = int(state.get(key, 0)) + n
         return state
+
+
+def _dialect(handle: Session | Connection) -> str:
+    return handle.dialect.name if isinstance(handle, Connection) else handle.get_bind().dialect.name
 
 
 def deleting() -> LeadWrite:
@@ -437,20 +443,30 @@ def run_selection(
             stopped = True
             break
         began = time.perf_counter()
-        with ctx.session() as s:
-            batch, n = batcher.step(s, write)
+        # Per batch, two round trips on PostgreSQL (autocommit): the page, then the write and
+        # its checkpoint (with the progress) as one fenced statement, so the batch and its
+        # checkpoint commit together or not at all. On SQLite both run in one transaction.
+        with ctx.connection() as conn:
+            batch = batcher.next_batch(conn)
             if batch is None:
                 break
-            missing = batch.size - n if batch.ids is not None else 0
-            state = batcher.advance(batch, **{counted_as: n, "not_found": missing, "batches": 1})
+            missing = batch.size if batch.ids is not None else 0
+            state = batcher.advance(batch, **{counted_as: 0, "not_found": missing, "batches": 1})
             state["max_txn_ms"] = longest  # up to the previous batch: this one is not over
-            ctx.checkpoint(state, session=s)
-        txn_ms = (time.perf_counter() - began) * 1000  # the whole transaction, commit included
+            add = {counted_as: 1, "not_found": -1} if batch.ids is not None else {counted_as: 1}
+            ctx.checkpoint_write(
+                conn,
+                write(batch.where(conn.dialect.name)),
+                state,
+                add=add,
+                done=state["done"],
+                total=batcher.total,
+            )
+        txn_ms = (time.perf_counter() - began) * 1000  # the batch's round trips, commit included
         longest = max(longest, round(txn_ms, 1))
         if not fixed:
             batcher.size = next_batch_size(batch.size, txn_ms)
-        batcher.state = state
-        ctx.progress(batcher.done, batcher.total)
+        batcher.state = ctx.state
     batches = int(batcher.state.get("batches", 0))
     return {
         counted_as: int(batcher.state.get(counted_as, 0)),
