@@ -23,11 +23,13 @@ The rules every helper here keeps:
   each batch costs the same however far the job has gone and memory stays flat. Batches are
   sized as the job runs to take about `TARGET_TXN_MS` each (``$PROSAAS_LEADS_BATCH_SIZE``
   fixes the size instead).
-- **One short transaction per batch**, and the job's checkpoint is written *in that same
-  transaction* (``ctx.checkpoint(state, session=s)``): a worker killed at any instant leaves
-  either the batch and its checkpoint, or neither, so a resumed job never counts or applies a
-  batch twice. The write is fenced on the job's claim: a worker whose job was rescued and
-  handed to another cannot commit another batch.
+- **One short transaction per batch**: the batch's write and the job's checkpoint (with its
+  progress) are one statement (``ctx.checkpoint_write``; on SQLite, one transaction): a worker
+  killed at any instant leaves either the batch and its checkpoint, or neither, so a resumed
+  job never counts or applies a batch twice. The write is fenced on the job's claim: a worker
+  whose job was rescued and handed to another cannot commit another batch. On PostgreSQL a
+  batch is two round trips in autocommit (the page, then that statement), where a hand-written
+  loop in a transaction takes four (BEGIN, page, write, COMMIT).
 """
 
 from __future__ import annotations
@@ -365,8 +367,10 @@ class LeadBatcher:
 
         Two statements: the page (its size and highest id) and the write over the id range
         ``(last, highest]``, which PostgreSQL reads as one index range. (Measured: one fused
-        statement, page + write in a CTE, was no faster: ``id IN (page)`` probes the index row
-        by row.)"""
+        statement, page + write in a CTE, was slower: with the page's highest id known only
+        inside the statement, the planner reads the range on the primary key and filters out
+        the other businesses' rows.) `run_selection` runs the same two, the write together with
+        the checkpoint (``ctx.checkpoint_write``)."""
         batch = self.next_batch(session)
         if batch is None:
             return None, 0
@@ -413,10 +417,10 @@ def run_selection(
 ) -> dict[str, Any]:
     """Apply `write` to `selection` for ``ctx.business_id``, batch by batch.
 
-    Each batch is one transaction holding the write and the checkpoint; then
-    ``ctx.progress`` is called, and ``ctx.should_stop()`` is
-    checked before the next batch. Batches are sized to take about `TARGET_TXN_MS` each
-    (`size`, or ``$PROSAAS_LEADS_BATCH_SIZE``, fixes the size instead). Returns the counts:
+    Each batch's write, checkpoint and progress are one fenced statement
+    (``ctx.checkpoint_write``), and ``ctx.should_stop()`` is checked before the next batch.
+    Batches are sized to take about `TARGET_TXN_MS` each (`size`, or
+    ``$PROSAAS_LEADS_BATCH_SIZE``, fixes the size instead). Returns the counts:
     ``{counted_as: n, "not_found": m, "total": t, "stopped": bool, "batches": b,
     "mean_batch_size": s, "max_txn_ms": longest}``; ``not_found`` counts listed
     ids that are not leads of the business (for a filter it stays 0).
