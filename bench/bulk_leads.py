@@ -12,7 +12,9 @@
   (``SELECT count(*), max(id) FROM (SELECT id ... WHERE business_id=:b AND id > :last AND
   id <= :upto ORDER BY id LIMIT :n)``) and the write over its range
   (``DELETE|UPDATE ... WHERE business_id=:b AND id > :last AND id <= :hi``), commit per batch.
-  So ``*_vs_keyset`` is the framework's cost alone (claim, checkpoint, progress, heartbeat);
+  So ``*_vs_keyset`` is the framework's cost alone (claim, checkpoint, progress, heartbeat),
+  against what the job saves: it runs autocommit, its write and checkpoint as one statement
+  (``ctx.checkpoint_write``), 2 round trips per batch where this loop takes 4;
 - one single ``DELETE|UPDATE ... WHERE business_id=:b``: the physical limit.
 
 Every run starts from the same reloaded, vacuumed table; each way runs ``--repeat`` times,

@@ -134,7 +134,10 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
-        "--threads", type=int, default=None, help="download threads per worker (default: 8)"
+        "--threads",
+        type=int,
+        default=None,
+        help="download threads per worker (default: the plugin's, 16)",
     )
     ap.add_argument(
         "--poll-interval",

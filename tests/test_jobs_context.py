@@ -164,3 +164,80 @@ def test_writes_after_a_session_checkpoint_do_not_wait_on_the_open_transaction(r
     with runtime.session() as s:
         row = s.get(BackgroundJob, ctx.job_id)
         assert (row.state, row.processed, row.total) == ({"next": 1}, 1, 10)
+
+
+def _ticks(runtime, business, job_id, items) -> None:
+    with runtime.engine.begin() as conn:
+        for i in items:
+            conn.execute(
+                text(
+                    "INSERT INTO acme_ticks (business_id, job_id, item, attempt) "
+                    "VALUES (:b, :j, :i, 1)"
+                ),
+                {"b": business, "j": job_id, "i": i},
+            )
+
+
+def _tick_attempts(runtime) -> list[tuple[int, int]]:
+    with runtime.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT item, attempt FROM acme_ticks ORDER BY item"))
+        ]
+
+
+def test_checkpoint_write_is_one_statement_with_the_counts_and_progress(runtime, business):
+    from sqlalchemy import column, table, update
+
+    from prosaas_core.models import BackgroundJob
+
+    ctx = _context(runtime, business)
+    _ticks(runtime, business, ctx.job_id, range(5))
+    _count_row_updates(runtime)
+    ticks = table("acme_ticks", column("item"), column("attempt"))
+    with ctx.connection() as conn:
+        n = ctx.checkpoint_write(
+            conn,
+            update(ticks).where(ticks.c.item < 3).values(attempt=2),
+            {"last": 2, "touched": 10, "missing": 7},
+            add={"touched": 1, "missing": -1},
+            done=3,
+            total=5,
+        )
+    assert n == 3
+    assert ctx.state == {"last": 2, "touched": 13, "missing": 4}
+    assert _tick_attempts(runtime) == [(0, 2), (1, 2), (2, 2), (3, 1), (4, 1)]
+    assert _row_updates(runtime) == 1  # write, checkpoint and progress: one row update
+    with runtime.session() as s:
+        row = s.get(BackgroundJob, ctx.job_id)
+        assert (row.state, row.processed, row.total) == (ctx.state, 3, 5)
+
+
+def test_checkpoint_write_of_a_rescued_attempt_changes_nothing(runtime, business):
+    from sqlalchemy import column, table, update
+
+    ctx = _context(runtime, business)
+    _ticks(runtime, business, ctx.job_id, range(3))
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE background_jobs SET heartbeat_at = now() - interval '1 hour'"))
+    assert sweep(runtime).rescued == [ctx.job_id]
+    ticks = table("acme_ticks", column("item"), column("attempt"))
+    with pytest.raises(JobLost):
+        with ctx.connection() as conn:
+            ctx.checkpoint_write(conn, update(ticks).values(attempt=9), {"next": 1})
+    assert _tick_attempts(runtime) == [(0, 1), (1, 1), (2, 1)]  # autocommit, yet not written
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text("SELECT state FROM background_jobs")).scalar() is None
+    assert ctx.should_stop()
+
+
+def test_checkpoint_write_hears_a_cancel(runtime, business):
+    from sqlalchemy import column, table, update
+
+    ctx = _context(runtime, business)
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE background_jobs SET cancel_requested = true"))
+    ticks = table("acme_ticks", column("item"), column("attempt"))
+    with ctx.connection() as conn:
+        ctx.checkpoint_write(conn, update(ticks).values(attempt=2), {"next": 1})
+    assert ctx.should_stop() and ctx.stopped_for == "cancel"

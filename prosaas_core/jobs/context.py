@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prosaas_core.errors import ProsaasError
 from prosaas_core.jobs import store
 from prosaas_core.jobs.dbretry import retry_transient
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, CursorResult
     from sqlalchemy.orm import Session
 
     from prosaas_core.limits import Limits
@@ -169,6 +170,67 @@ class JobContext:
             self._pinned = session
         self._write(state=self.state, set_state=True, conn=session)
 
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A SQLAlchemy ``Connection`` for `checkpoint_write`: on PostgreSQL in autocommit mode
+        (each statement commits on its own: no BEGIN/COMMIT round trips); on SQLite in one
+        transaction, committed when the block succeeds."""
+        from prosaas_core.db import autocommit
+
+        with autocommit(self._rt.engine) as conn:
+            yield conn
+
+    def checkpoint_write(
+        self,
+        conn: Connection,
+        statement: Any,
+        state: dict,
+        *,
+        add: dict[str, int] | None = None,
+        done: int | None = None,
+        total: int | None = None,
+    ) -> int:
+        """Run `statement` (a SQLAlchemy DELETE or UPDATE) and checkpoint `state`, both or
+        neither, fenced on the attempt's claim; returns the rows `statement` touched.
+
+        Each key of `add` gets ``add[key] * rows`` added to its value in `state` (counts that
+        are known only once the write ran). `done`/`total` are written as the job's progress
+        with it. On PostgreSQL (`conn` from ``ctx.connection()``) this is one statement, one
+        round trip: a stale attempt's statement changes nothing. On SQLite, the write then the
+        checkpoint in `conn`'s transaction. Raises JobLost when the job is no longer this
+        attempt's."""
+        self._check_lost()
+        add = add or {}
+        if conn.dialect.name != "postgresql":
+            rows = cast("CursorResult[Any]", conn.execute(statement)).rowcount
+            state = {**state, **{k: int(state.get(k, 0)) + f * rows for k, f in add.items()}}
+            with self._lock:
+                self.processed = self.processed if done is None else int(done)
+                self.total = self.total if total is None else int(total)
+                self._dirty = done is not None or total is not None
+            self.state = dict(state)
+            self._write(state=self.state, set_state=True, conn=conn)
+            return rows
+        fused = store.fenced_write(
+            self.job_id, self._fence, statement, state, add=add, processed=done, total=total
+        )
+        locked, rows, cancel = conn.execute(fused).one()
+        with self._lock:
+            self._last_write = self._last_poll = time.monotonic()
+            if not locked:
+                self._lost = True
+            else:
+                self._cancel = self._cancel or bool(cancel)
+                self.processed = self.processed if done is None else int(done)
+                self.total = self.total if total is None else int(total)
+                self._dirty = False
+                self.state = {
+                    **state,
+                    **{k: int(state.get(k, 0)) + f * rows for k, f in add.items()},
+                }
+        self._check_lost()
+        return int(rows)
+
     def should_stop(self) -> bool:
         """True when the job was cancelled, or the worker is shutting down: return soon, after
         a checkpoint, and the job ends cancelled or resumes elsewhere from the checkpoint."""
@@ -204,7 +266,11 @@ class JobContext:
             raise JobLost(f"job {self.job_id} was taken over by another worker")
 
     def _write(
-        self, *, state: Any = None, set_state: bool = False, conn: Session | None = None
+        self,
+        *,
+        state: Any = None,
+        set_state: bool = False,
+        conn: Session | Connection | None = None,
     ) -> None:
         """Heartbeat (+ pending progress, + state) on the job row, fenced; on `conn` (a
         session in the caller's transaction) when given, else on a connection of its own.

@@ -147,3 +147,62 @@ def park(conn: Handle, job_id: int, fence: int, reason: str, *, look_again: floa
     params = {"id": job_id, "fence": fence, "now": now, "parked": reason[:200]}
     params["run_after"] = now + timedelta(seconds=look_again)
     return Db.of(conn).count(Q.park_job, params) == 1
+
+
+def fenced_write(
+    job_id: int,
+    fence: int,
+    statement: Any,
+    state: dict[str, Any],
+    *,
+    add: dict[str, int],
+    processed: int | None,
+    total: int | None,
+) -> Any:
+    """One PostgreSQL statement that runs `statement` (a DELETE or UPDATE) and checkpoints
+    `state` on the job row, fenced: both or neither, in one round trip.
+
+    The job row is locked first (``FOR UPDATE``, only while the attempt's fence holds) and
+    `statement` runs only when it was; so on an autocommit connection a stale attempt writes
+    nothing at all. Each key of `add` gets ``add[key] * rows`` added to its value in `state`,
+    ``rows`` being what `statement` touched (the counts are known only in the statement). The
+    answer is one row: ``locked`` (0: the job is no longer ours), ``rows``, ``cancel``."""
+    from sqlalchemy import BigInteger, bindparam, cast, exists, func, literal_column, select
+    from sqlalchemy import update as sql_update
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    jobs = BackgroundJob.__table__
+    lock = (
+        select(jobs.c.id)
+        .where(jobs.c.id == job_id, jobs.c.fence == fence, jobs.c.status == "running")
+        .with_for_update()
+        .cte("job_lock")
+    )
+    written = statement.where(exists(select(lock.c.id))).returning(literal_column("1")).cte("w")
+    rows = select(func.count()).select_from(written).scalar_subquery()
+    base = {k: v for k, v in state.items() if k not in add}
+    new_state: Any = cast(bindparam("fenced_state", json.dumps(base)), JSONB)
+    if add:
+        pairs: list[Any] = []
+        for key, factor in add.items():
+            start = bindparam(f"fenced_base_{len(pairs)}", int(state.get(key, 0)), BigInteger)
+            pairs += [key, start + factor * rows]
+        new_state = new_state.op("||")(func.jsonb_build_object(*pairs))
+    now = utcnow()
+    values: dict[str, Any] = {"state": new_state, "heartbeat_at": now, "updated_at": now}
+    if processed is not None:
+        values["processed"] = processed
+    if total is not None:
+        values["total"] = total
+    job = (
+        sql_update(jobs)
+        .where(jobs.c.id.in_(select(lock.c.id)))
+        .values(**values)
+        .returning(jobs.c.cancel_requested)
+        .cte("job")
+    )
+    return select(
+        select(func.count()).select_from(lock).scalar_subquery().label("locked"),
+        rows.label("rows"),
+        select(job.c.cancel_requested).scalar_subquery().label("cancel"),
+    )

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from prosaas_core.settings import Settings
 
 
+#: download threads per worker process unless ``RECORDINGS_WORKER_THREADS`` says otherwise
+DEFAULT_WORKER_THREADS = 16
+
+
 @dataclass(frozen=True)
 class RecordingsConfig:
     """Every knob of the webhook, the downloader and the worker service."""
@@ -28,8 +32,11 @@ class RecordingsConfig:
     #: plain http is refused unless set (credentials travel in basic auth)
     allow_http: bool = False
     slots_per_business: int = 3
-    #: download threads per worker process (the per-worker global cap)
-    worker_threads: int = 8
+    #: download threads per worker process (the per-worker global cap). A thread only waits on
+    #: the network, and downloads only while it holds a business's slot: the slots bound what
+    #: Twilio sees, so the threads should not. 16 lets two workers fill six businesses' 3 slots
+    #: (8 could not: 2 x 8 < 18), at a few hundred KiB of memory each.
+    worker_threads: int = DEFAULT_WORKER_THREADS
     max_attempts: int = 5
     retry_base: float = 10.0
     retry_max: float = 600.0
@@ -59,7 +66,9 @@ class RecordingsConfig:
             ),
             allow_http=s.get_bool("RECORDINGS_ALLOW_HTTP"),
             slots_per_business=s.get_int("RECORDINGS_SLOTS_PER_BUSINESS", 3, minimum=1),
-            worker_threads=s.get_int("RECORDINGS_WORKER_THREADS", 8, minimum=1),
+            worker_threads=s.get_int(
+                "RECORDINGS_WORKER_THREADS", DEFAULT_WORKER_THREADS, minimum=1
+            ),
             max_attempts=s.get_int("RECORDINGS_MAX_ATTEMPTS", 5, minimum=1),
             retry_base=s.get_duration("RECORDINGS_RETRY_BASE_SECONDS", 10.0, minimum=0),
             retry_max=s.get_duration("RECORDINGS_RETRY_MAX_SECONDS", 600.0, minimum=0),
