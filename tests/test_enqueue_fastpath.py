@@ -80,9 +80,15 @@ def test_sqlite_path_checks_the_business_and_commits(sqlite_url, redis_url):
         with pytest.raises(NotFoundError):
             enqueue(rt, "acme_echo", business_id + 100, {"message": "x"})
         assert _jobs(rt) == 1
+        client = create_app(runtime=rt).test_client()  # the API's token-checking INSERT
+        body = {"job_type": "acme_echo", "payload": {"message": "x"}}
+        assert client.post("/api/jobs", json=body, headers=bearer(token)).status_code == 202
+        assert _jobs(rt) == 2
         with rt.session() as s:
             assert revoke_token(s, token) == 1
         assert lookup_token(rt.engine, token) is None
+        assert client.post("/api/jobs", json=body, headers=bearer(token)).status_code == 401
+        assert _jobs(rt) == 2
     finally:
         rt.close()
 
