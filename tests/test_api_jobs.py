@@ -166,6 +166,31 @@ def test_auth_401_and_revocation_takes_effect_on_the_next_request(client, runtim
     _error(client.get("/api/jobs", headers=bearer(token)), 401)
 
 
+def test_enqueue_checks_the_token_first_whatever_else_is_wrong(client, runtime, tenant):
+    """POST /api/jobs looks the token up inside its INSERT; a caller without a live token is
+    still answered 401 before anything its request gets wrong, and nothing is written."""
+    from prosaas_core.tokens import revoke_token
+
+    _, token = tenant
+    ok = {"job_type": "acme_echo", "payload": {"message": "x"}}
+    for h in (bearer("psk_wrong"), {}):
+        _error(client.post("/api/jobs", json=ok, headers=h), 401, "Unauthorized")
+        _error(client.post("/api/jobs", json={"job_type": "nope"}, headers=h), 401)
+        _error(client.post("/api/jobs", json={"job_type": "acme_echo", "x": 1}, headers=h), 401)
+        _error(client.post("/api/jobs", data="{nope", content_type="application/json",
+                           headers=h), 401)  # fmt: skip
+        _error(client.post("/api/jobs", data="x", content_type="text/plain", headers=h), 401)
+    assert _count_jobs(runtime) == 0
+    h = bearer(token)
+    assert client.post("/api/jobs", json=ok, headers=h).status_code == 202
+    _error(client.post("/api/jobs", json={"job_type": "nope"}, headers=h), 400)
+    with runtime.session() as s:
+        assert revoke_token(s, token) == 1
+    _error(client.post("/api/jobs", json=ok, headers=h), 401, "Unauthorized")
+    _error(client.post("/api/jobs", json={"job_type": "nope"}, headers=h), 401)
+    assert _count_jobs(runtime) == 1
+
+
 def test_404_405_for_missing_things_as_json(client, tenant):
     h = bearer(tenant[1])
     _error(client.get("/api/jobs/999999", headers=h), 404, "Not found")

@@ -80,9 +80,15 @@ def test_sqlite_path_checks_the_business_and_commits(sqlite_url, redis_url):
         with pytest.raises(NotFoundError):
             enqueue(rt, "acme_echo", business_id + 100, {"message": "x"})
         assert _jobs(rt) == 1
+        client = create_app(runtime=rt).test_client()  # the API's token-checking INSERT
+        body = {"job_type": "acme_echo", "payload": {"message": "x"}}
+        assert client.post("/api/jobs", json=body, headers=bearer(token)).status_code == 202
+        assert _jobs(rt) == 2
         with rt.session() as s:
             assert revoke_token(s, token) == 1
         assert lookup_token(rt.engine, token) is None
+        assert client.post("/api/jobs", json=body, headers=bearer(token)).status_code == 401
+        assert _jobs(rt) == 2
     finally:
         rt.close()
 
@@ -135,3 +141,69 @@ def test_api_answers_503_json_once_then_serves_when_its_connection_was_lost(runt
         if resp.status_code == 503:
             assert resp.get_json()["error"] == "Database unavailable"
     assert answers[-1].status_code == 202
+
+
+def _commands_on_db(r: redis.Redis, fn) -> list[str]:
+    """The commands clients send to `r`'s database while `fn` runs (MONITOR, read up to a
+    marker sent after it): other databases' traffic, a new connection's handshake and the
+    commands a script runs inside Redis are left out."""
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    marker = f"end-{time.monotonic_ns()}"
+    seen: list[str] = []
+    with r.monitor() as m:
+        fn()
+        r.echo(marker)
+        while True:
+            cmd = m.next_command()
+            if str(cmd.get("db")) != str(db) or cmd.get("client_type") == "lua":
+                continue
+            if marker in cmd["command"]:
+                return seen
+            name = cmd["command"].split()[0].upper()
+            if name not in ("SELECT", "CLIENT", "HELLO"):
+                seen.append(name)
+
+
+def test_push_is_one_redis_command_writing_the_job_hash_rq_writes(runtime, business, redis_url):
+    """The push after the commit is one command, and what it writes is what RQ's own enqueue
+    writes (timestamps aside): the queue in rq:queues (``rq info``), the id on the queue's
+    list and the job hash field for field, so RQ reads it as its own job."""
+    from rq import Queue
+    from rq.job import Job
+
+    from prosaas_core.jobs.transport import DISPATCH
+
+    r = redis.Redis.from_url(redis_url)
+    enqueue(runtime, "acme_echo", business, {"message": "warm"})  # the script is loaded
+    jobs: list = []
+    commands = _commands_on_db(
+        r, lambda: jobs.append(enqueue(runtime, "acme_echo", business, {"message": "x"}))
+    )
+    assert commands == ["EVALSHA"]
+    rq_id = rq_job_id(jobs[0].id)
+    ours = r.hgetall(f"rq:job:{rq_id}")
+    assert r.lrange("rq:queue:default", -1, -1) == [rq_id.encode()]
+    assert [q.name for q in Queue.all(connection=r)] == ["default"]
+    job = Job.fetch(rq_id, connection=r)
+    assert (job.func_name, job.args, job.origin, job.get_status()) == (
+        DISPATCH,
+        (jobs[0].id,),
+        "default",
+        "queued",
+    )
+    r.flushdb()
+    Queue("default", connection=r).enqueue_call(
+        DISPATCH,
+        args=(jobs[0].id,),
+        job_id=rq_id,
+        timeout=-1,
+        result_ttl=300,
+        failure_ttl=86400,
+        description=f"{DISPATCH}({jobs[0].id})",
+    )
+    theirs = r.hgetall(f"rq:job:{rq_id}")
+    stamps = {b"created_at", b"enqueued_at"}
+    assert {k: v for k, v in ours.items() if k not in stamps} == {
+        k: v for k, v in theirs.items() if k not in stamps
+    }
+    assert set(ours) == set(theirs)

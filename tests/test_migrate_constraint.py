@@ -140,6 +140,30 @@ def test_interrupted_after_swap_is_validated_by_next_run(env, pg_url):
         r.close()
 
 
+def test_killed_between_swap_and_comment_is_read_then_commented_by_next_run(env, pg_url):
+    """A migrator killed after the swap committed but before the comment: the allowed set is
+    read by printing the constraint, and the next upgrade validates and comments it."""
+    rt = runtime_with(env, make_plugin("alpha", "t_alpha"))
+    migrate.upgrade(rt)
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        plan = ck.make_plan(conn, {"t_alpha", "t_new"}, ck.read_state(conn))
+        ck.swap_ddl(conn, plan)  # committed on its own connection; the process dies here
+        conn.rollback()
+        state = ck.read_state(conn)
+        conn.rollback()
+    assert (state.allowed, state.validated, state.annotated) == ({"t_alpha", "t_new"}, False, False)
+    rt2 = runtime_with(env, make_plugin("alpha", "t_alpha"), make_plugin("new", "t_new"))
+    assert migrate.upgrade(rt2).migration == 2
+    with engine.connect() as conn:
+        state = ck.read_state(conn)
+    assert (state.allowed, state.validated, state.annotated) == ({"t_alpha", "t_new"}, True, True)
+    assert "COMMENT ON CONSTRAINT" in migrate.history(rt2)[-1]["sql"]
+    engine.dispose()
+    for r in (rt, rt2):
+        r.close()
+
+
 def test_no_plugins_allows_nothing(env, pg_url):
     rt = runtime_with(env)
     migrate.upgrade(rt)

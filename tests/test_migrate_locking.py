@@ -308,3 +308,46 @@ def test_busy_table_past_the_ddl_budget_exits_4(env, admin, cli):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Migration 2:")
     assert advisory_holders(admin) == []
     assert cli("db", "upgrade").returncode == 0
+
+
+def test_the_swap_holds_writers_only_inside_one_message_with_its_history_row(env, admin):
+    """The lock-taking ALTER and the COMMIT reach the server as one message: once the ALTER
+    has its ACCESS EXCLUSIVE lock, no client round trip is left before the commit. Seen from
+    pg_stat_activity while the ALTER waits behind a reader; the history row, written before
+    it in the same transaction, is not visible until the swap commits, and the comment read
+    without locking matches the new constraint afterwards."""
+    upgrade_in_process(env)
+    before = history_numbers(admin)
+    result: list = []
+    with admin.connect() as blocker:
+        blocker.execute(text("SELECT count(*) FROM background_jobs"))  # ACCESS SHARE, held
+        thread = threading.Thread(
+            target=lambda: result.append(
+                upgrade_in_process(
+                    env, PROSAAS_DISABLE_PLUGINS="acme", PROSAAS_MIGRATION_LOCK_TIMEOUT_MS="20000"
+                )
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        waiting = None
+        while waiting is None and time.monotonic() < deadline:
+            with admin.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND application_name = 'prosaas-migrate'"
+                        " AND datname = current_database()"
+                    )
+                ).scalar()
+            time.sleep(0.02)
+        assert waiting is not None, "the swap never waited for its lock"
+        assert history_numbers(admin) == before  # same transaction: not visible yet
+        blocker.rollback()
+    thread.join(60)
+    statements = [s.strip().split()[:2] for s in waiting.split(";") if s.strip()]
+    assert statements == [["ALTER", "TABLE"], ["COMMIT"]], waiting
+    assert history_numbers(admin) == [*before, before[-1] + 1]
+    with admin.connect() as conn:
+        state = ck.read_state(conn)
+    assert state.annotated and state.validated and "acme_count" not in (state.allowed or ())

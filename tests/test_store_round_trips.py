@@ -92,6 +92,27 @@ def test_enqueue_and_token_lookup_are_one_statement_each(counted, business):
     assert found == [business]
 
 
+def test_api_enqueue_is_one_statement_with_its_token_check(counted, business):
+    """POST /api/jobs: the token's lookup is part of the job's INSERT, one round trip for the
+    whole request; the job is the token's business's."""
+    from prosaas_core.api.app import create_app
+    from prosaas_core.jobs import control
+
+    with counted.session() as s:
+        token = create_token(s, business)
+    client = create_app(runtime=counted).test_client()
+    body = {"job_type": "acme_echo", "payload": {"message": "x"}}
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.post("/api/jobs", json=body, headers=headers).status_code == 202  # warm
+    answers = []
+    assert _during(
+        lambda: answers.append(client.post("/api/jobs", json=body, headers=headers))
+    ) == ["INSERT INTO"]
+    assert answers[0].status_code == 202
+    job = control.get_job(counted, answers[0].get_json()["id"])
+    assert job is not None and job["business_id"] == business
+
+
 def test_job_writes_through_the_worker_connection_are_throttled(counted, business):
     disp = Dispatcher(counted, "counted-worker", threading.Event())
     try:

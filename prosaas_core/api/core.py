@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 
 from prosaas_core.api.openapi import describe
 from prosaas_core.api.params import page, parse_query
@@ -20,10 +20,12 @@ from prosaas_core.api.schemas import (
 from prosaas_core.api.support import (
     ApiError,
     authenticated,
+    authenticated_in_statement,
     current_business_id,
     current_runtime,
-    enqueue_job,
+    enqueued_response,
     parse_json,
+    unknown_token,
 )
 
 bp = Blueprint("prosaas_core", __name__)
@@ -41,7 +43,7 @@ def _as_dict(job: Any) -> dict[str, Any]:
 
 
 @bp.post("/api/jobs")
-@authenticated
+@authenticated_in_statement
 @describe(
     body=EnqueueRequest,
     responses={
@@ -56,8 +58,16 @@ def create_job():
     The row is committed before the push to Redis, so a job accepted while Redis is down still
     answers 202 and is pushed by the sweeper later.
     """
+    from prosaas_core.jobs.enqueue import enqueue_for_token
+
     body = parse_json(EnqueueRequest)
-    return enqueue_job(body.job_type, body.payload, run_at=body.run_at, delay=body.delay)
+    # the token's lookup is part of the job's INSERT: one statement for the whole request
+    res = enqueue_for_token(current_runtime(), g.bearer_token, body.job_type, body.payload,
+                            run_at=body.run_at, delay=body.delay)  # fmt: skip
+    if res is None:
+        raise unknown_token()
+    g.business_id = res.business_id
+    return enqueued_response(res)
 
 
 @bp.get("/api/jobs")

@@ -43,24 +43,68 @@ def current_business_id() -> int:
     return business_id
 
 
+def _bearer() -> str:
+    """The request's bearer token; 401 when there is none."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
+    return token.strip()
+
+
+def unknown_token() -> ApiError:
+    """The 401 of a bearer token that is unknown or revoked."""
+    return ApiError(401, "Unauthorized", "unknown or revoked token")
+
+
 def authenticated(view: Callable[..., Any]) -> Callable[..., Any]:
     """Require ``Authorization: Bearer <token>``; 401 when missing, unknown or revoked."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "Unauthorized", "send Authorization: Bearer <token>")
-        business_id = _resolve(token.strip())
+        business_id = _resolve(_bearer())
         if business_id is None:
-            raise ApiError(401, "Unauthorized", "unknown or revoked token")
+            raise unknown_token()
         g.business_id = business_id
         return view(*args, **kwargs)
 
     # read by the OpenAPI builder: this route needs a bearer token
     wrapper.prosaas_authenticated = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def authenticated_in_statement(view: Callable[..., Any]) -> Callable[..., Any]:
+    """`authenticated` for a view whose one write checks the token itself (``POST /api/jobs``:
+    the job's INSERT selects the token's business), saving the lookup's round trip. The view
+    reads the token from ``g.bearer_token``, sets ``g.business_id`` once the write found it,
+    and raises `unknown_token` when the write found no live token. Anything else the view
+    raises first (a bad body, a refused row) is answered 401 instead when the token is not
+    live, as `authenticated` would have: the answers are the same, only cheaper."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.bearer_token = _bearer()
+        try:
+            return view(*args, **kwargs)
+        except ApiError as exc:
+            if exc.status == 401 or "business_id" in g:
+                raise
+            _require_live()
+            raise
+        except Exception:
+            if "business_id" not in g:
+                _require_live()
+            raise
+
+    wrapper.prosaas_authenticated = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _require_live() -> None:
+    business_id = _resolve(g.bearer_token)
+    if business_id is None:
+        raise unknown_token() from None
+    g.business_id = business_id
 
 
 def _resolve(token: str) -> int | None:
@@ -138,6 +182,12 @@ def enqueue_job(job_type: str, payload: Any, *, run_at: Any = None, delay: Any =
     res = enqueue(
         current_runtime(), job_type, current_business_id(), payload, run_at=run_at, delay=delay
     )
+    return enqueued_response(res)
+
+
+def enqueued_response(res: Any) -> Any:
+    """The jobs API's answer for an `Enqueued`: 202 with a Location, or 409 with the id of the
+    active job of a unique type."""
     body = {"id": res.id, "status": res.status, "job_type": res.job_type}
     if not res.created:
         raise ApiError(409, "Job already active", body)

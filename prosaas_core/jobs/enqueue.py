@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -123,39 +124,100 @@ def enqueue(
     Raises `UnknownJobTypeError`, `PayloadError`, `NotFoundError` (no such business) or
     `MigrationRequiredError` (the database's chk_job_type does not allow the type yet).
     """
+    jt, row, due = _prepare(rt, job_type, payload, run_at, delay)
+    row["business_id"] = business_id
+    try:
+        job_id = _insert(rt.engine, row)
+    except IntegrityError as exc:
+        if not _is_job_type_violation(exc) and _is_business_violation(exc):
+            raise NotFoundError(f"business {business_id} not found") from None
+        return _refused(rt, exc, jt, business_id, row["unique_key"],
+                        lambda: enqueue(rt, job_type, business_id, payload, run_at=run_at,
+                                        delay=delay))  # fmt: skip
+    return _pushed(rt, jt, job_id, business_id, due)
+
+
+def enqueue_for_token(
+    rt: Runtime,
+    token: str,
+    job_type: str,
+    payload: Any = None,
+    *,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+) -> Enqueued | None:
+    """`enqueue` for the business of the live API token `token`, the token's lookup and the
+    INSERT being one statement (``insert_job_for_token``); None, with nothing written, when the
+    token is unknown or revoked. The same errors as `enqueue` otherwise."""
+    from prosaas_core.tokens import hash_token, lookup_token
+
+    jt, row, due = _prepare(rt, job_type, payload, run_at, delay)
+    row["digest"] = hash_token(token)
+    try:
+        with connect(rt.engine) as db:
+            found = db.one(Q.insert_job_for_token, {**row, "payload": json.dumps(row["payload"])})
+    except IntegrityError as exc:
+        owner = lookup_token(rt.engine, token)  # only on this path: a refused row
+        if owner is None:
+            return None
+        return _refused(rt, exc, jt, owner, row["unique_key"],
+                        lambda: enqueue(rt, job_type, owner, payload, run_at=run_at,
+                                        delay=delay))  # fmt: skip
+    if found is None:
+        return None
+    job_id, business_id = found
+    return _pushed(rt, jt, job_id, business_id, due)
+
+
+def _prepare(
+    rt: Runtime, job_type: str, payload: Any, run_at: datetime | None, delay: float | None
+) -> tuple[JobType, dict[str, Any], datetime | None]:
+    """The job type, its row (without the business) and when it is due, validated."""
     jt = rt.registry.job_type(job_type)
     data = validate_payload(jt, payload)
     due = due_time(run_at, delay)
-    unique_key = jt.name if jt.unique_per_business else None
     row = {
-        "business_id": business_id,
         "job_type": jt.name,
         "queue": jt.queue,
         "payload": data,
         "max_attempts": jt.max_attempts,
-        "unique_key": unique_key,
+        "unique_key": jt.name if jt.unique_per_business else None,
         "run_after": due,
     }
-    try:
-        job_id = _insert(rt.engine, row)
-    except IntegrityError as exc:
-        if _is_job_type_violation(exc):
-            log.error(
-                "Database migration required: job type %r rejected by chk_job_type; "
-                "run `prosaas db upgrade`",
-                jt.name,
-            )
-            raise MigrationRequiredError(jt.name) from None
-        if _is_business_violation(exc):
-            raise NotFoundError(f"business {business_id} not found") from None
-        if unique_key is None:
-            raise
-        existing = _active_unique(rt, business_id, unique_key)
-        if existing is None:  # finished between our insert and this read: try once more
-            return enqueue(rt, job_type, business_id, payload, run_at=run_at, delay=delay)
-        active_id, status = existing
-        log.info("Job %s (%s) already active for business %s", active_id, jt.name, business_id)
-        return Enqueued(active_id, status, jt.name, business_id, False, False)
+    return jt, row, due
+
+
+def _refused(
+    rt: Runtime,
+    exc: IntegrityError,
+    jt: JobType,
+    business_id: int,
+    unique_key: str | None,
+    again: Callable[[], Enqueued],
+) -> Enqueued:
+    """The answer for a row the database refused: 503 (chk_job_type), or the active job a
+    unique type already has (`again` when that one finished meanwhile)."""
+    if _is_job_type_violation(exc):
+        log.error(
+            "Database migration required: job type %r rejected by chk_job_type; "
+            "run `prosaas db upgrade`",
+            jt.name,
+        )
+        raise MigrationRequiredError(jt.name) from None
+    if unique_key is None:
+        raise exc
+    existing = _active_unique(rt, business_id, unique_key)
+    if existing is None:  # finished between our insert and this read: try once more
+        return again()
+    active_id, status = existing
+    log.info("Job %s (%s) already active for business %s", active_id, jt.name, business_id)
+    return Enqueued(active_id, status, jt.name, business_id, False, False)
+
+
+def _pushed(
+    rt: Runtime, jt: JobType, job_id: int, business_id: int, due: datetime | None
+) -> Enqueued:
+    """After the commit: schedule a job due later, or admit and push it now."""
     if due is not None:
         from prosaas_core.jobs.delayed import schedule
 

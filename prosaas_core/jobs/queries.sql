@@ -14,6 +14,17 @@ VALUES (%(business_id)s, %(job_type)s, %(queue)s, 'queued', %(payload)s, %(max_a
     %(unique_key)s, %(run_after)s)
 RETURNING id
 
+-- insert_job_for_token --
+-- insert_job for the business of the live API token with this hash (the unique index on
+-- token_hash), in the same one statement: nothing is inserted and no row returned when the
+-- token is unknown or revoked. The API's enqueue, authentication included, is this statement.
+INSERT INTO background_jobs (business_id, job_type, queue, status, payload, max_attempts,
+    unique_key, run_after)
+SELECT business_id, %(job_type)s, %(queue)s, 'queued', %(payload)s, %(max_attempts)s,
+    %(unique_key)s, %(run_after)s
+FROM api_tokens WHERE token_hash = %(digest)s AND revoked_at IS NULL
+RETURNING id, business_id
+
 -- active_unique_job --
 -- The queued or running job holding a unique_per_business key.
 SELECT id, status FROM background_jobs

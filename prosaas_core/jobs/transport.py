@@ -13,11 +13,14 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import redis
+    from redis.commands.core import Script
     from rq import Queue
 
     from prosaas_core.runtime import Runtime
@@ -78,6 +81,99 @@ def push_client(rt: Runtime) -> redis.Redis:
     return client
 
 
+def _rq_timeout(timeout: float | None) -> int:
+    # the handler's own timeout is enforced by dispatch; RQ's is a backstop
+    return int(timeout) + 60 if timeout else -1
+
+
+#: job-hash fields that differ from one push to the next; every other field is the same for
+#: all jobs of one (queue, timeout)
+_PER_JOB = ("created_at", "enqueued_at", "data", "description")
+
+
+@dataclass(frozen=True, slots=True)
+class _LeanPush:
+    """One EVALSHA that writes what RQ's enqueue pipeline writes (SADD rq:queues, HSET of the
+    job hash, RPUSH of the id) for one (queue, timeout)."""
+
+    script: Script
+    queues_key: str
+    queue_key: str
+    dumps: Callable[[Any], bytes]
+
+
+# the lean push script of each (queue, RQ timeout), per Redis client
+_lean: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], _LeanPush]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lua(raw: bytes) -> str:
+    """`raw` as a Lua string literal: every byte as a decimal escape, so nothing in it can
+    end the literal."""
+    return '"' + "".join(f"\\{b}" for b in raw) + '"'
+
+
+def _lean_push(client: Any, queue: str, rq_timeout: int) -> _LeanPush:
+    """The lean push of (`queue`, `rq_timeout`), built once per client.
+
+    The fields every job shares are taken from RQ itself (``Job.to_dict`` of a job created as
+    `_enqueue` creates one) and written into the script, so the hash is the one RQ would write;
+    only the timestamps, the data (the pickled call) and the description are sent per push.
+    """
+    key = (queue, rq_timeout)
+    try:
+        return _lean[client][key]
+    except KeyError:
+        pass
+    from rq.job import JobStatus
+    from rq.utils import now
+
+    q = rq_queue(client, queue)
+    job = q.create_job(
+        DISPATCH,
+        args=(0,),
+        job_id=rq_job_id(0),
+        timeout=rq_timeout,
+        result_ttl=300,
+        failure_ttl=86400,
+        description="",
+        status=JobStatus.QUEUED,
+    )
+    job.origin = q.name
+    job.enqueued_at = now()
+    shared = {k: v for k, v in job.to_dict().items() if k not in _PER_JOB and v is not None}
+    encode = client.get_encoder().encode  # the bytes redis-py would send for each value
+    fields = ", ".join(f"{_lua(encode(k))}, {_lua(encode(v))}" for k, v in shared.items())
+    script = client.register_script(
+        # KEYS: rq:queues, the queue, the job hash; ARGV: id, created_at, data, description
+        "redis.call('SADD', KEYS[1], KEYS[2])\n"
+        f"redis.call('HSET', KEYS[3], {fields}, 'created_at', ARGV[2], 'enqueued_at', ARGV[2],"
+        " 'data', ARGV[3], 'description', ARGV[4])\n"
+        "return redis.call('RPUSH', KEYS[2], ARGV[1])"
+    )
+    lean = _LeanPush(script, q.redis_queues_keys, q.key, job.serializer.dumps)
+    with _queues_lock:
+        lean = _lean.setdefault(client, {}).setdefault(key, lean)
+    return lean
+
+
+def _push_lean(client: Any, job_id: int, queue: str, timeout: float | None) -> None:
+    """Push one job as RQ's enqueue would, in one round trip and one Redis command."""
+    from rq.job import Job
+    from rq.utils import now, utcformat
+
+    lean = _lean_push(client, queue, _rq_timeout(timeout))
+    rq_id = rq_job_id(job_id)
+    # what Job.to_dict stores as data: the compressed serialized (func, instance, args, kwargs)
+    data = zlib.compress(lean.dumps((DISPATCH, None, (job_id,), {})))
+    lean.script(
+        keys=[lean.queues_key, lean.queue_key, Job.key_for(rq_id)],
+        args=[rq_id, utcformat(now()), data, f"{DISPATCH}({job_id})"],
+        client=client,
+    )
+
+
 def _enqueue(
     pipe: Any,
     connection: Any,
@@ -90,8 +186,7 @@ def _enqueue(
         DISPATCH,
         args=(job_id,),
         job_id=rq_job_id(job_id),
-        # the handler's own timeout is enforced by dispatch; RQ's is a backstop
-        timeout=int(timeout) + 60 if timeout else -1,
+        timeout=_rq_timeout(timeout),
         result_ttl=300,
         failure_ttl=86400,
         # what RQ would derive from the call, without its repr() machinery
@@ -120,16 +215,26 @@ def push(
         return False
     client = push_client(rt)
     try:
-        # one MULTI/EXEC round trip: RQ alone sends two (queue registration, then the job)
-        with client.pipeline() as pipe:
-            meta = {"slot_at": slot_at} if slot_at is not None else None
-            _enqueue(pipe, client, job_id, queue, timeout, meta)
-            pipe.execute()
+        if slot_at is None and _scriptable(client):
+            _push_lean(client, job_id, queue, timeout)
+        else:
+            # one MULTI/EXEC round trip: RQ alone sends two (queue registration, then the job)
+            with client.pipeline() as pipe:
+                meta = {"slot_at": slot_at} if slot_at is not None else None
+                _enqueue(pipe, client, job_id, queue, timeout, meta)
+                pipe.execute()
         return True
     except RedisError as exc:
         _skip_until[rt] = time.monotonic() + SKIP_AFTER_FAILURE
         log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
         return False
+
+
+def _scriptable(client: Any) -> bool:
+    """A real Redis client (the demo's fakeredis stand-in may not run Lua)."""
+    import redis as redis_lib
+
+    return type(client) is redis_lib.Redis
 
 
 def push_many(rt: Runtime, rows: Iterable[tuple[int, str, str]]) -> list[int]:

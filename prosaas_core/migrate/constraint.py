@@ -36,6 +36,9 @@ class ConstraintState:
     table_exists: bool
     allowed: frozenset[str] | None = None
     validated: bool = True
+    #: False when PostgreSQL's constraint has no prosaas comment matching it (read by printing
+    #: the expression): a hand-written one, or a migrator killed between swap and comment
+    annotated: bool = True
 
 
 @dataclass
@@ -97,7 +100,7 @@ def read_state(conn: Connection) -> ConstraintState:
             definition = conn.execute(
                 text("SELECT pg_get_constraintdef(:oid)"), {"oid": oid}
             ).scalar_one()
-            allowed = parse_allowed(definition)
+            return ConstraintState(True, parse_allowed(definition), bool(validated), False)
         return ConstraintState(True, allowed, bool(validated))
     insp = inspect(conn)
     if not insp.has_table(TABLE):
@@ -225,12 +228,58 @@ def record(conn: Connection, plan: Plan, sql: str) -> None:
     )
 
 
-def swap_postgres(conn: Connection, plan: Plan) -> None:
-    """DROP + ADD NOT VALID and the history row, in the caller's (short) transaction."""
+#: the history row of a PostgreSQL change, written first in the swap's transaction
+_RECORD = (
+    "INSERT INTO prosaas_job_type_migrations (number, allowed, added, removed, sql, host, pid)"
+    " VALUES (%(number)s, %(allowed)s, %(added)s, %(removed)s, %(sql)s, %(host)s, %(pid)s)"
+)
+
+
+def swap_ddl(conn: Connection, plan: Plan) -> None:
+    """DROP + ADD NOT VALID and the history row, in one transaction on an autocommit
+    connection of its own: ``BEGIN; INSERT history``, then ``ALTER ...; COMMIT`` as one
+    message.
+
+    The ALTER's ACCESS EXCLUSIVE lock queues every writer of background_jobs behind it, so it
+    is held only while the server runs the ALTER and commits: the history row is written
+    before the lock is taken, and no client round trip is left between the ALTER and the
+    COMMIT (each one, on a loaded machine, held the writers for milliseconds more). The commit
+    does not wait for its WAL flush either (``synchronous_commit = off``, this transaction
+    only): the DDL and its history row are one transaction, so a crash can only lose both (the
+    next upgrade does the change again), and the upgrade's next commit flushes it. A lock
+    timeout leaves nothing behind."""
     if plan.number is None:
         plan.number = next_number(conn) + 1
     swap, validate = ddl_statements(plan)
-    conn.execute(text(swap))
+    params = {
+        "number": plan.number,
+        "allowed": json.dumps(plan.allowed),
+        "added": json.dumps(plan.added),
+        "removed": json.dumps(plan.removed),
+        "sql": f"{swap};\n{validate};",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    with conn.engine.connect() as own:
+        own = own.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            own.exec_driver_sql(f"BEGIN; SET LOCAL synchronous_commit = off; {_RECORD}", params)
+            own.exec_driver_sql(f"{swap}; COMMIT")
+        except Exception:
+            try:  # the failed statement left its transaction block open on the server
+                own.exec_driver_sql("ROLLBACK")
+            except Exception:
+                own.invalidate()
+            raise
+
+
+def annotate(conn: Connection, plan: Plan) -> None:
+    """Store the allowed set in the constraint's comment (what `read_state` reads without
+    locking the table), with the md5 of its parsed expression, and the comment in the history
+    row's SQL; in the caller's transaction. COMMENT takes ACCESS SHARE only: writers never
+    wait for it. Until it runs (a migrator killed right after the swap), `read_state` prints
+    the expression instead."""
+    swap, validate = ddl_statements(plan)
     digest = conn.execute(
         text(
             "SELECT md5(conbin::text) FROM pg_constraint"
@@ -239,7 +288,16 @@ def swap_postgres(conn: Connection, plan: Plan) -> None:
     ).scalar_one()
     comment = comment_sql(plan, digest)
     conn.execute(text(comment))
-    record(conn, plan, f"{swap};\n{comment};\n{validate};")
+    conn.execute(
+        text("UPDATE prosaas_job_type_migrations SET sql = :sql WHERE number = :n"),
+        {"sql": f"{swap};\n{comment};\n{validate};", "n": plan.number},
+    )
+
+
+def swap_postgres(conn: Connection, plan: Plan) -> None:
+    """`swap_ddl`, then `annotate` in the caller's transaction."""
+    swap_ddl(conn, plan)
+    annotate(conn, plan)
 
 
 def validate_postgres(conn: Connection) -> None:

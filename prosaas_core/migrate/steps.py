@@ -88,6 +88,7 @@ def _constraint_step(
             return
         n = plan.number
         if plan.change:
+            swap: Callable[[], None]
             log.info("Migration %d: updating background_jobs job_type constraint", n)
             log.info(
                 "  added: %s; removed: %s",
@@ -96,12 +97,19 @@ def _constraint_step(
             )
             if postgres:
                 log.info("  → Dropping old chk_job_type, adding the new one NOT VALID...")
-                swap = _in_txn(conn, functools.partial(ck.swap_postgres, conn, plan))
+                # its own connection, one message: see swap_ddl (the number is planned)
+                swap = functools.partial(ck.swap_ddl, conn, plan)
             else:
                 log.info("  → Rebuilding background_jobs with the new chk_job_type (batch)...")
                 swap = _in_txn(conn, functools.partial(ck.swap_sqlite, conn, plan, state))
             retry_on_lock_timeout(f"Migration {n}", swap, budget)
             result.added, result.removed = plan.added, plan.removed
+        if postgres and (plan.change or not state.annotated):
+            retry_on_lock_timeout(
+                f"Migration {n} comment",
+                _in_txn(conn, functools.partial(ck.annotate, conn, plan)),
+                budget,
+            )
         if postgres:
             log.info("  → Validating chk_job_type against existing rows...")
             try:
