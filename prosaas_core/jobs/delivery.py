@@ -209,6 +209,7 @@ class LeanMixin(_Base):
     def execute_job(self, job: Any, queue: Queue) -> None:
         if not isinstance(job, Delivery):
             super().execute_job(job, queue)
+            self._lean_redis_state = None  # RQ wrote the state itself
             return
         self._lean_previous = Job.key_for(job.id)
         try:
@@ -293,6 +294,11 @@ class LeanMixin(_Base):
 
     def _lean_run(self, d: Delivery) -> None:
         """Run the delivery in this process (the forking worker runs it in a work horse)."""
+        if d.timeout > 0 and d.timeout + 60 > self.worker_ttl:
+            # as RQ's prepare_job_execution: the worker's record outlives a long job
+            with self.connection.pipeline() as p:
+                super().heartbeat(d.timeout + 60, p)
+                p.execute()
         if self._lean_perform(d):
             self._lean_done += 1
         else:
