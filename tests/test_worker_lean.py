@@ -128,3 +128,7 @@ def test_rq_behaves_as_the_lean_path_relies_on(in_process, business):
     w.refresh()
     assert w.successful_job_count == 1
     assert not rt.redis.exists(Job.key_for(f"prosaas-{job.id}"))
+    # another RQ function on a prosaas queue takes RQ's own path, bookkeeping and all
+    foreign = Queue("default", connection=rt.redis).enqueue("os.getpid")
+    assert ProsaasSimpleWorker(["default"], connection=rt.redis).work(burst=True)
+    assert foreign.get_status(refresh=True) == "finished" and foreign.return_value() > 0
