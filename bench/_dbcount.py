@@ -73,8 +73,12 @@ def install(path: str) -> None:
     def dump() -> None:
         with _lock:
             data = json.dumps(COUNTS)
-        with open(path, "w") as f:
+        # written aside and renamed: the dumping thread may be stopped mid-write at exit, and a
+        # truncated file must never be what the benchmark reads
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as f:
             f.write(data)
+        os.replace(tmp, path)
 
     def loop() -> None:
         while True:

@@ -76,6 +76,9 @@ def run_counted(argv: list[str], main: str, env: dict) -> tuple[float, dict]:
     counts = json.loads(Path(path).read_text())
     os.unlink(path)
     for child in Path(path).parent.glob(Path(path).name + ".*"):  # forked work horses
+        if child.suffix == ".tmp":  # a dump cut short at exit (the renamed one is complete)
+            child.unlink()
+            continue
         for key, value in json.loads(child.read_text()).items():
             counts[key] = counts.get(key, 0) + value
         child.unlink()

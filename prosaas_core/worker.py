@@ -8,6 +8,7 @@ a forked work horse never reuses the parent's database connections (dispatch.aft
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -21,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from rq import SimpleWorker, Worker
 from rq.exceptions import StopRequested
+from rq.timeouts import HorseMonitorTimeoutException
 
 from prosaas_core.jobs import dispatch
+from prosaas_core.jobs.delivery import Delivery, LeanMixin
 from prosaas_core.jobs.heartbeat import WorkerHeartbeat
 from prosaas_core.services import Supervisor
 
@@ -91,13 +94,17 @@ class _ProsaasMixin(_WorkerBase):
         return super().request_stop(signum, frame)
 
 
-class ProsaasSimpleWorker(_ProsaasMixin, SimpleWorker):
+class ProsaasSimpleWorker(_ProsaasMixin, LeanMixin, SimpleWorker):
+    """RQ's in-process worker on the lean per-job path (jobs/delivery.py)."""
+
     log_result_lifespan = False
 
 
-class ProsaasForkWorker(_ProsaasMixin, Worker):
+class ProsaasForkWorker(_ProsaasMixin, LeanMixin, Worker):
     """RQ's forking worker, made to hand a job back as soon as its work horse dies, and to take
-    the work horse down with it when the worker itself dies."""
+    the work horse down with it when the worker itself dies. A prosaas job takes the lean path
+    (jobs/delivery.py) with a work horse of its own: forked, watched as RQ's
+    monitor_work_horse does (RQ's backstop timeout included), without RQ's Execution record."""
 
     log_result_lifespan = False
     prosaas_rt: Runtime
@@ -115,6 +122,50 @@ class ProsaasForkWorker(_ProsaasMixin, Worker):
         finally:
             if self._prosaas_dead_horse is not None and not self.prosaas_stopping:
                 _hand_back_dead_horse(self.prosaas_rt, self.prosaas_name, job.id)
+
+    def _lean_run(self, d: Delivery) -> None:
+        self._prosaas_parent = parent = os.getpid()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the work horse: exit 0 once the outcome is recorded, 1 if it was not
+            os.setpgrp()
+            _die_with_parent(parent)
+            self.setup_work_horse_signals()
+            self._is_horse = True
+            try:
+                ok = self._lean_perform(d)
+            except BaseException:
+                os._exit(1)
+            os._exit(0 if ok else 1)
+        self._horse_pid = pid
+        self.procline(f"Forked {pid} at {time.time()}")
+        status = self._lean_watch(d, started)
+        self._horse_pid = 0
+        if status == 0:
+            self._lean_done += 1
+            return
+        self._lean_failed += 1
+        if not self.prosaas_stopping:
+            log.warning("work horse of job_id=%s ended with status %s", d.job_id, status)
+            _hand_back_dead_horse(self.prosaas_rt, self.prosaas_name, d.id)
+
+    def _lean_watch(self, d: Delivery, started: float) -> int | None:
+        """Wait for the work horse, beating meanwhile; kill it past RQ's backstop (its job
+        timeout + 60 s). Its wait status (None if it could not be reaped)."""
+        while True:
+            try:
+                with self.death_penalty_class(
+                    self.job_monitoring_interval, HorseMonitorTimeoutException
+                ):
+                    return self.wait_for_horse()[1]
+            except HorseMonitorTimeoutException:
+                self.heartbeat()
+                if d.timeout > 0 and time.monotonic() - started > d.timeout + 60:
+                    self.kill_horse()
+                    return self.wait_for_horse()[1]
+            except OSError as exc:  # EINTR: a signal arrived while waiting
+                if exc.errno != errno.EINTR:
+                    raise
 
     def main_work_horse(self, job, queue):
         _die_with_parent(self._prosaas_parent)
