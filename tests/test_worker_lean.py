@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def in_process(runtime):
 
 def test_rq_behaves_as_the_lean_path_relies_on(in_process, business):
     rt = in_process
-    assert rq.VERSION.split(".")[0] == "3", "delivery.py is written against RQ 3: re-check it"
+    assert rq.VERSION.split(".")[:2] == ["3", "0"], "delivery.py is written against RQ 3.0"
     # the key names the Lua scripts and the sweeper build
     assert Job.key_for("prosaas-1") == "rq:job:prosaas-1"
     assert Queue("default", connection=rt.redis).key == "rq:queue:default"
@@ -132,3 +133,41 @@ def test_rq_behaves_as_the_lean_path_relies_on(in_process, business):
     foreign = Queue("default", connection=rt.redis).enqueue("os.getpid")
     assert ProsaasSimpleWorker(["default"], connection=rt.redis).work(burst=True)
     assert foreign.get_status(refresh=True) == "finished" and foreign.return_value() > 0
+
+
+@pytest.mark.parametrize("queues", [["default"], ["default", "maintenance"]])
+def test_a_stop_noted_during_an_empty_pop_ends_the_wait(in_process, queues):
+    """SIGTERM while the pop is on the wire (the state is busy then, so RQ only notes it): the
+    worker stops at once rather than block on an empty queue with the stop pending."""
+    rt = in_process
+    w = ProsaasSimpleWorker(queues, connection=rt.redis)
+    w.register_birth()
+    try:
+        w._shutdown_requested_date = now()
+        w._state = WorkerStatus.BUSY
+        w._shutdown()  # what RQ's SIGTERM handler does while busy
+        assert w._stop_requested
+        started = time.monotonic()
+        with pytest.raises(StopRequested):
+            w.dequeue_job_and_maintain_ttl(timeout=20, max_idle_time=6)
+        assert time.monotonic() - started < 5
+    finally:
+        w.register_death()
+
+
+def test_a_re_push_carries_nothing_of_the_earlier_delivery(in_process, business):
+    """A job pushed again (handed back, swept) gets a fresh hash: no meta of an earlier
+    admission (a slot taken then, long released) and no TTL the worker gave the old one."""
+    from prosaas_core.jobs import transport
+
+    rt = in_process
+    job = enqueue(rt, "acme_echo", business, {"message": "again"})
+    key = Job.key_for(f"prosaas-{job.id}")
+    for slot_at in (None, time.time()):  # the one-script push, and RQ's with meta
+        rt.redis.hset(key, "meta", Job.fetch(f"prosaas-{job.id}", connection=rt.redis)
+                      .serializer.dumps({"slot_at": 1.0}))  # fmt: skip
+        rt.redis.expire(key, 100)
+        assert transport.push(rt, job.id, "default", slot_at=slot_at)
+        assert rt.redis.ttl(key) == -1
+        meta = Job.fetch(f"prosaas-{job.id}", connection=rt.redis).meta
+        assert meta == ({} if slot_at is None else {"slot_at": slot_at})

@@ -26,9 +26,10 @@ job counters (``rq info``'s "jobs: N finished") sent at most every HEARTBEAT_EVE
 pipeline. A job that is not prosaas's (another RQ function enqueued on our queues) runs through
 RQ's own path, unchanged.
 
-Pinned to RQ 3.0 (``setup.cfg``): the overridden methods are ``BaseWorker.check_for_suspension``,
-``dequeue_job_and_maintain_ttl``, ``heartbeat`` and ``execute_job``, called by ``work()`` as
-``dequeue -> execute_job -> heartbeat``; the key names come from RQ's classes. RQ's
+Pinned to RQ 3.0 (``setup.cfg``): the overridden methods are
+``BaseWorker.check_for_suspension``, ``dequeue_job_and_maintain_ttl``, ``heartbeat``,
+``execute_job`` and ``teardown``, called by ``work()`` as ``dequeue -> execute_job ->
+heartbeat``; the key names come from RQ's classes. RQ's
 ``_shutdown`` decides warm (finish the job) or immediate stop by the local state, so the local
 state is ``busy`` from before the pop until the job ends. tests/test_worker_lean.py pins these.
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version, now, utcformat
@@ -249,8 +251,10 @@ class LeanMixin(_Base):
         return None
 
     def _lean_idle(self) -> None:
-        """Nothing to do: say so in the worker's hash (once), and beat if due."""
+        """Nothing to do: say so in the worker's hash (once), and beat if due. A stop asked for
+        while we were busy popping (RQ only noted it) is honoured now, before any wait."""
         self._state = WorkerStatus.IDLE
+        self._lean_stop_if_requested()
         if self._lean_redis_state != WorkerStatus.IDLE:
             self.connection.hset(self.key, "state", WorkerStatus.IDLE)
             self._lean_redis_state = WorkerStatus.IDLE
@@ -258,6 +262,13 @@ class LeanMixin(_Base):
             self._lean_beat()  # rq info's counters are right while we wait
         else:
             self.heartbeat()
+
+    def _lean_stop_if_requested(self) -> None:
+        """RQ's signal handler only notes a SIGTERM that comes while the state is busy (we are
+        busy from before each pop), and RQ's loop looks at the note between jobs only: without
+        this an empty pop would go back to blocking for minutes with the stop pending."""
+        if self._stop_requested:
+            raise StopRequested()
 
     def _lean_wait(self, keys: list[str], timeout: int) -> tuple[Any, Queue] | None:
         """Block until work arrives or `timeout` passes (None then). One queue: a rotation that
@@ -277,6 +288,7 @@ class LeanMixin(_Base):
         answer = self._lean_script("mark")(keys=[_text(key)], args=[*self._lean_args(), rq_id])
         if not answer:  # its hash is gone: nothing to run, as RQ skips it
             self._state = WorkerStatus.IDLE
+            self._lean_stop_if_requested()
             return None
         self._lean_redis_state = WorkerStatus.BUSY
         return self._lean_delivered(answer)

@@ -147,6 +147,9 @@ def _lean_push(client: Any, queue: str, rq_timeout: int) -> _LeanPush:
     fields = ", ".join(f"{_lua(encode(k))}, {_lua(encode(v))}" for k, v in shared.items())
     script = client.register_script(
         # KEYS: rq:queues, the queue, the job hash; ARGV: id, created_at, data, description
+        # a hash left by an earlier delivery (a re-push: hand-back, sweep) goes first: its meta
+        # (a slot admitted then) and the day's TTL the worker gave it must not carry over
+        "redis.call('DEL', KEYS[3])\n"
         "redis.call('SADD', KEYS[1], KEYS[2])\n"
         f"redis.call('HSET', KEYS[3], {fields}, 'created_at', ARGV[2], 'enqueued_at', ARGV[2],"
         " 'data', ARGV[3], 'description', ARGV[4])\n"
@@ -182,6 +185,8 @@ def _enqueue(
     timeout: float | None,
     meta: dict[str, Any] | None = None,
 ) -> None:
+    from rq.job import Job
+
     rq_queue(connection, queue).enqueue_call(
         DISPATCH,
         args=(job_id,),
@@ -194,6 +199,12 @@ def _enqueue(
         meta=meta,
         pipeline=pipe,
     )
+    # as the lean push: nothing of an earlier delivery's hash (meta, TTL) carries over (RQ
+    # writes over the hash's fields, and opens the MULTI itself, so this goes after)
+    key = Job.key_for(rq_job_id(job_id))
+    pipe.persist(key)
+    if meta is None:
+        pipe.hdel(key, "meta")
 
 
 def push(

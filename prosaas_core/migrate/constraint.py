@@ -276,9 +276,10 @@ def swap_ddl(conn: Connection, plan: Plan) -> None:
 def annotate(conn: Connection, plan: Plan) -> None:
     """Store the allowed set in the constraint's comment (what `read_state` reads without
     locking the table), with the md5 of its parsed expression, and the comment in the history
-    row's SQL; in the caller's transaction. COMMENT takes ACCESS SHARE only: writers never
-    wait for it. Until it runs (a migrator killed right after the swap), `read_state` prints
-    the expression instead."""
+    row's SQL; in the caller's transaction. COMMENT takes SHARE UPDATE EXCLUSIVE: writers
+    never wait for it (it may wait, up to the lock timeout, for a VACUUM or an index build).
+    Until it runs (a migrator killed right after the swap), `read_state` prints the
+    expression instead."""
     swap, validate = ddl_statements(plan)
     digest = conn.execute(
         text(

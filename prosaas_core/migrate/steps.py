@@ -189,8 +189,10 @@ def _constraint_sql(plan: ck.Plan, last: int, dialect: str) -> str:
         return head + ck.sqlite_sql(plan) + "\n"
     swap, validate = ck.ddl_statements(plan)
     return (
-        f"{head}BEGIN;\n{swap};\n"
-        f"-- + COMMENT ON CONSTRAINT {ck.NAME} (the allowed set, read without locking)\n"
-        f"-- + history row {n} in prosaas_job_type_migrations\n"
-        f"COMMIT;\n{validate};\n"
+        f"{head}BEGIN;\n"
+        f"-- + history row {n} in prosaas_job_type_migrations (before the lock is taken)\n"
+        f"{swap}; COMMIT;  -- one message: the lock is held across no client round trip\n"
+        f"-- + COMMENT ON CONSTRAINT {ck.NAME} (the allowed set, read without locking),"
+        f" in its own transaction\n"
+        f"{validate};\n"
     )
