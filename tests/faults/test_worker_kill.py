@@ -122,7 +122,10 @@ def test_paused_worker_is_fenced_by_its_lease(fault):
     (b,) = [w for w in workers if w is not a]
     paused = time.monotonic()
     a.signal(signal.SIGSTOP)
-    wait_until(lambda: fault.job(job)["attempts"] == 2, KILL_TO_RESUME + SLACK, "taken over")
+    try:
+        wait_until(lambda: fault.job(job)["attempts"] == 2, KILL_TO_RESUME + SLACK, "taken over")
+    except AssertionError as exc:  # where the takeover waited: the other worker's own account
+        raise AssertionError(f"{exc}; the other worker's log:\n{b.log()[-4000:]}") from None
     assert time.monotonic() - paused < KILL_TO_RESUME + SLACK
     a.signal(signal.SIGCONT)
     a.wait_for_log("worker lease lapsed: this attempt stops writing", 10)
