@@ -197,7 +197,17 @@ class Db:
     transaction. On a connection in autocommit mode each query commits on its own; inside a
     caller's transaction (`Db.of` a ``Session``) it commits with that transaction."""
 
-    __slots__ = ("dialect", "name", "_conn", "_cursor", "_on_lost", "_sqlite", "_error")
+    __slots__ = (
+        "dialect",
+        "name",
+        "_conn",
+        "_cursor",
+        "_on_lost",
+        "_sqlite",
+        "_error",
+        "_prepare",
+        "_prepared",
+    )
 
     def __init__(
         self,
@@ -206,7 +216,10 @@ class Db:
         *,
         cursor: DBAPICursor | None = None,
         on_lost: Callable[[BaseException], None] | None = None,
+        prepare: frozenset[str] = frozenset(),
     ) -> None:
+        """`prepare`: names of queries to run as server-side prepared statements on this
+        connection (PostgreSQL, a session of its own: never through a transaction pooler)."""
         self.dialect = dialect
         #: ``postgresql`` or ``sqlite``
         self.name: str = dialect.name
@@ -215,6 +228,9 @@ class Db:
         self._on_lost = on_lost
         self._sqlite = dialect.name == "sqlite"
         self._error: type[Exception] = dialect.loaded_dbapi.Error
+        self._prepare = prepare if dialect.name == "postgresql" else frozenset()
+        #: the queries this connection's session has prepared
+        self._prepared: set[str] = set()
 
     @classmethod
     def of(cls, handle: Handle) -> Db:
@@ -264,6 +280,8 @@ class Db:
             params = {k: _sqlite_value(v) for k, v in params.items()}
         cur = self._cursor if self._cursor is not None else self._conn.cursor()
         try:
+            if query.name in self._prepare and len(statements) == 1:
+                return self._run_prepared(cur, query.name, statements[0], params)
             if len(statements) == 1:
                 return _execute(cur, statements[0], params)
             return self._atomically(cur, statements, params)
@@ -272,6 +290,19 @@ class Db:
         finally:
             if cur is not self._cursor:
                 cur.close()
+
+    def _run_prepared(
+        self, cur: DBAPICursor, name: str, sql: str, params: Params
+    ) -> tuple[list[Row], int]:
+        """EXECUTE the query prepared on this session (PREPAREd on first use): PostgreSQL
+        parses and plans it once per connection instead of at every call."""
+        body, order = _positional(sql)
+        statement = f"prosaas_{name}"
+        execute = f"EXECUTE {statement} ({', '.join(f'%({p})s' for p in order)})"
+        if name not in self._prepared:
+            cur.execute(f"PREPARE {statement} AS {body}")
+            self._prepared.add(name)
+        return _execute(cur, execute, params)
 
     def _atomically(
         self, cur: DBAPICursor, statements: tuple[str, ...], params: Params
@@ -300,6 +331,20 @@ class Db:
         if lost and self._on_lost is not None:
             self._on_lost(err)
         return DBAPIError.instance(None, None, err, self._error, connection_invalidated=lost)
+
+
+@cache
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A query's text for PREPARE (``$1`` ... for its ``%(name)s`` parameters, in the order they
+    first appear) and the parameter names in that order."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    return _PARAM.sub(number, sql).replace("%%", "%"), tuple(order)
 
 
 def _execute(cur: DBAPICursor, sql: str, params: Params) -> tuple[list[Row], int]:

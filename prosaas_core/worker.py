@@ -107,6 +107,7 @@ class ProsaasForkWorker(_ProsaasMixin, LeanMixin, Worker):
     monitor_work_horse does (RQ's backstop timeout included), without RQ's Execution record."""
 
     log_result_lifespan = False
+    lean_defer_outcomes = False  # each job's work horse exits after it
     prosaas_rt: Runtime
     prosaas_name: str
     #: set by the stop watchdog: it hands the job back itself (without counting the attempt)
@@ -466,6 +467,7 @@ def run_worker(
         waker.stop()
         late = supervisor.stop(grace)
         heartbeat.stop()
+        disp.flush_quietly()  # before the lease hands back what still runs under our name
         lease.stop()
         disp.stop()
         log.info("WORKER STOPPED name=%s%s", name, f" (late services: {late})" if late else "")

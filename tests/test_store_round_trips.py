@@ -78,6 +78,34 @@ def test_a_trivial_job_costs_its_claim_and_its_outcome(counted, business):
         disp.stop()
 
 
+def test_a_worker_job_is_one_prepared_statement_writing_the_last_outcome(counted, business):
+    """`prosaas worker` (prepare=True, defer=True): each job's claim carries the previous
+    job's outcome, one EXECUTE of a statement prepared once on the kept connection; the last
+    outcome is written by flush."""
+    from prosaas_core.jobs import control
+
+    disp = Dispatcher(counted, "counted-worker", threading.Event(), prepare=True)
+    a, b, c = (enqueue(counted, "acme_echo", business, {"message": m}).id for m in "abc")
+    try:
+        assert _during(lambda: disp.run(a, defer=True))[-2:] == [
+            "PREPARE prosaas_claim_job",
+            "EXECUTE prosaas_claim_job",
+        ]
+        assert _during(lambda: disp.run(b, defer=True)) == [
+            "PREPARE prosaas_finish_and_claim_job",
+            "EXECUTE prosaas_finish_and_claim_job",
+        ]
+        assert [control.get_job(counted, i)["status"] for i in (a, b)] == ["succeeded", "running"]
+        assert _during(lambda: disp.run(c, defer=True)) == ["EXECUTE prosaas_finish_and_claim_job"]
+        assert _during(disp.flush) == ["PREPARE prosaas_finish_job", "EXECUTE prosaas_finish_job"]
+        assert _during(disp.flush) == []  # nothing held back any more
+        for i, m in ((a, "a"), (b, "b"), (c, "c")):
+            job = control.get_job(counted, i)
+            assert (job["status"], job["result"]) == ("succeeded", {"echo": m, "attempt": 1})
+    finally:
+        disp.stop()
+
+
 def test_enqueue_and_token_lookup_are_one_statement_each(counted, business):
     enqueue(counted, "acme_echo", business, {"message": "x"})  # loads the flow limits (cached)
     assert _during(lambda: enqueue(counted, "acme_echo", business, {"message": "x"})) == [

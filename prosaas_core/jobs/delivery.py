@@ -26,6 +26,12 @@ job counters (``rq info``'s "jobs: N finished") sent at most every HEARTBEAT_EVE
 pipeline. A job that is not prosaas's (another RQ function enqueued on our queues) runs through
 RQ's own path, unchanged.
 
+The in-process worker lets the dispatcher hold a job's outcome back for the next job's claim
+(one PostgreSQL commit per job, ``dispatch``'s docstring); it flushes the outcome before each
+wait (an empty pop, a suspension, Redis unreachable), before a job of RQ's path, and at
+teardown, so an outcome is never held while nothing else happens. The forking worker's work
+horse exits after its job and so never holds one back.
+
 Pinned to RQ 3.0 (``setup.cfg``): the overridden methods are
 ``BaseWorker.check_for_suspension``, ``dequeue_job_and_maintain_ttl``, ``heartbeat``,
 ``execute_job`` and ``teardown``, called by ``work()`` as ``dequeue -> execute_job ->
@@ -134,6 +140,8 @@ class LeanMixin(_Base):
     _lean_done = 0  # jobs finished since the last heartbeat, for rq info's counter
     _lean_failed = 0
     _lean_burst = False
+    #: the job's outcome may wait for the next claim (never in a work horse, which exits)
+    lean_defer_outcomes = True
 
     # -- RQ's hooks -----------------------------------------------------------------------------
 
@@ -162,6 +170,8 @@ class LeanMixin(_Base):
         self._lean_last_beat = time.monotonic()
 
     def teardown(self) -> None:
+        if not self.is_horse:
+            self._lean_flush()
         if not self.is_horse and (self._lean_done or self._lean_failed):
             try:
                 self._lean_beat()
@@ -199,6 +209,7 @@ class LeanMixin(_Base):
                 wait = 1.0
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self._state = WorkerStatus.IDLE
+                self._lean_flush()  # PostgreSQL may well be there while Redis is not
                 self.log.error(
                     "Worker %s: could not connect to Redis instance: %s retrying in %d seconds...",
                     self.name,
@@ -210,6 +221,7 @@ class LeanMixin(_Base):
 
     def execute_job(self, job: Any, queue: Queue) -> None:
         if not isinstance(job, Delivery):
+            self._lean_flush()
             super().execute_job(job, queue)
             self._lean_redis_state = None  # RQ wrote the state itself
             return
@@ -243,6 +255,7 @@ class LeanMixin(_Base):
             if answer != b"suspended":
                 break
             self._state = WorkerStatus.IDLE
+            self._lean_flush()
             super().check_for_suspension(self._lean_burst)  # waits, or ends a burst
         if answer:
             self._lean_redis_state = WorkerStatus.BUSY
@@ -254,6 +267,7 @@ class LeanMixin(_Base):
         """Nothing to do: say so in the worker's hash (once), and beat if due. A stop asked for
         while we were busy popping (RQ only noted it) is honoured now, before any wait."""
         self._state = WorkerStatus.IDLE
+        self._lean_flush()
         self._lean_stop_if_requested()
         if self._lean_redis_state != WorkerStatus.IDLE:
             self.connection.hset(self.key, "state", WorkerStatus.IDLE)
@@ -326,16 +340,23 @@ class LeanMixin(_Base):
         from prosaas_core.jobs import dispatch
 
         self.procline(f"Processing {d.id} from {d.queue} since {time.time()}")
+        defer = self.lean_defer_outcomes and not self.is_horse
         try:
             if d.timeout > 0:
                 with self.death_penalty_class(d.timeout, JobTimeoutException, job_id=d.id):
-                    dispatch.current().run(d.job_id, slot_at=d.slot_at)
+                    dispatch.current().run(d.job_id, slot_at=d.slot_at, defer=defer)
             else:
-                dispatch.current().run(d.job_id, slot_at=d.slot_at)
+                dispatch.current().run(d.job_id, slot_at=d.slot_at, defer=defer)
         except Exception:
             log.exception("job_id=%s: the worker failed outside the handler", d.job_id)
             return False
         return True
+
+    def _lean_flush(self) -> None:
+        """Write the held-back outcome of the last job (see the module docstring)."""
+        from prosaas_core.jobs import dispatch
+
+        dispatch.flush()
 
     def _lean_script(self, which: str):
         """redis-py's Script (EVALSHA, loaded again after a Redis restart), made once."""

@@ -2,6 +2,13 @@
 outcome. A trivial job costs two database round trips: the claim (UPDATE ... RETURNING) and the
 final UPDATE, both named queries (``jobs/queries.sql``) on an autocommit driver connection the
 worker keeps open.
+
+On PostgreSQL the in-process worker (``run(..., defer=True)``) makes that one commit per job: a
+job's outcome is held back and written by the next job's claim, in one statement
+(`store.finish_and_claim`), since the commit's WAL flush is what a trivial job waits for most.
+Nothing waits on a held-back outcome: the worker writes it alone (`flush`) before it waits for
+work, runs anything else, or stops. A worker killed in between loses the outcome as one killed
+just before its final write would: the row is still running, and is handed back and run again.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -35,6 +43,9 @@ log = logging.getLogger("prosaas.worker")
 
 #: seconds before an attempt cut short by a lost database connection runs again
 DB_LOST_RETRY = 1.0
+#: the statements of every job, prepared once on the worker's kept connection (planning them
+#: cost PostgreSQL more than running them: 12 indexes, the job-type CHECK)
+PREPARED = frozenset({"claim_job", "finish_job", "finish_and_claim_job"})
 
 
 def short_traceback(exc: BaseException) -> str:
@@ -49,11 +60,25 @@ def backoff(rt: Runtime, attempt: int) -> float:
     return exponential(attempt, rt.settings.retry_backoff, rt.settings.retry_backoff_max)
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A job's outcome and what its log line says."""
+
+    claim: store.Claim
+    outcome: store.Outcome
+    took: float
+
+
 class Dispatcher:
     """Per-process state of the worker: its name, its shutdown flag, the running job and the
     autocommit connection the main thread writes job state with."""
 
-    def __init__(self, rt: Runtime, worker_name: str, shutdown: threading.Event) -> None:
+    def __init__(
+        self, rt: Runtime, worker_name: str, shutdown: threading.Event, *, prepare: bool = False
+    ) -> None:
+        """`prepare`: the kept connection prepares the per-job statements (`PREPARED`): for a
+        process that runs many jobs on it (``prosaas worker``; a plain ``rq worker``'s work
+        horse runs one)."""
         self.rt = rt
         self.worker_name = worker_name
         self.shutdown = shutdown
@@ -69,6 +94,12 @@ class Dispatcher:
         self.held: Held | None = None
         #: the worker's lease (prosaas_core.jobs.lease.WorkerLease), when it holds one
         self.lease: Any = None
+        #: the last job's outcome, held back for the next claim (main thread, PostgreSQL only)
+        self._pending: _Done | None = None
+        self._deferring = False
+        #: whether the kept connection may prepare statements (the pooler probe: at first use)
+        self._prepared_ok: bool | None = None if prepare else False
+        self._parent_pid = self._pid
 
     # -- connections ------------------------------------------------------------------------
 
@@ -83,9 +114,28 @@ class Dispatcher:
             set_autocommit(dbapi_conn, self.rt.engine.dialect, True)
             self._raw = raw
             self._db = Db(
-                dbapi_conn, self.rt.engine.dialect, cursor=dbapi_conn.cursor(), on_lost=self._lost
+                dbapi_conn,
+                self.rt.engine.dialect,
+                cursor=dbapi_conn.cursor(),
+                on_lost=self._lost,
+                prepare=self._prepare(),
             )
         return self._db
+
+    def _prepare(self) -> frozenset[str]:
+        """The per-job statements the kept connection prepares: on PostgreSQL in a session of
+        its own (never through a transaction pooler, which hands each transaction another
+        backend), in the process that keeps the connection (a work horse's lasts one job)."""
+        if self._prepared_ok is None:
+            from prosaas_core.migrate.pooler import transaction_pooled
+
+            engine = self.rt.engine
+            self._prepared_ok = engine.dialect.name == "postgresql" and not (
+                transaction_pooled(engine)
+            )
+        if not self._prepared_ok or self._pid != self._parent_pid:
+            return frozenset()
+        return PREPARED
 
     def _lost(self, err: BaseException) -> None:
         """The kept connection is gone: the next statement connects afresh."""
@@ -115,19 +165,58 @@ class Dispatcher:
         return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
 
     def _claim(self, job_id: int) -> store.Claim | None:
-        """store.claim, retried across a database blip. A claim whose answer was lost with the
-        connection may have committed: the retry then finds the row running under our name,
-        and that claim is ours (it would otherwise sit there until its heartbeat went stale)."""
+        """store.claim, retried across a database blip, with the held-back outcome if any. A
+        claim whose answer was lost with the connection may have committed: the retry then
+        finds the row running under our name, and that claim is ours (it would otherwise sit
+        there until its heartbeat went stale)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.outcome.job_id == job_id:  # one row, two writes
+            self._write(pending)
+            pending = None
         tries = []
+        written: list[bool] = []
 
         def claim(conn, job_id, worker):
             tries.append(1)
-            return store.claim(conn, job_id, worker)
+            if pending is None:
+                return store.claim(conn, job_id, worker)
+            ok, got = store.finish_and_claim(conn, pending.outcome, job_id, worker)
+            written.append(ok)
+            return got
 
-        result = self._retrying(claim, job_id, self.worker_name)
+        try:
+            result = self._retrying(claim, job_id, self.worker_name)
+        except BaseException:
+            if pending is not None:
+                log.warning(
+                    "job_id=%s: outcome %s not recorded (database unreachable); the row is "
+                    "handed back and runs again",
+                    pending.claim.id,
+                    pending.outcome.status,
+                )
+            raise
+        if pending is not None:
+            self._log_outcome(pending, written[-1])
         if result is None and len(tries) > 1:
             result = self._adopt(job_id)
         return result
+
+    def flush(self) -> None:
+        """Write the held-back outcome now (the worker is about to wait, stop, or run
+        something that is not a claim of ours)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._write(pending)
+
+    def flush_quietly(self) -> None:
+        """`flush`, a failure logged (the row stays running: it is handed back, runs again)."""
+        try:
+            self.flush()
+        except Exception:
+            log.exception("could not record the last job's outcome")
+
+    def _write(self, done: _Done) -> bool:
+        return self._log_outcome(done, self._retrying(store.write_outcome, done.outcome))
 
     def _adopt(self, job_id: int) -> store.Claim | None:
         with connect(self.rt.engine) as db:
@@ -185,6 +274,7 @@ class Dispatcher:
                 log.exception("job heartbeat failed for job_id=%s", ctx.job_id)
 
     def stop(self) -> None:
+        self.flush_quietly()
         self._beat_stop.set()
         if self._raw is not None:
             raw, self._raw, self._db = self._raw, None, None
@@ -194,10 +284,26 @@ class Dispatcher:
 
     # -- running one job ---------------------------------------------------------------------
 
-    def run(self, job_id: int, *, slot_at: float | None = None) -> Any:
+    def run(self, job_id: int, *, slot_at: float | None = None, defer: bool = False) -> Any:
+        """Claim job row `job_id`, run its handler, record the outcome; the handler's result.
+        With `defer` (the in-process worker), the outcome may be held back for the next claim
+        (see the module docstring): the caller then calls `flush` before doing anything else."""
         started = time.monotonic()
         if self._pid != os.getpid():  # a work horse of a forking worker: fresh connections
             self.after_fork_in_child()
+        self._deferring = (
+            defer
+            and threading.get_ident() == self._owner
+            and self.rt.engine.dialect.name == "postgresql"
+        )
+        if not self._deferring:
+            self.flush()
+        try:
+            return self._run(job_id, slot_at, started)
+        finally:
+            self._deferring = False
+
+    def _run(self, job_id: int, slot_at: float | None, started: float) -> Any:
         claim = self._claim(job_id)
         if claim is None:
             log.info("JOB SKIPPED job_id=%s: not claimable (duplicate or stale delivery)", job_id)
@@ -305,33 +411,37 @@ class Dispatcher:
 
     def _finish(self, claim, started, status, result, error, ctx) -> Any:
         processed, total = (ctx.processed, ctx.total) if ctx is not None else (None, None)
-        ok = self._retrying(
-            store.finish,
-            claim.id,
-            claim.fence,
-            status,
-            result=result,
-            error=error,
-            processed=processed,
-            total=total,
+        outcome = store.Outcome(
+            claim.id, claim.fence, status, result, error, processed, total, at=store.utcnow()
         )
-        took = time.monotonic() - started
+        done = _Done(claim, outcome, time.monotonic() - started)
+        if self._deferring:
+            self._pending = done
+            return result
+        return result if self._write(done) else None
+
+    @staticmethod
+    def _log_outcome(done: _Done, ok: bool) -> bool:
+        claim, outcome = done.claim, done.outcome
         if not ok:
-            log.warning("JOB LOST job_id=%s: outcome %s refused (fenced out)", claim.id, status)
-            return None
-        word = {"succeeded": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}[status]
+            log.warning(
+                "JOB LOST job_id=%s: outcome %s refused (fenced out)", claim.id, outcome.status
+            )
+            return False
+        word = {"succeeded": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}[outcome.status]
+        error = outcome.error
         log.log(
-            logging.ERROR if status == "failed" else logging.INFO,
+            logging.ERROR if outcome.status == "failed" else logging.INFO,
             "JOB %s job_id=%s job_type=%s business_id=%s attempt=%s duration=%.3fs%s",
             word,
             claim.id,
             claim.job_type,
             claim.business_id,
             claim.attempt,
-            took,
+            done.took,
             f" error={errortext.first_line(error)}" if error else "",
         )
-        return result
+        return True
 
     def _fail(self, claim, started, error, ctx, *, jt=None, final=False) -> None:
         if ctx is not None and ctx.stopped_for == "cancel":
@@ -434,8 +544,14 @@ _DISPATCHER: Dispatcher | None = None
 def configure(rt: Runtime, worker_name: str, shutdown: threading.Event) -> Dispatcher:
     """Install the process's dispatcher (the worker calls this before it starts working)."""
     global _DISPATCHER
-    _DISPATCHER = Dispatcher(rt, worker_name, shutdown)
+    _DISPATCHER = Dispatcher(rt, worker_name, shutdown, prepare=True)
     return _DISPATCHER
+
+
+def flush() -> None:
+    """Write the process's held-back job outcome, if it has one (`Dispatcher.flush_quietly`)."""
+    if _DISPATCHER is not None:
+        _DISPATCHER.flush_quietly()
 
 
 def current() -> Dispatcher:

@@ -10,15 +10,28 @@ same SQL on PostgreSQL and SQLite. `conn` is a `Db` or anything `Db.of` wraps.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prosaas_core.models import BackgroundJob
-from prosaas_core.store import Db, Handle, Queries, Row, loads, utcnow
+from prosaas_core.store import Db, Handle, Queries, Query, Row, loads, utcnow
 
-__all__ = ["Claim", "Q", "claim", "adopt", "touch", "finish", "requeue", "park", "utcnow"]
+__all__ = [
+    "Claim",
+    "Outcome",
+    "Q",
+    "claim",
+    "adopt",
+    "touch",
+    "finish",
+    "finish_and_claim",
+    "requeue",
+    "park",
+    "utcnow",
+]
 
 T = BackgroundJob.__table__
 c = T.c
@@ -87,6 +100,33 @@ def touch(
     return None if row is None else bool(row[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A job's outcome as `finish` writes it (succeeded, failed or cancelled)."""
+
+    job_id: int
+    fence: int
+    status: str
+    result: Any = None
+    error: str | None = None
+    processed: int | None = None
+    total: int | None = None
+    #: when the handler ended; the write may come a little later (`finish_and_claim`)
+    at: Any = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "id": self.job_id,
+            "fence": self.fence,
+            "status": self.status,
+            "result": _json(self.result),
+            "error": self.error,
+            "now": self.at or utcnow(),
+            "processed": self.processed,
+            "total": self.total,
+        }
+
+
 def finish(
     conn: Handle,
     job_id: int,
@@ -99,17 +139,45 @@ def finish(
     total: int | None = None,
 ) -> bool:
     """Record the outcome (succeeded, failed or cancelled). False when refused."""
-    params = {
-        "id": job_id,
-        "fence": fence,
-        "status": status,
-        "result": _json(result),
-        "error": error,
-        "now": utcnow(),
-        "processed": processed,
-        "total": total,
-    }
-    return Db.of(conn).count(Q.finish_job, params) == 1
+    outcome = Outcome(job_id, fence, status, result, error, processed, total)
+    return write_outcome(conn, outcome)
+
+
+def write_outcome(conn: Handle, outcome: Outcome) -> bool:
+    """`finish` for an `Outcome`. False when refused."""
+    return Db.of(conn).count(Q.finish_job, outcome.params()) == 1
+
+
+def _finish_and_claim_sql() -> Query:
+    """finish_job (its parameters renamed ``done_*``) and claim_job as one PostgreSQL
+    statement, composed from the two named queries so the three can never disagree."""
+    (finish_sql,) = Q.finish_job.sql["postgresql"]
+    (claim_sql,) = Q.claim_job.sql["postgresql"]
+    finish_sql = re.sub(r"%\((\w+)\)s", r"%(done_\1)s", finish_sql)
+    sql = (
+        f"WITH finished AS ({finish_sql} RETURNING 1), claimed AS ({claim_sql}) "
+        "SELECT (SELECT count(*) FROM finished), claimed.* "
+        "FROM (SELECT 1) AS one LEFT JOIN claimed ON true"
+    )
+    return Query("finish_and_claim_job", {"postgresql": (sql,)})
+
+
+#: PostgreSQL only: SQLite has no data-modifying CTE (there the two statements run apart)
+FINISH_AND_CLAIM = _finish_and_claim_sql()
+
+
+def finish_and_claim(
+    conn: Handle, outcome: Outcome, job_id: int, worker: str
+) -> tuple[bool, Claim | None]:
+    """`write_outcome` for the job just run and `claim` for the next, in one statement: one
+    commit per job instead of two (PostgreSQL only). Each half is decided as if alone: the
+    outcome is refused when fenced out, the claim is None when not claimable."""
+    params = {f"done_{k}": v for k, v in outcome.params().items()}
+    params.update(id=job_id, worker=worker, now=utcnow())
+    row = Db.of(conn).one(FINISH_AND_CLAIM, params)
+    assert row is not None  # the LEFT JOIN answers one row
+    claimed = Claim.from_row(row[1:]) if row[1] is not None else None
+    return row[0] == 1, claimed
 
 
 def requeue(
