@@ -102,6 +102,9 @@ class Query:
 _HEADER = re.compile(r"^--\s*([A-Za-z_]\w*)(?:@(\w+))?\s*--\s*$")
 _ONLY = re.compile(r"\s*--@(\w+)\s*$")
 _PARAM = re.compile(r"%\((\w+)\)s")
+#: SQLSTATEs of an EXECUTE whose prepared statement is gone, or whose plan a change of the
+#: table's column types invalidated ("cached plan must not change result type")
+UNDEFINED_STATEMENT, CACHED_PLAN_CHANGED = "26000", "0A000"
 
 
 def _for(dialect: str, text: str) -> tuple[str, ...]:
@@ -228,7 +231,7 @@ class Db:
         self._on_lost = on_lost
         self._sqlite = dialect.name == "sqlite"
         self._error: type[Exception] = dialect.loaded_dbapi.Error
-        self._prepare = prepare if dialect.name == "postgresql" else frozenset()
+        self._prepare = prepare if dialect.driver == "psycopg2" else frozenset()
         #: the queries this connection's session has prepared
         self._prepared: set[str] = set()
 
@@ -302,6 +305,17 @@ class Db:
         if name not in self._prepared:
             cur.execute(f"PREPARE {statement} AS {body}")
             self._prepared.add(name)
+        try:
+            return _execute(cur, execute, params)
+        except self._error as err:
+            # gone (DEALLOCATE ALL, a DISCARD), or planned before a migration changed a column
+            # type: prepare it afresh, once (autocommit: the failed EXECUTE changed nothing)
+            code = getattr(err, "pgcode", None)
+            if code not in (UNDEFINED_STATEMENT, CACHED_PLAN_CHANGED):
+                raise
+        if code == CACHED_PLAN_CHANGED:
+            cur.execute(f"DEALLOCATE {statement}")
+        cur.execute(f"PREPARE {statement} AS {body}")
         return _execute(cur, execute, params)
 
     def _atomically(

@@ -116,6 +116,27 @@ def test_db_upgrade_with_a_direct_migration_url_works_and_the_app_runs_pooled(en
     assert '"status": "succeeded"' in shown.stdout
 
 
+def test_the_worker_prepares_no_statement_through_the_pooler(env, runtime, business, pooled):
+    """A worker directly connected prepares its per-job statements once per connection; through
+    a transaction pooler each transaction may get another backend, so it prepares none (the
+    pooler's backends, which it does not reset, would still hold them) and every job succeeds."""
+    from prosaas_core.jobs import control
+    from prosaas_core.jobs.enqueue import enqueue
+
+    ids = [enqueue(runtime, "acme_echo", business, {"message": str(i)}).id for i in range(30)]
+    no_services = ",".join(runtime.registry.services)
+    env.update(DATABASE_URL=pooled, PROSAAS_DISABLE_SERVICES=no_services)
+    run_cli("worker", "--burst", env=env, check=True, timeout=180)
+    assert all(control.get_job(runtime, i)["status"] == "succeeded" for i in ids)
+    engine = create_engine(pooled, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:  # served by one of the backends the worker used
+            held = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").scalars()
+            assert list(held) == []
+    finally:
+        engine.dispose()
+
+
 def test_run_migrations_at_start_up_refuses_through_pgbouncer_and_serves(
     env, pg_url, pooled, caplog
 ):
