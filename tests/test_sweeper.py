@@ -118,3 +118,43 @@ def test_job_accepted_while_redis_is_down_runs_later(runtime, business, env, sta
     w = start_worker("--burst")
     assert w.wait(60) == 0
     assert control.get_job(runtime, job.id)["result"] == {"echo": "kept", "attempt": 1}
+
+
+def _age(rt, job_id: int, seconds: int) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE background_jobs SET updated_at = now() - make_interval(secs => :s) "
+                "WHERE id = :id"
+            ),
+            {"s": seconds, "id": job_id},
+        )
+
+
+def test_a_queued_job_popped_by_a_worker_killed_before_its_mark_runs(
+    runtime, business, start_worker
+):
+    """An idle worker on several queues pops with BLPOP and marks the job a round trip later:
+    killed in between, it leaves the job's hash saying queued and its id in no list. The
+    sweeper finds it in no list once it is old enough and pushes it again; an old job still
+    in its list is left alone."""
+    from rq import Queue
+
+    from prosaas_core.jobs.sweeper import ORPHAN_AFTER
+
+    orphan = enqueue(runtime, "acme_echo", business, {"message": "orphan"})
+    waiting = enqueue(runtime, "acme_echo", business, {"message": "backlog"})
+    key = Queue("default", connection=runtime.redis).key
+    assert runtime.redis.lpop(key).decode().endswith(f"-{orphan.id}")  # what BLPOP took
+    assert runtime.redis.hget(f"rq:job:prosaas-{orphan.id}", "status") == b"queued"
+    _age(runtime, orphan.id, int(ORPHAN_AFTER) - 5)
+    _age(runtime, waiting.id, int(ORPHAN_AFTER) + 5)
+    assert sweep(runtime).repushed == []  # too young to be suspected; the other is listed
+    _age(runtime, orphan.id, int(ORPHAN_AFTER) + 5)
+    assert sweep(runtime).repushed == [orphan.id]
+    assert runtime.redis.llen(key) == 2  # pushed once, the listed one not again
+    w = start_worker("--burst")
+    assert w.wait(60) == 0, w.log()
+    for job in (orphan, waiting):
+        got = control.get_job(runtime, job.id)
+        assert (got["status"], got["attempts"]) == ("succeeded", 1), got

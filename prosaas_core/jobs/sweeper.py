@@ -11,16 +11,20 @@ One pass (one worker at a time, under a PostgreSQL advisory transaction lock):
   commit and the push). It walks every due queued row, BATCH at a time in id order (a keyset,
   not one page), so a lost row is found in the same sweep however many rows Redis still holds.
   A row whose ``run_after`` is in the future (a retry's backoff, a parked row) is not due and
-  not looked at.
+  not looked at. A row whose RQ job still says ``queued`` ORPHAN_AFTER seconds after the row
+  last changed is looked for in its queue's list as well: an idle worker waiting on several
+  queues pops with RQ's BLPOP and marks what it got a round trip later, so one killed in
+  between leaves a ``queued`` job hash in no list, which nothing would ever deliver.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from rq import Queue
 from sqlalchemy import Connection, or_, select, text, update
 
 from prosaas_core.jobs.lease import LEASES, forget_lapsed, lapsed_workers
@@ -41,6 +45,10 @@ LOCK_KEY = 0x70726F73617377
 HELD = {b"queued", b"scheduled", b"deferred"}
 #: rows examined per keyset page (one SELECT and one Redis pipeline each)
 BATCH = 2000
+#: seconds after its row last changed before a ``queued`` RQ job is looked for in its list
+ORPHAN_AFTER = 60.0
+#: a queue list longer than this is not read for orphans (it is draining: looked at later)
+ORPHAN_SCAN = 10_000
 
 
 @dataclass
@@ -128,22 +136,61 @@ def find_lost(
         & (c.updated_at <= now - timedelta(seconds=grace))
         & c.parked.is_(None)  # kept out of Redis on purpose: the flow waker admits them
     )
+    old = now - timedelta(seconds=ORPHAN_AFTER)
     lost: list[tuple[int, str, str]] = []
+    suspects: list[tuple[int, str, str]] = []
     after = 0
     while True:
         rows = conn.execute(
-            select(c.id, c.queue, c.job_type).where(due, c.id > after).order_by(c.id).limit(BATCH)
+            select(c.id, c.queue, c.job_type, c.updated_at)
+            .where(due, c.id > after)
+            .order_by(c.id)
+            .limit(BATCH)
         ).all()
         if not rows:
-            return lost
+            break
         after = rows[-1][0]
         with rt.redis.pipeline(transaction=False) as p:
-            for job_id, _, _ in rows:
+            for job_id, _, _, _ in rows:
                 p.hget(f"rq:job:{rq_job_id(job_id)}", "status")
             statuses = p.execute()
-        lost.extend(tuple(r) for r, st in zip(rows, statuses, strict=True) if st not in HELD)
+        for (job_id, queue, job_type, changed), st in zip(rows, statuses, strict=True):
+            if st not in HELD:
+                lost.append((job_id, queue, job_type))
+            elif st == b"queued" and _aware(changed) <= old:
+                suspects.append((job_id, queue, job_type))
         if len(rows) < BATCH or (limit is not None and len(lost) >= limit):
-            return lost
+            break
+    return sorted(lost + _in_no_list(rt, suspects))
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite hands timestamps back naive (they are stored in UTC)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _in_no_list(rt: Runtime, suspects: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The suspects whose RQ job says ``queued`` but is in no queue list (see the module
+    docstring): each queue's list read once, unless it is longer than ORPHAN_SCAN."""
+    per_queue: dict[str, list[tuple[int, str, str]]] = {}
+    for row in suspects:
+        per_queue.setdefault(row[1], []).append(row)
+    orphans: list[tuple[int, str, str]] = []
+    for queue, rows in per_queue.items():
+        key = Queue(queue, connection=rt.redis).key
+        if rt.redis.llen(key) > ORPHAN_SCAN:
+            continue
+        listed = set(rt.redis.lrange(key, 0, -1))
+        missing = [r for r in rows if rq_job_id(r[0]).encode() not in listed]
+        if not missing:
+            continue
+        # read again: a worker may have popped and marked one since (it runs: not an orphan)
+        with rt.redis.pipeline(transaction=False) as p:
+            for job_id, _, _ in missing:
+                p.hget(f"rq:job:{rq_job_id(job_id)}", "status")
+            statuses = p.execute()
+        orphans.extend(r for r, st in zip(missing, statuses, strict=True) if st == b"queued")
+    return orphans
 
 
 def interleave(rows: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
