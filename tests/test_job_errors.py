@@ -65,3 +65,54 @@ def test_tenant_sees_summary_operator_sees_traceback(runtime, cli, start_worker)
 
 def test_summary_is_capped():
     assert len(errortext.summary(ValueError("x" * 10_000))) <= errortext.MAX_SUMMARY
+
+
+def test_a_nul_character_in_the_error_or_the_result_is_stored_as_a_failure(
+    runtime, business, start_worker
+):
+    """PostgreSQL text and jsonb cannot hold NUL: an exception message carrying one is stored
+    with it escaped, and a result carrying one fails the attempt with a clear error; neither
+    leaves the job running with no outcome."""
+    from prosaas_core.jobs.enqueue import enqueue
+
+    erred = enqueue(runtime, "acme_fail", business, {"fail_times": 10, "nul": True}).id
+    returned = enqueue(runtime, "acme_fail", business, {"fail_times": 0, "nul": True}).id
+    w = start_worker("--burst", extra_env={"PROSAAS_RETRY_BACKOFF": "0.05"})
+    assert w.wait(60) == 0, w.log()
+    wait_until(
+        lambda: {control.get_job(runtime, j)["status"] for j in (erred, returned)} == {"failed"},
+        20,
+        "both jobs to fail",
+    )
+    got = control.get_job(runtime, erred)
+    assert got["attempts"] == 3
+    assert errortext.first_line(got["error"]) == (
+        "RuntimeError: acme_fail failing on purpose\\x00, attempt 3"
+    )
+    got = control.get_job(runtime, returned)
+    assert got["attempts"] == 3 and "NUL character" in errortext.first_line(got["error"]), got
+    assert "failed outside the handler" not in w.log()
+
+
+def test_an_outcome_postgresql_refuses_is_handed_back_not_left_running(
+    runtime, business, start_worker
+):
+    """A write of the outcome that PostgreSQL refuses (here a CHECK an operator added): the
+    worker hands the row back at once, the attempt counted, so it neither sits running under
+    the worker's live lease nor loops; it ends failed, saying why."""
+    from prosaas_core.jobs.enqueue import enqueue
+
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE background_jobs ADD CONSTRAINT chk_test_no_purpose "
+                "CHECK (error IS NULL OR error NOT LIKE '%on purpose%')"
+            )
+        )
+    job = enqueue(runtime, "acme_fail", business, {"fail_times": 10}).id
+    w = start_worker("--queues", "default", extra_env={"PROSAAS_RETRY_BACKOFF": "0.05"})
+    wait_until(lambda: control.get_job(runtime, job)["status"] == "failed", 30, "the job to fail")
+    got = control.get_job(runtime, job)
+    assert got["attempts"] == 3, got
+    assert got["error"].startswith("worker lost: its outcome was refused"), got
+    assert w.log().count(f"JOB RESCUED job_id={job}: its outcome could not be recorded") == 2

@@ -333,8 +333,9 @@ class LeanMixin(_Base):
     def _lean_perform(self, d: Delivery) -> bool:
         """Run the job row (dispatch claims it, runs the handler, records the outcome) under
         RQ's backstop timeout, as RQ's perform_job would. False when the worker itself failed
-        (the database unreachable past its retries, say): the row is still queued or running,
-        and the sweeper, the lease or the forking worker's hand-back takes it from there."""
+        (the database unreachable past its retries, a write it refused): the row is handed
+        back (`Dispatcher.abandon`; in a work horse, by its parent), or failing that the lease
+        or the sweeper takes it from there."""
         from rq.timeouts import JobTimeoutException
 
         from prosaas_core.jobs import dispatch
@@ -349,6 +350,8 @@ class LeanMixin(_Base):
                 dispatch.current().run(d.job_id, slot_at=d.slot_at, defer=defer)
         except Exception:
             log.exception("job_id=%s: the worker failed outside the handler", d.job_id)
+            if not self.is_horse:  # a work horse's parent hands the job back itself
+                dispatch.current().abandon(d.job_id)
             return False
         return True
 

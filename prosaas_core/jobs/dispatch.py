@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -189,11 +190,11 @@ class Dispatcher:
         except BaseException:
             if pending is not None:
                 log.warning(
-                    "job_id=%s: outcome %s not recorded (database unreachable); the row is "
-                    "handed back and runs again",
+                    "job_id=%s: outcome %s not recorded; the row is handed back and runs again",
                     pending.claim.id,
                     pending.outcome.status,
                 )
+                self.abandon(pending.claim.id)
             raise
         if pending is not None:
             self._log_outcome(pending, written[-1])
@@ -205,8 +206,13 @@ class Dispatcher:
         """Write the held-back outcome now (the worker is about to wait, stop, or run
         something that is not a claim of ours)."""
         pending, self._pending = self._pending, None
-        if pending is not None:
+        if pending is None:
+            return
+        try:
             self._write(pending)
+        except BaseException:
+            self.abandon(pending.claim.id)
+            raise
 
     def flush_quietly(self) -> None:
         """`flush`, a failure logged (the row stays running: it is handed back, runs again)."""
@@ -486,6 +492,28 @@ class Dispatcher:
         )
         return None
 
+    def abandon(self, job_id: int) -> None:
+        """The worker could not record job `job_id`'s outcome (a write PostgreSQL refused, or
+        the database away past PROSAAS_DB_RETRY): hand the row back if it still runs under our
+        name, the attempt counted (one whose outcome can never be written ends failed), rather
+        than leave it under a lease that stays valid. One try: with the database away, the
+        lease lapses meanwhile and the worker hands its jobs back when it renews it."""
+        from prosaas_core.db import autocommit
+        from prosaas_core.jobs.lease import hand_back
+        from prosaas_core.jobs.transport import push_many
+
+        try:
+            with autocommit(self.rt.engine) as conn:
+                rows = hand_back(
+                    conn, self.worker_name, job_id, refund=False, lost="its outcome was refused"
+                )
+            push_many(self.rt, rows)
+        except Exception as exc:
+            log.warning("could not hand back job_id=%s: %s", job_id, type(exc).__name__)
+            return
+        if rows:
+            log.warning("JOB RESCUED job_id=%s: its outcome could not be recorded", job_id)
+
     def release(self, ctx: JobContext) -> None:
         """Hand a running job back to the queue without counting the attempt (the worker is
         going away); it resumes from its checkpoint elsewhere."""
@@ -530,12 +558,15 @@ class Dispatcher:
 
 def _jsonable(result: Any) -> Any:
     """The handler's result if it is JSON-serialisable; TypeError (a failed attempt) if not."""
-    if result is None or isinstance(result, str | int | float | bool):
+    if result is None or isinstance(result, int | float | bool):
         return result
-    json.dumps(result)
+    if _NUL.search(json.dumps(result)):
+        raise ValueError("the result holds a NUL character (\\u0000), which jsonb cannot store")
     return result
 
 
+#: a NUL character in JSON text (an escaped backslash before "u0000" is not one)
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 #: connections inherited from a forking parent; referenced forever so they are never finalised
 _INHERITED: list[Any] = []
 _DISPATCHER: Dispatcher | None = None

@@ -80,12 +80,20 @@ def forget_lapsed(conn: Connection) -> None:
     conn.execute(delete(LEASES).where(L.expires_at < db_now(conn) - FORGET_AFTER))
 
 
-def hand_back(conn: Connection, worker: str, job_id: int | None = None, *, refund: bool) -> list:
+def hand_back(
+    conn: Connection,
+    worker: str,
+    job_id: int | None = None,
+    *,
+    refund: bool,
+    lost: str = "its work horse died",
+) -> list:
     """Put `worker`'s running jobs (or just `job_id`) back to queued, fence moved on; with
     `refund` the interrupted attempt does not count. Returns ``(id, queue, job_type)`` rows.
 
-    Without `refund`, a job whose attempts are used up fails instead: a job that kills its work
-    horse every time (a poison job) must end, not loop."""
+    Without `refund`, a job whose attempts are used up fails instead (``worker lost: <lost>
+    and no attempts are left``): a job that kills its work horse every time (a poison job) must
+    end, not loop."""
     now = utcnow()
     where = (c.status == "running") & (c.worker == worker)
     if job_id is not None:
@@ -98,7 +106,7 @@ def hand_back(conn: Connection, worker: str, job_id: int | None = None, *, refun
             .values(
                 status="failed",
                 finished_at=now,
-                error="worker lost: its work horse died and no attempts are left",
+                error=f"worker lost: {lost} and no attempts are left",
                 **moved,
             )
         )

@@ -66,6 +66,12 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+def _error(text: str | None) -> str | None:
+    """An error text PostgreSQL can store: text columns cannot hold NUL, which a handler's
+    exception message may well carry (binary input); shown as ``\\x00``."""
+    return text.replace("\x00", "\\x00") if text else text
+
+
 def claim(conn: Handle, job_id: int, worker: str) -> Claim | None:
     """Atomically move a queued row to running; None when it is not claimable (already claimed,
     finished, cancelled, or a retry whose backoff has not elapsed): a duplicate delivery."""
@@ -120,7 +126,7 @@ class Outcome:
             "fence": self.fence,
             "status": self.status,
             "result": _json(self.result),
-            "error": self.error,
+            "error": _error(self.error),
             "now": self.at or utcnow(),
             "processed": self.processed,
             "total": self.total,
@@ -199,7 +205,7 @@ def requeue(
         "fence": fence,
         "now": now,
         "run_after": now + timedelta(seconds=delay) if delay > 0 else None,
-        "error": error,
+        "error": _error(error),
         "refund": 1 if refund_attempt else 0,
         "processed": processed,
         "total": total,
