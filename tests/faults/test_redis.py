@@ -105,6 +105,9 @@ def test_hung_redis_does_not_stall_the_api(fault):
                 t = time.monotonic()
                 assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
                 assert time.monotonic() - t < 0.5
+            t = time.monotonic()  # readiness does ask Redis, but no longer than a push waits
+            assert requests.get(srv.url + "/readyz", timeout=15).status_code == 503
+            assert time.monotonic() - t < 1.0 + SLACK
         finally:
             fault.redis.thaw()
         wait_until(lambda: _done(fault, ids), 30, "jobs accepted during the hang done")
