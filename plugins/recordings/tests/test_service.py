@@ -13,18 +13,20 @@ from prosaas_recordings import service
 from prosaas_recordings.slots import SlotManager
 from prosaas_recordings.tables import calls, recording_tasks
 from prosaas_recordings.testing import call_sid, make_call, recording_sid
+from prosaas_recordings.wakeup import ReleaseNotices
 from sqlalchemy import select
 
-from prosaas_core import ServiceContext, hookimpl
+from prosaas_core import Runtime, ServiceContext, Settings, hookimpl
 from prosaas_core.testing import bearer, business_with_token, wait_until
 
 MARKERS = [
     "WORKER_PICKED job_type=download_only",
     "WORKER_SLOT_ACQUIRED",
     "DOWNLOAD_START",
-    "WORKER_DOWNLOAD_DONE",
+    # the slot is freed when the body is in, before the file is synced, renamed and recorded
     "WORKER_RELEASE_SLOT",
     "RECORDING_SLOT_RELEASED",
+    "WORKER_DOWNLOAD_DONE",
 ]
 
 
@@ -34,11 +36,11 @@ def run_service(runtime, caplog):
     caplog.set_level(logging.INFO, logger="test.recording-worker")
     running = []
 
-    def _start():
+    def _start(rt=None):
         ctx = ServiceContext(
             "recording-worker",
             threading.Event(),
-            runtime,
+            rt or runtime,
             logging.getLogger("test.recording-worker"),
         )
         thread = threading.Thread(target=service.run, args=(ctx,), daemon=True)
@@ -136,6 +138,41 @@ def test_download_logs_every_marker_in_order_and_the_api_serves_it(
     )
     assert client.get("/api/calls/CAnope/recording", headers=bearer(token)).status_code == 404
     assert client.get("/api/calls?limit=0", headers=bearer(token)).status_code == 400
+
+
+def test_the_next_download_of_a_business_takes_the_released_slot_at_once(
+    env, runtime, business, post_callback, run_service, stub
+):
+    """One slot and a poll longer than the test: each download after the first starts when
+    the previous one's body is in, with the slot passed on (no release notice for it), and
+    the business never has two downloads at once."""
+    one_slot = Runtime(
+        Settings.from_env(
+            {**env, "RECORDINGS_SLOTS_PER_BUSINESS": "1", "RECORDINGS_POLL_INTERVAL": "30"}
+        )
+    )
+    stub.latency = 0.2
+    heard: list[int] = []
+    notices = ReleaseNotices(
+        runtime.redis, SlotManager(runtime.redis).channel, "test-listener", heard.append
+    ).start()
+    try:
+        time.sleep(0.3)  # subscribed
+        for n in range(11, 15):
+            make_call(runtime, business, call_sid(n))
+            assert post_callback(business, call_sid(n), recording_sid(n)).status_code == 200
+        run_service(one_slot)
+        wait_until(lambda: all(downloaded(runtime, call_sid(n)) for n in range(11, 15)))
+        wait_until(lambda: heard)
+        time.sleep(0.3)  # any later notice arrives
+    finally:
+        notices.stop()
+        one_slot.close()
+    spans = sorted((start, end) for b, _, start, end in stub.transfers if b == business)
+    assert len(spans) == 4 and stub.max_active[business] == 1
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:], strict=False)]
+    assert max(gaps) < 0.15, gaps  # not the poll (30 s), not the slot retry (0.5 s)
+    assert heard == [business]  # only the last release freed the slot
 
 
 def test_5xx_then_success_is_retried_with_backoff(
