@@ -97,8 +97,13 @@ class RecordingWorker:
             ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds, origin=self.worker_id
         )
         self.notices = ReleaseNotices(
-            ctx.redis, self.slots.channel, self.worker_id, lambda b: self.start_ready([b])
+            ctx.redis,
+            self.slots.channel,
+            self.worker_id,
+            lambda b: self.start_ready([b]),
+            self._claim_now,
         )
+        self.last_nudge = -1e9  # monotonic time of this worker's last nudge
         self.limits = Limits(
             allowed_hosts=cfg.allowed_hosts,
             allow_http=cfg.allow_http,
@@ -199,7 +204,28 @@ class RecordingWorker:
                 self.inflight[task.id] = inf
                 self.queued.setdefault(task.business_id, deque()).append(inf)
         self.start_ready(dict.fromkeys(t.business_id for t in tasks))
+        with self.lock:
+            capped = self.cap_reached
+        if tasks and capped:
+            self._nudge()
         return len(tasks)
+
+    def _nudge(self) -> None:
+        """This worker claimed more than it has downloads for: wake the others to claim the
+        rest of what is due now, not at their next poll. At most once a poll interval."""
+        now = time.monotonic()
+        if now - self.last_nudge < self.cfg.poll_interval:
+            return
+        self.last_nudge = now
+        try:
+            self.notices.nudge()
+        except Exception:
+            self.log.exception("claim nudge failed; the others claim at their next poll")
+
+    def _claim_now(self) -> None:
+        """Another worker has due work it cannot start: claim at once."""
+        self.drained = False
+        self.wake.set()
 
     # -- slots and threads ----------------------------------------------------------------
 

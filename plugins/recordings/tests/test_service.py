@@ -36,9 +36,9 @@ def run_service(runtime, caplog):
     caplog.set_level(logging.INFO, logger="test.recording-worker")
     running = []
 
-    def _start(rt=None):
+    def _start(rt=None, name="recording-worker"):
         ctx = ServiceContext(
-            "recording-worker",
+            name,
             threading.Event(),
             rt or runtime,
             logging.getLogger("test.recording-worker"),
@@ -173,6 +173,32 @@ def test_the_next_download_of_a_business_takes_the_released_slot_at_once(
     gaps = [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:], strict=False)]
     assert max(gaps) < 0.15, gaps  # not the poll (30 s), not the slot retry (0.5 s)
     assert heard == [business]  # only the last release freed the slot
+
+
+def test_a_worker_with_more_due_work_than_downloads_wakes_the_others_to_claim(
+    env, runtime, post_callback, run_service, stub
+):
+    """Two workers of one download each and a poll longer than the test: the first claims two
+    tasks, can start one, and says so; the other claims the rest at once, not in 30 s."""
+    one_each = Runtime(
+        Settings.from_env(
+            {**env, "RECORDINGS_WORKER_THREADS": "1", "RECORDINGS_POLL_INTERVAL": "30"}
+        )
+    )
+    stub.latency = 0.3
+    try:
+        run_service(one_each, name="recording-worker-b")
+        time.sleep(0.5)  # its first claim found nothing: it sleeps for a poll interval
+        bizs = [business_with_token(runtime, f"N{i}")[0] for i in range(4)]
+        for n, b in enumerate(bizs, start=21):
+            make_call(runtime, b, call_sid(n))
+            assert post_callback(b, call_sid(n), recording_sid(n)).status_code == 200
+        run_service(one_each)
+        wait_until(lambda: all(downloaded(runtime, call_sid(n)) for n in range(21, 25)), timeout=5)
+    finally:
+        one_each.close()
+    starts = sorted(t[0] for t in stub.request_times.values() if t)
+    assert len(starts) == 4 and starts[1] - starts[0] < 0.25  # two at once: both workers
 
 
 def test_5xx_then_success_is_retried_with_backoff(
