@@ -235,21 +235,28 @@ class RecordingWorker:
 
     def start_ready(self, businesses: Iterable[int]) -> None:
         """Start the queued downloads of `businesses` that can get a slot now, while the
-        worker has threads for them: the slots of a business in one Redis call."""
-        for business in businesses:
-            with self.lock:
-                if self.running >= self.cfg.worker_threads:
-                    self.cap_reached = True
-                    return
-            infs = self._reserve(business, self.cfg.slots_per_business)
-            if not infs:
-                continue
-            try:
-                slots = self.slots.acquire_many(business, len(infs))
-            except Exception:
-                self.log.exception("slot acquire failed; retrying later")
-                slots = []
-            self._start_all(infs, slots)
+        worker has downloads to spare: the slots of a business in one Redis call, every
+        business's taken before any download starts (a burst of starting downloads would
+        otherwise hold up, for the GIL, the slots of the businesses still to come)."""
+        got: list[tuple[list[InFlight], list[Slot]]] = []
+        try:
+            for business in businesses:
+                with self.lock:
+                    if self.running >= self.cfg.worker_threads:
+                        self.cap_reached = True
+                        break
+                infs = self._reserve(business, self.cfg.slots_per_business)
+                if not infs:
+                    continue
+                try:
+                    slots = self.slots.acquire_many(business, len(infs))
+                except Exception:
+                    self.log.exception("slot acquire failed; retrying later")
+                    slots = []
+                got.append((infs, slots))
+        finally:
+            for infs, slots in got:
+                self._start_all(infs, slots)
 
     def _reserve(self, business: int, n: int) -> list[InFlight]:
         """Take up to `n` of the business's queued tasks (oldest first) off its queue for a
