@@ -23,16 +23,16 @@ from the server's view (see `slot_timeline`): ``handoff`` is how long a freed sl
 before the business's next download reached the server, ``ramp`` how long each slot waited for
 its first download, ``service`` what the server took beyond the 100 ms.
 
-The stand-in (changed 2026-12-02; ``--stub thread`` runs the earlier one): by default
-``bench/_recordings_stub.py``, one asyncio loop in a process of its own, instead of
-``prosaas_recordings.testing.StubTwilio`` (a ThreadingHTTPServer inside this process, a handler
-thread per connection competing for this process's GIL with the ceiling's 18 client threads).
-It serves the same bytes after the same 100 ms, over keep-alive HTTP/1.1, checks the same basic
-auth (a wrong one is a 401, counted: ``unauthorized``) and counts concurrent requests per
-business exactly as StubTwilio does (from the parsed request to just before the last byte).
-The ceiling's threads now use the download threads' own HTTP client (urllib3, one keep-alive
-connection each, opened before the clock starts) instead of requests.Session. Neither change
-touches the 100 ms, the slot counts or what the limit is.
+The stand-in: ``prosaas_recordings.testing.StubTwilio`` by default (a ThreadingHTTPServer in
+this process). ``--stub process`` runs ``bench/_recordings_stub.py`` instead: one asyncio loop
+in a process of its own, the same bytes after the same 100 ms over keep-alive HTTP/1.1, the same
+basic auth (a wrong one is a 401, counted: ``unauthorized``) and the same per-business counting
+(from the parsed request to just before the last byte). It was written to check whether the
+stand-in sharing this process's GIL capped the figures: on 2026-12-02 it did not (the 18-thread
+ceiling was 170/s with either; prosaas was no faster against it), so the default stayed. The
+ceiling's threads use the download threads' own HTTP client (urllib3, one keep-alive
+connection each, opened before the clock starts) instead of requests.Session (since
+2026-12-02). Neither touches the 100 ms, the slot counts or what the limit is.
 
 Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
 Redis ($RECORDINGS_BENCH_REDIS_URL, default redis://127.0.0.1:6379/13).
@@ -245,9 +245,9 @@ def main() -> None:
     ap.add_argument(
         "--stub",
         choices=("process", "thread"),
-        default="process",
-        help="the Twilio stand-in: asyncio in its own process (default) or the in-process "
-        "threaded StubTwilio the tests use (the harness before 2026-12-02)",
+        default="thread",
+        help="the Twilio stand-in: the in-process threaded StubTwilio the tests use (default)"
+        " or bench/_recordings_stub.py, asyncio in its own process",
     )
     args = ap.parse_args()
     n = args.recordings or (120 if args.quick else 300)
