@@ -146,6 +146,7 @@ class RecordingWorker:
         )  # fmt: skip
         self.log.info("   This worker processes recording downloads and transcription")
         self.notices.start()
+        self._warm_pool()
         self.log.info("Recording worker loop started")
         last_renew = last_sweep = last_retry = time.monotonic()
         try:
@@ -209,6 +210,24 @@ class RecordingWorker:
         if tasks and capped:
             self._nudge()
         return len(tasks)
+
+    def _warm_pool(self) -> None:
+        """Start every pool thread, each with its HTTP client, before the first claim: a burst
+        of due tasks then starts its downloads at once, not one thread creation (each waiting
+        for the GIL behind the downloads already starting) after another."""
+        n = 2 * self.cfg.worker_threads
+        ready = threading.Barrier(n + 1)
+
+        def warm() -> None:
+            self._http()
+            ready.wait(10)
+
+        for _ in range(n):
+            self.pool.submit(warm)
+        try:
+            ready.wait(10)
+        except threading.BrokenBarrierError:  # a slow start-up: threads come as needed
+            self.log.warning("download threads slow to start; starting them as needed")
 
     def _nudge(self) -> None:
         """This worker claimed more than it has downloads for: wake the others to claim the
