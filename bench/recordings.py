@@ -352,9 +352,9 @@ def main() -> None:
         last = stub.last_served
         rate = n / (last - first)
         served = sum(v for sid, v in stub.served.items() if sid.startswith("RE0"))
-        timeline = slot_timeline(
-            [t for t in stub.transfers if t[1].startswith("RE0")], args.slots, args.latency
-        )
+        # (a StubTwilio older than 2026-12-02, on PYTHONPATH for a before/after run, has none)
+        transfers = [t for t in getattr(stub, "transfers", []) if t[1].startswith("RE0")]
+        timeline = slot_timeline(transfers, args.slots, args.latency) if transfers else {}
         print("slot timeline (server's view, ms): "
               + ", ".join(f"{k} {v:g}" for k, v in timeline.items()))  # fmt: skip
         max_conc = max(stub.max_active[b] for b in stub.max_active if b != 0)

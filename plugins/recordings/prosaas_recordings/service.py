@@ -19,6 +19,9 @@ One loop per worker process (a thread started by ``prosaas worker``):
   download never waits for a thread still finishing a file. A worker keeps passing a
   business's slots on while it has tasks of it queued; another worker's queued tasks of that
   business get a slot when this one runs out (or are given back after two leases);
+* bursts: every pool thread starts with the service (with its HTTP client), and a worker that
+  claimed more than it has downloads for wakes the others to claim now (`ReleaseNotices.nudge`,
+  at most once a poll interval) rather than at their next poll;
 * every write (claim, renew, complete, retry, give back) is one named query on the service's
   autocommit ``ctx.db()``: one round trip each, no BEGIN/COMMIT;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
