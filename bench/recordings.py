@@ -4,15 +4,35 @@
 for Twilio that takes 100 ms per file, downloaded by real ``prosaas worker`` processes (2 by
 default) with 3 slots per business. The slots allow at most 6 x 3 = 18 downloads at once, so
 the limit is 18 / 0.1 s = 180 downloads/s; the baseline in the same run is one sequential
-downloader (what a single consumer thread would do: about 1 / latency).
+downloader (what a single consumer thread would do: about 1 / latency). Note that 300 files
+in 18 slots are 17 rounds of 100 ms, not 16.67: even with no overhead at all a run reaches
+300 / 1.7 s = 0.98 x the limit (``--quick``: 0.95).
 
 Reports downloads/s (first request to last byte at the server), its ratio to the limit and the
 highest concurrency per business the server saw. Target: >= 0.95 x the limit, never above the
 slot limit. prosaas runs at its DEFAULT settings (poll interval, download threads per worker,
 leases...) unless a flag sets one (``--threads``, ``--poll-interval``); every setting in effect,
 as the plugin reads it, is in the JSON under ``settings``. The last line is JSON; the exit code is
-non-zero only when a download was lost or the slot limit was broken (``ok``), not when the target
-is missed (``meets_target``).
+non-zero only when a download was lost, a request was refused for its credentials or the slot
+limit was broken (``ok``), not when the target is missed (``meets_target``).
+
+``transport_ceiling_per_s``: 18 bare threads in this process downloading the same files from
+the same server with no database, Redis or files: what this machine and the stand-in sustain
+right now; ``vs_ceiling`` is prosaas against it. ``timeline`` is where the slots' time went,
+from the server's view (see `slot_timeline`): ``handoff`` is how long a freed slot stayed idle
+before the business's next download reached the server, ``ramp`` how long each slot waited for
+its first download, ``service`` what the server took beyond the 100 ms.
+
+The stand-in: ``prosaas_recordings.testing.StubTwilio`` by default (a ThreadingHTTPServer in
+this process). ``--stub process`` runs ``bench/_recordings_stub.py`` instead: one asyncio loop
+in a process of its own, the same bytes after the same 100 ms over keep-alive HTTP/1.1, the same
+basic auth (a wrong one is a 401, counted: ``unauthorized``) and the same per-business counting
+(from the parsed request to just before the last byte). It was written to check whether the
+stand-in sharing this process's GIL capped the figures: on 2026-12-02 it did not (the 18-thread
+ceiling was 170/s with either; prosaas was no faster against it), so the default stayed. The
+ceiling's threads use the download threads' own HTTP client (urllib3, one keep-alive
+connection each, opened before the clock starts) instead of requests.Session (since
+2026-12-02). Neither touches the 100 ms, the slot counts or what the limit is.
 
 Needs PostgreSQL ($PROSAAS_TEST_PG, default postgresql+psycopg2://postgres@127.0.0.1:5432) and
 Redis ($RECORDINGS_BENCH_REDIS_URL, default redis://127.0.0.1:6379/13).
@@ -27,11 +47,12 @@ import sys
 import tempfile
 import time
 import uuid
+from base64 import b64encode
 from pathlib import Path
 
 import redis
-import requests
 from prosaas_recordings import store
+from prosaas_recordings.httpclient import HttpClient
 from prosaas_recordings.tables import calls, recording_tasks
 from prosaas_recordings.testing import TEST_ACCOUNT_SID, TEST_AUTH_TOKEN, StubTwilio
 from sqlalchemy import create_engine, func, insert, select, text
@@ -39,6 +60,11 @@ from sqlalchemy import create_engine, func, insert, select, text
 from prosaas_core import Runtime, Settings
 from prosaas_core.testing import PROSAAS, WorkerProcess
 from prosaas_core.testing import wait_until as wait_for
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _recordings_stub import StubProcess  # noqa: E402
+
+Stub = StubTwilio | StubProcess
 
 PG = os.environ.get("PROSAAS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("RECORDINGS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -66,41 +92,112 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sequential_baseline(stub: StubTwilio, n: int) -> float:
+AUTH = {
+    "Authorization": "Basic " + b64encode(f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}".encode()).decode()
+}
+
+
+def _get(http: HttpClient, url: str) -> None:
+    """One GET of a whole file through the client the download threads use (urllib3)."""
+    resp = http.get(url, headers=AUTH, connect_timeout=10, read_timeout=30)
+    body = resp.read()
+    resp.release_conn()
+    if resp.status != 200 or not body:
+        raise RuntimeError(f"{url}: HTTP {resp.status}")
+
+
+def sequential_baseline(stub: Stub, n: int) -> float:
     """Downloads/s of one thread fetching one file after another."""
-    http = requests.Session()
+    http = HttpClient()
     started = time.monotonic()
     for i in range(n):
-        resp = http.get(
-            stub.url(0, f"REbase{i}") + ".mp3", auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
-        )
-        resp.raise_for_status()
+        _get(http, stub.url(0, f"REbase{i}") + ".mp3")
     return n / (time.monotonic() - started)
 
 
-def transport_ceiling(stub: StubTwilio, n: int, concurrency: int) -> float:
-    """Downloads/s of `concurrency` bare threads (no database, Redis or files): what this
-    machine's HTTP stack and the stub sustain right now, the practical ceiling."""
+def transport_ceiling(stub: Stub, n: int, concurrency: int) -> float:
+    """Downloads/s of `concurrency` bare threads (no database, Redis or files; the download
+    threads' HTTP client, one keep-alive connection each, started before the clock): what
+    this machine's HTTP stack and the stub sustain right now, the practical ceiling."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    local = threading.local()
+    clients = [HttpClient() for _ in range(concurrency)]
+    for i, http in enumerate(clients):  # connections open, as the workers' are after one file
+        _get(http, stub.url(0, f"REwarm{i}") + ".mp3")
+    left = list(range(n))
+    lock, go = threading.Lock(), threading.Event()
 
-    def get(i: int) -> None:
-        http = getattr(local, "http", None) or requests.Session()
-        local.http = http
-        resp = http.get(
-            stub.url(0, f"REceil{i}") + ".mp3", auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN)
-        )
-        resp.raise_for_status()
+    def run(http: HttpClient) -> None:
+        go.wait()
+        while True:
+            with lock:
+                if not left:
+                    return
+                i = left.pop()
+            _get(http, stub.url(0, f"REceil{i}") + ".mp3")
 
+    threads = [threading.Thread(target=run, args=(h,)) for h in clients]
+    for t in threads:
+        t.start()
     started = time.monotonic()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(get, range(n)))
+    go.set()
+    for t in threads:
+        t.join()
     return n / (time.monotonic() - started)
 
 
-def seed(rt: Runtime, stub: StubTwilio, n: int, businesses: int) -> list[int]:
+def slot_timeline(
+    transfers: list[tuple[int, str, float, float]], slots: int, latency: float
+) -> dict[str, float]:
+    """Where the slots' time went, from the server's view of each transfer (start, last byte).
+
+    Each download after a business's first `slots` is paired with the earliest earlier end of
+    that business not yet paired (the slot it took over): ``handoff`` is that end to its start,
+    the time a freed slot stayed idle. ``service`` is what the server took beyond `latency`
+    per file; ``ramp`` is the wait from the first start of all to the first start in each slot,
+    ``tail`` from a business's last end to the last end of all (its share of the last round).
+    """
+    import statistics
+
+    by_business: dict[int, list[tuple[float, float]]] = {}
+    for business, _, start, end in transfers:
+        by_business.setdefault(business, []).append((start, end))
+    first = min(s for _, _, s, _ in transfers)
+    last = max(e for _, _, _, e in transfers)
+    handoffs, ramps, tails = [], [], []
+    for spans in by_business.values():
+        spans.sort()
+        ends: list[float] = []
+        for i, (start, end) in enumerate(spans):
+            if i >= slots:
+                ends.sort()
+                handoffs.append(start - ends.pop(0))
+            ends.append(end)
+        ramps.extend(start - first for start, _ in spans[:slots])
+        tails.append(last - max(e for _, e in spans))
+    service = [e - s - latency for _, _, s, e in transfers]
+
+    def ms(values: list[float], q: float | None = None) -> float:
+        if not values:
+            return 0.0
+        if q is None:
+            return round(statistics.mean(values) * 1000, 2)
+        return round(sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
+
+    return {
+        "handoff_mean_ms": ms(handoffs),
+        "handoff_p50_ms": ms(handoffs, 0.5),
+        "handoff_p90_ms": ms(handoffs, 0.9),
+        "handoff_max_ms": ms(handoffs, 1.0),
+        "service_mean_ms": ms(service),
+        "service_p90_ms": ms(service, 0.9),
+        "ramp_mean_ms": ms(ramps),
+        "ramp_max_ms": ms(ramps, 1.0),
+        "tail_mean_ms": ms(tails),
+    }
+
+
+def seed(rt: Runtime, stub: Stub, n: int, businesses: int) -> list[int]:
     """Businesses, calls and n queued download tasks, round-robin over the businesses."""
     from prosaas_core.models import Business
 
@@ -145,6 +242,13 @@ def main() -> None:
         default=None,
         help="seconds between the recording worker's polls (default: 1.0)",
     )
+    ap.add_argument(
+        "--stub",
+        choices=("process", "thread"),
+        default="thread",
+        help="the Twilio stand-in: the in-process threaded StubTwilio the tests use (default)"
+        " or bench/_recordings_stub.py, asyncio in its own process",
+    )
     args = ap.parse_args()
     n = args.recordings or (120 if args.quick else 300)
     limit = args.businesses * args.slots / args.latency
@@ -154,7 +258,16 @@ def main() -> None:
         r.delete(key)
     db = create_db()
     tmp = Path(tempfile.mkdtemp(prefix="prosaas-bench-rec-"))
-    stub = StubTwilio(size=16 * 1024, latency=args.latency).start()
+    stub: Stub
+    if args.stub == "thread":
+        stub = StubTwilio(size=16 * 1024, latency=args.latency).start()
+    else:
+        stub = StubProcess(
+            account_sid=TEST_ACCOUNT_SID,
+            auth_token=TEST_AUTH_TOKEN,
+            size=16 * 1024,
+            latency=args.latency,
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROSAAS_")}
     env.update(
         DATABASE_URL=db,
@@ -220,6 +333,8 @@ def main() -> None:
             return left == 0
 
         def all_served() -> bool:
+            if isinstance(stub, StubProcess):
+                return stub.served_count("RE0") >= n
             return sum(v for sid, v in list(stub.served.items()) if sid.startswith("RE0")) >= n
 
         # Watch the stub (in memory) while downloads run, so the bench's own database polling
@@ -227,14 +342,21 @@ def main() -> None:
         wait_for(all_served, timeout=120, step=0.05)
         wait_for(done, timeout=120, step=0.05)
         cpu = sum(_cpu_seconds(w.proc.pid) for w in workers) - cpu_idle
+        if isinstance(stub, StubProcess):
+            stub.refresh()
         first = min(
             t[0]
             for sid, t in stub.request_times.items()
-            if t and not sid.startswith(("REbase", "REceil"))
+            if t and not sid.startswith(("REbase", "REceil", "REwarm"))
         )
         last = stub.last_served
         rate = n / (last - first)
         served = sum(v for sid, v in stub.served.items() if sid.startswith("RE0"))
+        # (a StubTwilio older than 2026-12-02, on PYTHONPATH for a before/after run, has none)
+        transfers = [t for t in getattr(stub, "transfers", []) if t[1].startswith("RE0")]
+        timeline = slot_timeline(transfers, args.slots, args.latency) if transfers else {}
+        print("slot timeline (server's view, ms): "
+              + ", ".join(f"{k} {v:g}" for k, v in timeline.items()))  # fmt: skip
         max_conc = max(stub.max_active[b] for b in stub.max_active if b != 0)
         origin = "defaults" if settings_used["defaults"] else "set by flags"
         print(f"{n} recordings, {args.businesses} businesses, {args.slots} slots each, "
@@ -266,7 +388,10 @@ def main() -> None:
             "worker_cpu_ms_per_download": round(cpu / n * 1000, 1),
             "target": 0.95,
             "meets_target": rate / limit >= 0.95,
-            "ok": max_conc <= args.slots and served == n,
+            "unauthorized": stub.unauthorized,
+            "ok": max_conc <= args.slots and served == n and stub.unauthorized == 0,
+            "timeline": timeline,
+            "stub": args.stub,
             "settings": settings_used,
             "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         }

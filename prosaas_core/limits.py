@@ -8,7 +8,10 @@ members, so a slot held by a process that died comes back at most one lease afte
 renewal. Renewing and releasing name the token: a holder whose lease ran out (and whose slot was
 perhaps taken by another) can neither renew nor release anyone else's. A release publishes
 ``"<key> <origin>"`` on ``<prefix>released`` so waiters anywhere are woken at once
-(`ReleaseNotices`) instead of polling.
+(`ReleaseNotices`) instead of polling. A holder that has a successor of its own waiting (the
+next download of the same business) hands the slot over instead (`handoff`): the release and
+the acquire in one script, one round trip, the slot never free in between, and no notice (no
+slot came free).
 
 **Rates.** GCRA (the generic cell rate algorithm) over one Redis key per limited key: the key
 holds the theoretical arrival time of the next request. ``N/period`` with burst ``b`` lets ``b``
@@ -107,6 +110,24 @@ if removed == 1 and ARGV[2] ~= '' and wanted then
   told = 1
 end
 return {removed, redis.call('ZCARD', KEYS[1]), told}
+"""
+)
+
+# KEYS[1] set; ARGV: token released, limit, ttl_ms, token taken. Drops the first token and takes
+# a slot for the second in one step, so a slot passes from one holder to the next without being
+# free in between. Returns {removed, taken (1/0), held after}. Nothing is announced: no slot came
+# free (when none could be taken, the set was at or over its limit without the first token).
+_HANDOFF = (
+    _NOW
+    + """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return {removed, 0, redis.call('ZCARD', KEYS[1])}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+return {removed, 1, redis.call('ZCARD', KEYS[1])}
 """
 )
 
@@ -292,6 +313,7 @@ class Slots:
         self._acquire_many = redis.register_script(_ACQUIRE_MANY)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._handoff = redis.register_script(_HANDOFF)
         self._active = redis.register_script(_ACTIVE)
 
     def redis_key(self, key: str) -> str:
@@ -351,6 +373,18 @@ class Slots:
             ],
         )
         return bool(removed), int(active), bool(told)
+
+    def handoff(self, slot: Slot, limit: int, ttl: float) -> tuple[bool, Slot | None]:
+        """Release `slot` and take a slot of the same key for a new holder, in one round trip:
+        the slot passes on without being free in between, so the next holder needs no second
+        call and no other waiter is woken for a slot that is not free. Returns (`slot` was
+        still ours, the new holder's slot, or None when none is free: the key was at its limit
+        even without `slot`, e.g. it had expired and been taken). Nothing is announced."""
+        token = secrets.token_hex(12)
+        removed, taken, active = self._handoff(
+            keys=[self.redis_key(slot.key)], args=[slot.token, limit, self._ms(ttl), token]
+        )
+        return bool(removed), Slot(slot.key, token, int(active)) if taken else None
 
     def active(self, key: str) -> int:
         """Slots currently held (unexpired) for `key`."""

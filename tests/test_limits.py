@@ -71,6 +71,39 @@ def test_stale_token_cannot_renew_or_release_the_new_holders_slot(r):
     assert s.active("k") == 1
 
 
+def test_handoff_passes_a_full_keys_slot_on_in_one_call_and_never_above_the_limit(r):
+    a, b = Slots(r), Slots(r)
+    held = [a.acquire("h", 2, 5), b.acquire("h", 2, 5)]
+    assert all(held)
+    a.handoff(b.acquire("other", 1, 5), 1, 5)  # the script is loaded: one command from now on
+    sent: list[object] = []
+    execute = r.execute_command
+    r.execute_command = lambda *args, **kw: sent.append(args[0]) or execute(*args, **kw)
+    try:
+        was_ours, nxt = a.handoff(held[0], 2, 5)
+    finally:
+        del r.execute_command
+    assert sent == ["EVALSHA"]  # one round trip, not a release and then an acquire
+    assert was_ours and nxt is not None and nxt.active == 2 and nxt.token != held[0].token
+    assert a.active("h") == 2 and b.acquire("h", 2, 5) is None  # never free in between
+    assert a.release(held[0]) == (False, 2)  # the old token no longer holds anything
+    assert a.renew(held[0], 5) is False and a.renew(nxt, 5) is True
+    assert a.release(nxt) == (True, 1)
+
+
+def test_handoff_of_a_lost_slot_takes_none_of_a_full_key(r):
+    s = Slots(r)
+    old = s.acquire("x", 1, 0.2)
+    time.sleep(0.3)
+    taken = s.acquire("x", 1, 5)  # the lease ran out: another holder has the only slot
+    assert taken is not None
+    assert s.handoff(old, 1, 5) == (False, None)
+    assert s.active("x") == 1
+    assert s.release(taken) == (True, 0)
+    was_ours, nxt = s.handoff(old, 1, 5)  # lost, but the key has room: a plain acquire
+    assert not was_ours and nxt is not None and nxt.active == 1
+
+
 def test_renew_readd_recovers_after_a_flush(r):
     s = Slots(r)
     slot = s.acquire("k", 2, 5)
@@ -94,6 +127,7 @@ def test_release_notice_reaches_other_origins_only(r):
         time.sleep(0.3)  # subscribed
         mine, other = Slots(r, origin="listener"), Slots(r, origin="other")
         mine.release(mine.acquire("a", 1, 5))
+        other.handoff(other.acquire("c", 1, 5), 1, 5)  # passed on, never free: no notice
         other.release(other.acquire("b", 1, 5))
         assert got.wait(3)
         time.sleep(0.2)

@@ -81,12 +81,15 @@ def fetch(
     abort: threading.Event | None = None,
     http: HttpClient | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_received: Callable[[], None] | None = None,
 ) -> int:
     """Download `url` to `dest` through the temporary file `tmp`; return the size in bytes.
 
     Raises DownloadError (retryable for timeouts, connection errors, 5xx, 404 and 429, and an
     incomplete body) or DownloadAborted when `abort` is set. The body must arrive within what
     is left of ``limits.total_timeout`` (the watchdog shuts the socket down at that instant).
+    `on_received` is called once the whole body is in and checked, before the file is synced
+    and renamed: the transfer is over, what bounds concurrent transfers can be freed.
     """
     http = http or HttpClient()
     started = time.monotonic()
@@ -119,12 +122,14 @@ def fetch(
                 raise _transport_error(exc) from None
             if watch is not None and watch.fired:
                 raise DownloadError("download deadline exceeded", retryable=True)
+            if expected is not None and size != expected:
+                raise DownloadError(f"incomplete body: {size} of {expected} bytes", retryable=True)
+            if size == 0:
+                raise DownloadError("empty body", retryable=True)
+            if on_received is not None:
+                on_received()
             fh.flush()
             os.fsync(fh.fileno())
-        if expected is not None and size != expected:
-            raise DownloadError(f"incomplete body: {size} of {expected} bytes", retryable=True)
-        if size == 0:
-            raise DownloadError("empty body", retryable=True)
         try:
             os.replace(tmp, dest)
         except FileNotFoundError:  # the business's first recording: make its directory

@@ -7,11 +7,21 @@ One loop per worker process (a thread started by ``prosaas worker``):
   business. Claiming ahead keeps the database off the path between a slot coming free and the
   next download;
 * start: a queued task takes a download thread only once it holds one of its business's slots
-  in Redis (shared by all workers) and the worker has a thread for it, so a task waiting for a
-  busy business never blocks one whose business has a free slot. A slot is tried for when the
-  task is queued, at once when a download of the business ends here (by the thread that ends
-  it), when another worker announces a release (`wakeup`), and every SLOT_RETRY (slots that
-  expire); a task that gets none within two leases is given back;
+  in Redis (shared by all workers) and the worker has a download to spare (``worker_threads``
+  at once), so a task waiting for a busy business never blocks one whose business has a free
+  slot. Slots are tried for when tasks are queued (a business's in one call), when another
+  worker announces a release (`wakeup`), and every SLOT_RETRY (slots that expire); a task that
+  gets none within two leases is given back;
+* hand over: when a download's body is in, its slot is freed before the file is synced,
+  renamed and recorded, and if the business has a task queued here the slot passes straight
+  to it (`SlotManager.handoff`: one Redis call, never free in between, no notice) and it starts
+  from the releasing thread. The pool has twice ``worker_threads`` threads, so the next
+  download never waits for a thread still finishing a file. A worker keeps passing a
+  business's slots on while it has tasks of it queued; another worker's queued tasks of that
+  business get a slot when this one runs out (or are given back after two leases);
+* bursts: every pool thread starts with the service (with its HTTP client), and a worker that
+  claimed more than it has downloads for wakes the others to claim now (`ReleaseNotices.nudge`,
+  at most once a poll interval) rather than at their next poll;
 * every write (claim, renew, complete, retry, give back) is one named query on the service's
   autocommit ``ctx.db()``: one round trip each, no BEGIN/COMMIT;
 * renew the task leases and the slots every third of a lease; a download whose slot or lease
@@ -90,8 +100,13 @@ class RecordingWorker:
             ctx.redis, limit=cfg.slots_per_business, ttl=cfg.lease_seconds, origin=self.worker_id
         )
         self.notices = ReleaseNotices(
-            ctx.redis, self.slots.channel, self.worker_id, lambda b: self.start_ready([b])
+            ctx.redis,
+            self.slots.channel,
+            self.worker_id,
+            lambda b: self.start_ready([b]),
+            self._claim_now,
         )
+        self.last_nudge = -1e9  # monotonic time of this worker's last nudge
         self.limits = Limits(
             allowed_hosts=cfg.allowed_hosts,
             allow_http=cfg.allow_http,
@@ -105,12 +120,16 @@ class RecordingWorker:
         )
         self.inflight: dict[int, InFlight] = {}  # every claimed task, queued or running
         self.queued: dict[int, deque[InFlight]] = {}  # business -> tasks waiting for a slot
-        self.running = 0  # tasks holding a slot and a thread (at most worker_threads)
-        self.cap_reached = False  # a slot may be free but every thread was taken
+        # downloads holding a slot on a thread, at most worker_threads: from the start until
+        # the slot is released (when the body has arrived, before its file and row are done)
+        self.running = 0
+        self.cap_reached = False  # a slot may be free but the worker had no download to spare
         self.stopping = False
         self.lock = threading.Lock()
         self.wake = threading.Event()
-        self.pool = ThreadPoolExecutor(cfg.worker_threads, thread_name_prefix="recording")
+        # Twice the downloads: a thread still syncing, renaming and recording a finished file
+        # never keeps the next download (already holding its slot) waiting for a thread.
+        self.pool = ThreadPoolExecutor(2 * cfg.worker_threads, thread_name_prefix="recording")
         self.local = threading.local()
         self.transcribe = _transcriber(ctx)
         self.renew_every = cfg.lease_seconds / 3
@@ -130,6 +149,7 @@ class RecordingWorker:
         )  # fmt: skip
         self.log.info("   This worker processes recording downloads and transcription")
         self.notices.start()
+        self._warm_pool()
         self.log.info("Recording worker loop started")
         last_renew = last_sweep = last_retry = time.monotonic()
         try:
@@ -188,7 +208,46 @@ class RecordingWorker:
                 self.inflight[task.id] = inf
                 self.queued.setdefault(task.business_id, deque()).append(inf)
         self.start_ready(dict.fromkeys(t.business_id for t in tasks))
+        with self.lock:
+            capped = self.cap_reached
+        if tasks and capped:
+            self._nudge()
         return len(tasks)
+
+    def _warm_pool(self) -> None:
+        """Start every pool thread, each with its HTTP client, before the first claim: a burst
+        of due tasks then starts its downloads at once, not one thread creation (each waiting
+        for the GIL behind the downloads already starting) after another."""
+        n = 2 * self.cfg.worker_threads
+        ready = threading.Barrier(n + 1)
+
+        def warm() -> None:
+            self._http()
+            ready.wait(10)
+
+        for _ in range(n):
+            self.pool.submit(warm)
+        try:
+            ready.wait(10)
+        except threading.BrokenBarrierError:  # a slow start-up: threads come as needed
+            self.log.warning("download threads slow to start; starting them as needed")
+
+    def _nudge(self) -> None:
+        """This worker claimed more than it has downloads for: wake the others to claim the
+        rest of what is due now, not at their next poll. At most once a poll interval."""
+        now = time.monotonic()
+        if now - self.last_nudge < self.cfg.poll_interval:
+            return
+        self.last_nudge = now
+        try:
+            self.notices.nudge()
+        except Exception:
+            self.log.exception("claim nudge failed; the others claim at their next poll")
+
+    def _claim_now(self) -> None:
+        """Another worker has due work it cannot start: claim at once."""
+        self.drained = False
+        self.wake.set()
 
     # -- slots and threads ----------------------------------------------------------------
 
@@ -198,30 +257,52 @@ class RecordingWorker:
 
     def start_ready(self, businesses: Iterable[int]) -> None:
         """Start the queued downloads of `businesses` that can get a slot now, while the
-        worker has threads for them."""
-        for business in businesses:
-            while True:
+        worker has downloads to spare: the slots of a business in one Redis call, every
+        business's taken before any download starts (a burst of starting downloads would
+        otherwise hold up, for the GIL, the slots of the businesses still to come)."""
+        got: list[tuple[list[InFlight], list[Slot]]] = []
+        try:
+            for business in businesses:
                 with self.lock:
-                    queue = self.queued.get(business)
-                    if self.stopping or not queue:
-                        break
                     if self.running >= self.cfg.worker_threads:
                         self.cap_reached = True
-                        return
-                    inf = queue.popleft()  # reserved: nobody else starts or drops it now
-                    inf.state = STARTING
-                    self.running += 1
+                        break
+                infs = self._reserve(business, self.cfg.slots_per_business)
+                if not infs:
+                    continue
                 try:
-                    slot = self.slots.acquire(business)
+                    slots = self.slots.acquire_many(business, len(infs))
                 except Exception:
                     self.log.exception("slot acquire failed; retrying later")
-                    slot = None
-                if (
-                    not self._started(inf, slot)
-                    or slot is None
-                    or slot.active >= self.cfg.slots_per_business
-                ):
-                    break  # no slot, or that was the business's last free one
+                    slots = []
+                got.append((infs, slots))
+        finally:
+            for infs, slots in got:
+                self._start_all(infs, slots)
+
+    def _reserve(self, business: int, n: int) -> list[InFlight]:
+        """Take up to `n` of the business's queued tasks (oldest first) off its queue for a
+        start, as far as the worker has threads; each must then go through `_started`."""
+        with self.lock:
+            queue = self.queued.get(business)
+            if self.stopping or not queue:
+                return []
+            free = self.cfg.worker_threads - self.running
+            if free < min(n, len(queue)):
+                self.cap_reached = True  # _release tries again when a download ends
+            infs = [queue.popleft() for _ in range(min(n, len(queue), max(free, 0)))]
+            for inf in infs:
+                inf.state = STARTING  # reserved: nobody else starts or drops it now
+            self.running += len(infs)
+            return infs
+
+    def _start_all(self, infs: list[InFlight], slots: list[Slot]) -> None:
+        """Start reserved tasks with the slots got for them (the oldest first); those left
+        without one go back to the head of their queue in their order."""
+        for inf, slot in zip(infs, slots, strict=False):
+            self._started(inf, slot)
+        for inf in reversed(infs[len(slots) :]):
+            self._started(inf, None)
 
     def _started(self, inf: InFlight, slot: Slot | None) -> bool:
         """Hand a reserved task with its slot to a thread; without one, queue it again (at the
@@ -334,14 +415,16 @@ class RecordingWorker:
                 limits=self.limits,
                 abort=inf.abort,
                 http=self._http(),
+                # The slot bounds concurrent transfers from Twilio: free it (or pass it to the
+                # next download) as soon as the body is in, before the file is synced, renamed
+                # and recorded.
+                on_received=lambda: self._release(inf, "success"),
             )
             self.log.info(
                 "WORKER_DOWNLOAD_DONE call_sid=%s file=%s bytes=%d duration_ms=%d",
                 task.call_sid, dest.name, size, (time.monotonic() - started) * 1000,
             )  # fmt: skip
             reason = "success"
-            # The slot bounds concurrent downloads from Twilio: free it before the bookkeeping.
-            self._release(inf, reason)
             with self.db() as db:
                 recorded = store.complete(db, task, path=str(dest), size=size)
             if not recorded:
@@ -390,18 +473,30 @@ class RecordingWorker:
             store.put_back(db, inf.task, delay=delay)
 
     def _release(self, inf: InFlight, reason: str) -> None:
-        """Release the download's slot, exactly once (the loop may do it at stop)."""
+        """Release the download's slot, exactly once (the loop may do it at stop). When the
+        business has a download queued here, the slot passes straight to it (`handoff`: one
+        Redis call, no notice), which starts at once from this thread."""
         with self.lock:
             if inf.slot is None or inf.slot_released:
                 return
             inf.slot_released = True
+            self.running -= 1  # this download is over: its place goes to the next one
+            retry, self.cap_reached = self.cap_reached, False
         task = inf.task
         self.log.info(
             "WORKER_RELEASE_SLOT call_sid=%s business_id=%s reason=%s",
             task.call_sid, task.business_id, reason,
         )  # fmt: skip
+        successor = self._reserve(task.business_id, 1)
+        passed: list[Slot] = []
         try:
-            _, active = self.slots.release(inf.slot)
+            if successor:
+                _, slot = self.slots.handoff(inf.slot)
+                passed = [slot] if slot is not None else []
+                # held after this release, before the successor took the slot
+                active = passed[0].active - 1 if passed else self.slots.active(task.business_id)
+            else:
+                _, active = self.slots.release(inf.slot)
         except Exception:
             self.log.exception("slot release failed; it expires on its own")
             active = -1
@@ -409,19 +504,19 @@ class RecordingWorker:
             "RECORDING_SLOT_RELEASED call_sid=%s business_id=%s reason=%s active_after=%d/%d",
             task.call_sid, task.business_id, reason, active, self.cfg.slots_per_business,
         )  # fmt: skip
-        # The next queued download of the business takes the slot now, from this thread.
-        self.start_ready([task.business_id])
+        if successor:
+            self._start_all(successor, passed)
+            if passed and passed[0].active < self.cfg.slots_per_business:
+                self.start_ready([task.business_id])  # more came free meanwhile
+        if retry:  # a business may have a free slot that no download place was left for
+            self.start_ready(self.waiting_businesses())
 
     def _finish(self, inf: InFlight) -> None:
         """The download's thread is free again."""
         with self.lock:
             self.inflight.pop(inf.task.id, None)
             inf.state = DONE
-            self.running -= 1
             held = len(self.inflight)
-            retry, self.cap_reached = self.cap_reached, False
-        if retry:  # a business may have a free slot that no thread was left for
-            self.start_ready(self.waiting_businesses())
         threads = self.cfg.worker_threads
         if not self.drained and (held < threads or 2 * threads - held >= self.claim_batch):
             self.wake.set()

@@ -49,6 +49,18 @@ class SlotManager:
         got = self._slots.acquire(str(business_id), self.limit, self.ttl)
         return Slot(got.key, got.token, got.active) if got is not None else None
 
+    def acquire_many(self, business_id: int, n: int) -> list[Slot]:
+        """Up to `n` slots for `business_id` in one round trip: as many as are free."""
+        got = self._slots.acquire_many(str(business_id), self.limit, self.ttl, n)
+        return [Slot(s.key, s.token, s.active) for s in got]
+
+    def handoff(self, slot: Slot) -> tuple[bool, Slot | None]:
+        """Release `slot` and take one of the same business for the next download, in one
+        round trip (no release notice: no slot came free). Returns (it was still ours, the
+        next download's slot, or None when the business is at its limit without it)."""
+        was_ours, got = self._slots.handoff(slot, self.limit, self.ttl)
+        return was_ours, Slot(got.key, got.token, got.active) if got is not None else None
+
     def renew(self, slot: Slot) -> bool:
         """Extend the lease; False when the slot was lost (expired or Redis flushed)."""
         return self._slots.renew(slot, self.ttl)

@@ -53,6 +53,8 @@ class StubTwilio:
         self.active: dict[int, int] = defaultdict(int)
         self.max_active: dict[int, int] = defaultdict(int)
         self.served: dict[str, int] = defaultdict(int)
+        #: (business id, RecordingSid, request start, last byte sent) of every complete transfer
+        self.transfers: list[tuple[int, str, float, float]] = []
         self.unauthorized = 0
         self.last_served = 0.0  # time.monotonic() of the last complete transfer
         self.released = threading.Event()  # set on stop: hanging handlers return
@@ -135,6 +137,7 @@ class StubTwilio:
                         stub.max_active[business_id], stub.active[business_id]
                     )
                 self.business_id, self.counted = business_id, True
+                self.started = time.monotonic()
                 try:
                     self._serve(sid, stub._next_step(sid))
                 finally:
@@ -190,6 +193,7 @@ class StubTwilio:
                 with stub.lock:
                     stub.served[sid] += 1
                     stub.last_served = time.monotonic()
+                    stub.transfers.append((self.business_id, sid, self.started, stub.last_served))
 
         return Handler
 

@@ -13,18 +13,20 @@ from prosaas_recordings import service
 from prosaas_recordings.slots import SlotManager
 from prosaas_recordings.tables import calls, recording_tasks
 from prosaas_recordings.testing import call_sid, make_call, recording_sid
+from prosaas_recordings.wakeup import ReleaseNotices
 from sqlalchemy import select
 
-from prosaas_core import ServiceContext, hookimpl
+from prosaas_core import Runtime, ServiceContext, Settings, hookimpl
 from prosaas_core.testing import bearer, business_with_token, wait_until
 
 MARKERS = [
     "WORKER_PICKED job_type=download_only",
     "WORKER_SLOT_ACQUIRED",
     "DOWNLOAD_START",
-    "WORKER_DOWNLOAD_DONE",
+    # the slot is freed when the body is in, before the file is synced, renamed and recorded
     "WORKER_RELEASE_SLOT",
     "RECORDING_SLOT_RELEASED",
+    "WORKER_DOWNLOAD_DONE",
 ]
 
 
@@ -34,11 +36,11 @@ def run_service(runtime, caplog):
     caplog.set_level(logging.INFO, logger="test.recording-worker")
     running = []
 
-    def _start():
+    def _start(rt=None, name="recording-worker"):
         ctx = ServiceContext(
-            "recording-worker",
+            name,
             threading.Event(),
-            runtime,
+            rt or runtime,
             logging.getLogger("test.recording-worker"),
         )
         thread = threading.Thread(target=service.run, args=(ctx,), daemon=True)
@@ -136,6 +138,67 @@ def test_download_logs_every_marker_in_order_and_the_api_serves_it(
     )
     assert client.get("/api/calls/CAnope/recording", headers=bearer(token)).status_code == 404
     assert client.get("/api/calls?limit=0", headers=bearer(token)).status_code == 400
+
+
+def test_the_next_download_of_a_business_takes_the_released_slot_at_once(
+    env, runtime, business, post_callback, run_service, stub
+):
+    """One slot and a poll longer than the test: each download after the first starts when
+    the previous one's body is in, with the slot passed on (no release notice for it), and
+    the business never has two downloads at once."""
+    one_slot = Runtime(
+        Settings.from_env(
+            {**env, "RECORDINGS_SLOTS_PER_BUSINESS": "1", "RECORDINGS_POLL_INTERVAL": "30"}
+        )
+    )
+    stub.latency = 0.2
+    heard: list[int] = []
+    notices = ReleaseNotices(
+        runtime.redis, SlotManager(runtime.redis).channel, "test-listener", heard.append
+    ).start()
+    try:
+        time.sleep(0.3)  # subscribed
+        for n in range(11, 15):
+            make_call(runtime, business, call_sid(n))
+            assert post_callback(business, call_sid(n), recording_sid(n)).status_code == 200
+        run_service(one_slot)
+        wait_until(lambda: all(downloaded(runtime, call_sid(n)) for n in range(11, 15)))
+        wait_until(lambda: heard)
+        time.sleep(0.3)  # any later notice arrives
+    finally:
+        notices.stop()
+        one_slot.close()
+    spans = sorted((start, end) for b, _, start, end in stub.transfers if b == business)
+    assert len(spans) == 4 and stub.max_active[business] == 1
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:], strict=False)]
+    assert max(gaps) < 0.15, gaps  # not the poll (30 s), not the slot retry (0.5 s)
+    assert heard == [business]  # only the last release freed the slot
+
+
+def test_a_worker_with_more_due_work_than_downloads_wakes_the_others_to_claim(
+    env, runtime, post_callback, run_service, stub
+):
+    """Two workers of one download each and a poll longer than the test: the first claims two
+    tasks, can start one, and says so; the other claims the rest at once, not in 30 s."""
+    one_each = Runtime(
+        Settings.from_env(
+            {**env, "RECORDINGS_WORKER_THREADS": "1", "RECORDINGS_POLL_INTERVAL": "30"}
+        )
+    )
+    stub.latency = 0.3
+    try:
+        run_service(one_each, name="recording-worker-b")
+        time.sleep(0.5)  # its first claim found nothing: it sleeps for a poll interval
+        bizs = [business_with_token(runtime, f"N{i}")[0] for i in range(4)]
+        for n, b in enumerate(bizs, start=21):
+            make_call(runtime, b, call_sid(n))
+            assert post_callback(b, call_sid(n), recording_sid(n)).status_code == 200
+        run_service(one_each)
+        wait_until(lambda: all(downloaded(runtime, call_sid(n)) for n in range(21, 25)), timeout=5)
+    finally:
+        one_each.close()
+    starts = sorted(t[0] for t in stub.request_times.values() if t)
+    assert len(starts) == 4 and starts[1] - starts[0] < 0.25  # two at once: both workers
 
 
 def test_5xx_then_success_is_retried_with_backoff(

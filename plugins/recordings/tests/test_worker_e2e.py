@@ -17,9 +17,9 @@ MARKERS = [
     "WORKER_PICKED job_type=download_only",
     "WORKER_SLOT_ACQUIRED",
     "DOWNLOAD_START",
-    "WORKER_DOWNLOAD_DONE",
-    "WORKER_RELEASE_SLOT",
+    "WORKER_RELEASE_SLOT",  # when the body is in, before the file is synced and recorded
     "RECORDING_SLOT_RELEASED",
+    "WORKER_DOWNLOAD_DONE",
 ]
 
 
