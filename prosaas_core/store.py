@@ -31,9 +31,10 @@ plugin may read and write are `calls` and `businesses`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,6 +106,8 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 #: SQLSTATEs of an EXECUTE whose prepared statement is gone, or whose plan a change of the
 #: table's column types invalidated ("cached plan must not change result type")
 UNDEFINED_STATEMENT, CACHED_PLAN_CHANGED = "26000", "0A000"
+#: SQLSTATE of a PREPARE whose name the session holds already
+DUPLICATE_STATEMENT = "42P05"
 
 
 def _for(dialect: str, text: str) -> tuple[str, ...]:
@@ -219,10 +222,11 @@ class Db:
         *,
         cursor: DBAPICursor | None = None,
         on_lost: Callable[[BaseException], None] | None = None,
-        prepare: frozenset[str] = frozenset(),
+        prepare: Collection[Query] = (),
     ) -> None:
-        """`prepare`: names of queries to run as server-side prepared statements on this
-        connection (PostgreSQL, a session of its own: never through a transaction pooler)."""
+        """`prepare`: queries (these objects, not others of the same name) to run as
+        server-side prepared statements on this connection (psycopg2 on PostgreSQL, in a
+        session of its own: never through a transaction pooler)."""
         self.dialect = dialect
         #: ``postgresql`` or ``sqlite``
         self.name: str = dialect.name
@@ -231,8 +235,11 @@ class Db:
         self._on_lost = on_lost
         self._sqlite = dialect.name == "sqlite"
         self._error: type[Exception] = dialect.loaded_dbapi.Error
-        self._prepare = prepare if dialect.driver == "psycopg2" else frozenset()
-        #: the queries this connection's session has prepared
+        #: id(query) -> its statement's name, which carries a digest of its text
+        self._prepare: dict[int, str] = (
+            {id(q): _statement_name(q) for q in prepare} if dialect.driver == "psycopg2" else {}
+        )
+        #: the statements this connection's session has prepared
         self._prepared: set[str] = set()
 
     @classmethod
@@ -283,8 +290,9 @@ class Db:
             params = {k: _sqlite_value(v) for k, v in params.items()}
         cur = self._cursor if self._cursor is not None else self._conn.cursor()
         try:
-            if query.name in self._prepare and len(statements) == 1:
-                return self._run_prepared(cur, query.name, statements[0], params)
+            statement = self._prepare.get(id(query)) if self._prepare else None
+            if statement is not None and len(statements) == 1:
+                return self._run_prepared(cur, statement, statements[0], params)
             if len(statements) == 1:
                 return _execute(cur, statements[0], params)
             return self._atomically(cur, statements, params)
@@ -295,16 +303,21 @@ class Db:
                 cur.close()
 
     def _run_prepared(
-        self, cur: DBAPICursor, name: str, sql: str, params: Params
+        self, cur: DBAPICursor, statement: str, sql: str, params: Params
     ) -> tuple[list[Row], int]:
         """EXECUTE the query prepared on this session (PREPAREd on first use): PostgreSQL
         parses and plans it once per connection instead of at every call."""
         body, order = _positional(sql)
-        statement = f"prosaas_{name}"
         execute = f"EXECUTE {statement} ({', '.join(f'%({p})s' for p in order)})"
-        if name not in self._prepared:
-            cur.execute(f"PREPARE {statement} AS {body}")
-            self._prepared.add(name)
+        if statement not in self._prepared:
+            try:
+                cur.execute(f"PREPARE {statement} AS {body}")
+            except self._error as err:
+                # prepared by an earlier user of this pooled connection: the name's digest
+                # says it is the same text
+                if getattr(err, "pgcode", None) != DUPLICATE_STATEMENT:
+                    raise
+            self._prepared.add(statement)
         try:
             return _execute(cur, execute, params)
         except self._error as err:
@@ -317,6 +330,12 @@ class Db:
             cur.execute(f"DEALLOCATE {statement}")
         cur.execute(f"PREPARE {statement} AS {body}")
         return _execute(cur, execute, params)
+
+    def deallocate(self) -> None:
+        """Drop the statements this connection prepared (before it goes back to the pool)."""
+        if self._prepared:
+            (self._cursor or self._conn.cursor()).execute("DEALLOCATE ALL")
+            self._prepared.clear()
 
     def _atomically(
         self, cur: DBAPICursor, statements: tuple[str, ...], params: Params
@@ -345,6 +364,12 @@ class Db:
         if lost and self._on_lost is not None:
             self._on_lost(err)
         return DBAPIError.instance(None, None, err, self._error, connection_invalidated=lost)
+
+
+def _statement_name(query: Query) -> str:
+    """``prosaas_<name>_<digest of its PostgreSQL text>``: two texts never share a name."""
+    digest = hashlib.sha1("\n".join(query.sql["postgresql"]).encode()).hexdigest()[:8]
+    return f"prosaas_{query.name}_{digest}"
 
 
 @cache

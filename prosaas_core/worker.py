@@ -545,6 +545,7 @@ def _watchdog(disp: dispatch.Dispatcher, worker, lease, grace: float) -> None:
     time.sleep(grace)
     _TIMED_OUT.set()
     log.error("WORKER STOP TIMEOUT after %.0fs: exiting now", grace)
+    disp.flush_quietly()  # a finished job's held-back outcome, before anything is handed back
     ctx = disp.current
     if ctx is not None:  # simple worker: the job runs in this process
         try:

@@ -15,28 +15,50 @@ from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.testing import wait_until
 
 
-def _commits(env: dict[str, str]) -> int:
-    """Transactions committed in the test database so far (every backend's, flushed)."""
+def _settled_commits(runtime, env: dict[str, str]) -> int:
+    """Transactions committed in the test database, once no backend is connected to it and the
+    counter has stopped moving (a backend's statistics reach pg_stat_database at the latest
+    when it exits). Read from another database, so the reads count nothing themselves."""
+    runtime.engine.dispose()  # the test's own pooled connections: closed, their counts flushed
     url = env["DATABASE_URL"].replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_stat_force_next_flush()")
-        cur.execute("SELECT pg_stat_clear_snapshot()")
-        cur.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        (n,) = cur.fetchone()
-    conn.close()
-    return int(n)
+    name = url.rsplit("/", 1)[1]
+    conn = psycopg2.connect(url.rsplit("/", 1)[0] + "/postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+
+            def read() -> tuple[int, int]:
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+                cur.execute(
+                    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = %(d)s), "
+                    "(SELECT xact_commit FROM pg_stat_database WHERE datname = %(d)s)",
+                    {"d": name},
+                )
+                backends, commits = cur.fetchone()
+                return int(backends), int(commits)
+
+            last = None
+
+            def settled() -> int | None:
+                nonlocal last
+                backends, commits = read()
+                done = backends == 0 and commits == last
+                last = commits
+                return commits if done else None
+
+            return wait_until(settled, 20, "the commit counter to settle", step=0.3)
+    finally:
+        conn.close()
 
 
 def _drain(runtime, env, start_worker, business, n: int) -> int:
     """Commits a burst worker made draining `n` fresh acme_echo jobs (start-up included)."""
     ids = [enqueue(runtime, "acme_echo", business, {"message": str(i)}).id for i in range(n)]
-    before = _commits(env)
+    before = _settled_commits(runtime, env)
     no_services = ",".join(runtime.registry.services)
     w = start_worker("--burst", extra_env={"PROSAAS_DISABLE_SERVICES": no_services})
     assert w.wait(60) == 0, w.log()
-    # a backend's statistics reach pg_stat_database by the time it has exited
-    wait_until(lambda: _commits(env) > before, 10, "the worker's commits to be counted")
-    commits = _commits(env) - before
+    commits = _settled_commits(runtime, env) - before
     assert all(control.get_job(runtime, i)["status"] == "succeeded" for i in ids)
     return commits
 
@@ -113,3 +135,51 @@ def test_the_prepared_statements_are_prepared_again_when_gone_or_stale(runtime, 
     finally:
         disp.stop()
     assert [control.get_job(runtime, i)["status"] for i in ids] == ["succeeded"] * 4
+
+
+def test_an_outcome_is_not_held_while_nothing_comes_to_claim_it(runtime, business):
+    """Nothing calls the worker back (its next pop stuck behind a Redis that does not
+    answer, say): the held-back outcome is written alone within about a second."""
+    from prosaas_core.jobs.dispatch import HOLD_MAX
+
+    disp = Dispatcher(runtime, "held", threading.Event(), prepare=True)
+    job = enqueue(runtime, "acme_echo", business, {"message": "a"}).id
+    try:
+        disp.run(job, defer=True)
+        assert control.get_job(runtime, job)["status"] == "running"  # held back
+        wait_until(
+            lambda: control.get_job(runtime, job)["status"] == "succeeded",
+            HOLD_MAX + 2,
+            "the held-back outcome to be written",
+        )
+    finally:
+        disp.stop()
+
+
+def test_an_outcome_refused_with_the_next_claim_is_written_apart(runtime, business):
+    """The statement carrying job A's outcome and job B's claim is refused for A's part (here
+    a CHECK an operator added rejects A's error): B is claimed and runs all the same, and A,
+    whose outcome cannot be written, is handed back (its last attempt: it ends failed)."""
+    from sqlalchemy import text
+
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE background_jobs ADD CONSTRAINT chk_test_no_purpose "
+                "CHECK (error IS NULL OR error NOT LIKE '%on purpose%')"
+            )
+        )
+    a = enqueue(runtime, "acme_fail", business, {"fail_times": 10}).id
+    b = enqueue(runtime, "acme_echo", business, {"message": "b"}).id
+    with runtime.engine.begin() as conn:  # A's last attempt comes next
+        conn.execute(text("UPDATE background_jobs SET attempts = 2 WHERE id = :id"), {"id": a})
+    disp = Dispatcher(runtime, "apart", threading.Event(), prepare=True)
+    try:
+        disp.run(a, defer=True)  # failed for good; the outcome is held back
+        disp.run(b, defer=True)
+        disp.flush()
+    finally:
+        disp.stop()
+    got = control.get_job(runtime, a)
+    assert got["status"] == "failed" and got["error"].startswith("worker lost: its outcome"), got
+    assert control.get_job(runtime, b)["status"] == "succeeded"

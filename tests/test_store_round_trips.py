@@ -4,6 +4,7 @@ above sent them."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -62,7 +63,8 @@ def counted(runtime: Runtime, env: dict[str, str]) -> Iterator[Runtime]:
 def _during(fn) -> list[str]:
     LOG.clear()
     fn()
-    return list(LOG)
+    # a prepared statement's name ends in a digest of its text
+    return [re.sub(r"^((?:PREPARE|EXECUTE) prosaas_\w+)_[0-9a-f]{8}$", r"\1", x) for x in LOG]
 
 
 def test_a_trivial_job_costs_its_claim_and_its_outcome(counted, business):
@@ -163,3 +165,50 @@ def test_job_writes_through_the_worker_connection_are_throttled(counted, busines
             assert store.touch(db, job.id, claim.fence, processed=1) is False
     finally:
         disp.stop()
+
+
+def test_a_work_horse_neither_probes_for_a_pooler_nor_prepares(counted, business):
+    """A forking worker's work horse keeps its connection for one job: it runs the two plain
+    statements, with no pooler probe and no PREPARE (either would cost every job)."""
+    import json
+    import os
+
+    disp = Dispatcher(counted, "counted-worker", threading.Event(), prepare=True)
+    job = enqueue(counted, "acme_echo", business, {"message": "horse"})
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the work horse
+        try:
+            LOG.clear()
+            disp.run(job.id)  # notices the fork: fresh connections
+            os.write(write, json.dumps(LOG).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        statements = json.loads(pipe.read() or "null")
+    os.waitpid(pid, 0)
+    assert statements == ["UPDATE background_jobs", "UPDATE background_jobs"], statements
+
+
+def test_a_plugin_query_named_like_a_core_one_is_not_the_core_statement(counted, business):
+    """The kept connection prepares the core's query objects, not whatever shares their name:
+    a plugin's own `claim_job` handed the same connection runs as itself."""
+    from prosaas_core.store import Query
+
+    disp = Dispatcher(counted, "counted-worker", threading.Event(), prepare=True)
+    try:
+        disp.run(enqueue(counted, "acme_echo", business, {"message": "x"}).id, defer=True)
+        mine = Query.of("claim_job", "SELECT %(n)s + 1")
+        with disp.connect() as db:
+            assert _during(lambda: db.scalar(mine, {"n": 41})) == ["SELECT %(n)s"]
+            assert db.scalar(mine, {"n": 41}) == 42
+    finally:
+        disp.stop()
+    # its statements were dropped with it: the next dispatcher on the pool prepares afresh
+    again = Dispatcher(counted, "counted-worker-2", threading.Event(), prepare=True)
+    try:
+        job = enqueue(counted, "acme_echo", business, {"message": "y"})
+        assert "PREPARE prosaas_claim_job" in _during(lambda: again.run(job.id, defer=True))
+    finally:
+        again.stop()

@@ -46,7 +46,10 @@ log = logging.getLogger("prosaas.worker")
 DB_LOST_RETRY = 1.0
 #: the statements of every job, prepared once on the worker's kept connection (planning them
 #: cost PostgreSQL more than running them: 12 indexes, the job-type CHECK)
-PREPARED = frozenset({"claim_job", "finish_job", "finish_and_claim_job"})
+PREPARED = (store.Q.claim_job, store.Q.finish_job, store.FINISH_AND_CLAIM)
+#: seconds a held-back outcome may wait for the next claim before the job-heartbeat thread
+#: writes it alone (the next pop may be stuck behind a Redis that does not answer)
+HOLD_MAX = 1.0
 
 
 def short_traceback(exc: BaseException) -> str:
@@ -95,8 +98,12 @@ class Dispatcher:
         self.held: Held | None = None
         #: the worker's lease (prosaas_core.jobs.lease.WorkerLease), when it holds one
         self.lease: Any = None
-        #: the last job's outcome, held back for the next claim (main thread, PostgreSQL only)
+        #: the last job's outcome held back for the next claim (PostgreSQL only), and since
+        #: when; whoever writes it takes it under the lock: the next claim, a flush, the
+        #: job-heartbeat thread once it is HOLD_MAX old, the stop watchdog
         self._pending: _Done | None = None
+        self._pending_at = 0.0
+        self._pending_lock = threading.Lock()
         self._deferring = False
         #: whether the kept connection may prepare statements (the pooler probe: at first use)
         self._prepared_ok: bool | None = None if prepare else False
@@ -109,6 +116,7 @@ class Dispatcher:
         of the pool, in autocommit mode (the claim and the final write skip SQLAlchemy's
         execution machinery and the pool's checkout)."""
         if self._db is None:
+            prepare = self._prepare()  # before the checkout: the probe takes connections too
             raw = self.rt.engine.raw_connection()
             dbapi_conn = raw.dbapi_connection
             assert dbapi_conn is not None
@@ -119,24 +127,29 @@ class Dispatcher:
                 self.rt.engine.dialect,
                 cursor=dbapi_conn.cursor(),
                 on_lost=self._lost,
-                prepare=self._prepare(),
+                prepare=prepare,
             )
         return self._db
 
-    def _prepare(self) -> frozenset[str]:
+    def _prepare(self) -> tuple[Any, ...]:
         """The per-job statements the kept connection prepares: on PostgreSQL in a session of
         its own (never through a transaction pooler, which hands each transaction another
-        backend), in the process that keeps the connection (a work horse's lasts one job)."""
+        backend), in the process that keeps the connection (not in a work horse, whose
+        connection lasts one job: it does not even probe). The pooler probe runs once."""
+        if self._pid != self._parent_pid or self._prepared_ok is False:
+            return ()
         if self._prepared_ok is None:
             from prosaas_core.migrate.pooler import transaction_pooled
 
             engine = self.rt.engine
-            self._prepared_ok = engine.dialect.name == "postgresql" and not (
-                transaction_pooled(engine)
-            )
-        if not self._prepared_ok or self._pid != self._parent_pid:
-            return frozenset()
-        return PREPARED
+            try:
+                self._prepared_ok = engine.dialect.name == "postgresql" and not (
+                    transaction_pooled(engine)
+                )
+            except Exception as exc:  # the database away: this connection goes unprepared
+                log.warning("prepared statements off for now: pooler probe failed (%s)", exc)
+                return ()
+        return PREPARED if self._prepared_ok else ()
 
     def _lost(self, err: BaseException) -> None:
         """The kept connection is gone: the next statement connects afresh."""
@@ -166,63 +179,138 @@ class Dispatcher:
         return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
 
     def _claim(self, job_id: int) -> store.Claim | None:
-        """store.claim, retried across a database blip, with the held-back outcome if any. A
-        claim whose answer was lost with the connection may have committed: the retry then
-        finds the row running under our name, and that claim is ours (it would otherwise sit
-        there until its heartbeat went stale)."""
-        pending, self._pending = self._pending, None
+        """store.claim, with the held-back outcome if any (`_claim_after`)."""
+        pending = self._take_pending()
         if pending is not None and pending.outcome.job_id == job_id:  # one row, two writes
-            self._write(pending)
+            self._write_held(pending)
             pending = None
+        if pending is not None:
+            try:
+                return self._claim_after(pending, job_id)
+            except Exception as exc:
+                if transient(exc):  # the database away: the outcome waits for the next write
+                    self._put_back(pending)
+                    raise
+                log.warning(
+                    "job_id=%s: its outcome and job_id=%s's claim were refused together (%s): "
+                    "writing them apart",
+                    pending.claim.id,
+                    job_id,
+                    errortext.first_line(str(exc)),
+                )
+                try:
+                    self._write_held(pending)
+                except Exception:
+                    log.exception("job_id=%s: outcome not recorded", pending.claim.id)
+            except BaseException:  # a cold shutdown: teardown's flush writes it
+                self._put_back(pending)
+                raise
+        return self._claim_alone(job_id)
+
+    def _claim_alone(self, job_id: int) -> store.Claim | None:
+        """store.claim, retried across a database blip. A claim whose answer was lost with the
+        connection may have committed: the retry then finds the row running under our name,
+        and that claim is ours (it would otherwise sit there until its heartbeat went
+        stale)."""
         tries = []
-        written: list[bool] = []
 
         def claim(conn, job_id, worker):
             tries.append(1)
-            if pending is None:
-                return store.claim(conn, job_id, worker)
-            ok, got = store.finish_and_claim(conn, pending.outcome, job_id, worker)
-            written.append(ok)
-            return got
+            return store.claim(conn, job_id, worker)
 
-        try:
-            result = self._retrying(claim, job_id, self.worker_name)
-        except BaseException:
-            if pending is not None:
-                log.warning(
-                    "job_id=%s: outcome %s not recorded; the row is handed back and runs again",
-                    pending.claim.id,
-                    pending.outcome.status,
-                )
-                self.abandon(pending.claim.id)
-            raise
-        if pending is not None:
-            self._log_outcome(pending, written[-1])
+        result = self._retrying(claim, job_id, self.worker_name)
         if result is None and len(tries) > 1:
             result = self._adopt(job_id)
         return result
 
+    def _claim_after(self, pending: _Done, job_id: int) -> store.Claim | None:
+        """`pending`'s outcome and the claim of `job_id` in one statement, retried across a
+        blip (a lost answer: as in `_claim_alone` and `_write`)."""
+        tries = []
+
+        def finish_and_claim(conn, job_id, worker):
+            tries.append(1)
+            return store.finish_and_claim(conn, pending.outcome, job_id, worker)
+
+        ok, result = self._retrying(finish_and_claim, job_id, self.worker_name)
+        if not ok and len(tries) > 1:
+            ok = self._outcome_stands(pending.outcome)
+        self._log_outcome(pending, ok)
+        if result is None and len(tries) > 1:
+            result = self._adopt(job_id)
+        return result
+
+    # -- the held-back outcome --------------------------------------------------------------
+
+    def _hold(self, done: _Done) -> None:
+        with self._pending_lock:
+            self._pending, self._pending_at = done, time.monotonic()
+        self._ensure_heartbeat()  # its thread writes the outcome should nothing else soon
+
+    def _take_pending(self) -> _Done | None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def _put_back(self, done: _Done) -> None:
+        """Hold `done` again (a write of it failed with the database away), unless a newer
+        outcome is held: then it is left to the lease and the sweeper, as a lost write is."""
+        with self._pending_lock:
+            if self._pending is None:
+                self._pending = done
+                return
+        log.warning("job_id=%s: outcome %s not recorded", done.claim.id, done.outcome.status)
+
     def flush(self) -> None:
         """Write the held-back outcome now (the worker is about to wait, stop, or run
         something that is not a claim of ours)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
+        pending = self._take_pending()
+        if pending is not None:
+            self._write_held(pending)
+
+    def _flush_if_old(self) -> None:
+        """In the job-heartbeat thread: an outcome held HOLD_MAX already is written alone."""
+        with self._pending_lock:
+            if self._pending is None or time.monotonic() - self._pending_at < HOLD_MAX:
+                return
+        self.flush_quietly()
+
+    def _write_held(self, pending: _Done) -> None:
+        """A held-back outcome, alone. With the database away past PROSAAS_DB_RETRY it is held
+        again for a later write; refused, the row is handed back (`abandon`)."""
         try:
             self._write(pending)
-        except BaseException:
-            self.abandon(pending.claim.id)
+        except Exception as exc:
+            if transient(exc):
+                self._put_back(pending)
+            else:
+                self.abandon(pending.claim.id)
             raise
 
     def flush_quietly(self) -> None:
-        """`flush`, a failure logged (the row stays running: it is handed back, runs again)."""
+        """`flush`, a failure logged (see `_write_held` for what becomes of the outcome)."""
         try:
             self.flush()
         except Exception:
             log.exception("could not record the last job's outcome")
 
     def _write(self, done: _Done) -> bool:
-        return self._log_outcome(done, self._retrying(store.write_outcome, done.outcome))
+        """`done`'s outcome, retried across a blip; a retry refused because the first try went
+        through (its answer lost with the connection) counts as written."""
+        tries = []
+
+        def write_outcome(conn, outcome):
+            tries.append(1)
+            return store.write_outcome(conn, outcome)
+
+        ok = self._retrying(write_outcome, done.outcome)
+        if not ok and len(tries) > 1:
+            ok = self._outcome_stands(done.outcome)
+        return self._log_outcome(done, ok)
+
+    def _outcome_stands(self, outcome: store.Outcome) -> bool:
+        with connect(self.rt.engine) as db:
+            return store.outcome_stands(db, outcome)
 
     def _adopt(self, job_id: int) -> store.Claim | None:
         with connect(self.rt.engine) as db:
@@ -257,9 +345,10 @@ class Dispatcher:
     def _heartbeat_loop(self) -> None:
         interval = self.rt.settings.heartbeat_interval
         # slots are renewed three times a lease, the row at the heartbeat interval
-        tick = min(interval, self.rt.settings.flow_lease / 3)
+        tick = min(interval, self.rt.settings.flow_lease / 3, HOLD_MAX / 2)
         last_beat = time.monotonic()
         while not self._beat_stop.wait(tick):
+            self._flush_if_old()
             held = self.held
             if held is not None:
                 try:
@@ -283,7 +372,13 @@ class Dispatcher:
         self.flush_quietly()
         self._beat_stop.set()
         if self._raw is not None:
-            raw, self._raw, self._db = self._raw, None, None
+            raw, db, self._raw, self._db = self._raw, self._db, None, None
+            try:
+                if db is not None:
+                    db.deallocate()  # the pool's next user never finds our statements
+            except Exception:
+                raw.invalidate()
+                return
             if raw.dbapi_connection is not None:
                 set_autocommit(raw.dbapi_connection, self.rt.engine.dialect, False)
             raw.close()
@@ -422,7 +517,7 @@ class Dispatcher:
         )
         done = _Done(claim, outcome, time.monotonic() - started)
         if self._deferring:
-            self._pending = done
+            self._hold(done)
             return result
         return result if self._write(done) else None
 

@@ -89,3 +89,7 @@ UPDATE background_jobs
 SET status = 'queued', worker = NULL, updated_at = %(now)s, run_after = %(run_after)s,
     parked = %(parked)s, attempts = attempts - 1
 WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
+
+-- job_outcome --
+-- A job's status and fence: did an outcome whose answer was lost with its connection go through?
+SELECT status, fence FROM background_jobs WHERE id = %(id)s

@@ -154,6 +154,13 @@ def write_outcome(conn: Handle, outcome: Outcome) -> bool:
     return Db.of(conn).count(Q.finish_job, outcome.params()) == 1
 
 
+def outcome_stands(conn: Handle, outcome: Outcome) -> bool:
+    """Whether the row holds `outcome` already (under its fence): a write whose answer was lost
+    with its connection went through, and its retry was refused for that reason."""
+    row = Db.of(conn).one(Q.job_outcome, {"id": outcome.job_id})
+    return row is not None and (row[0], row[1]) == (outcome.status, outcome.fence)
+
+
 def _finish_and_claim_sql() -> Query:
     """finish_job (its parameters renamed ``done_*``) and claim_job as one PostgreSQL
     statement, composed from the two named queries so the three can never disagree."""
