@@ -221,7 +221,9 @@ def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, to
         .cte("job_lock")
     )
     written = statement.where(exists(select(lock.c.id))).returning(literal_column("1")).cte("w")
-    rows = select(func.count()).select_from(written).scalar_subquery()
+    # the rows written, counted once (the state and the answer both read this one row)
+    counted = select(func.count().label("n")).select_from(written).cte("counted")
+    rows = select(counted.c.n).scalar_subquery()
     new_state: Any = cast(bindparam("fenced_state", type_=String), JSONB)
     if add:
         pairs: list[Any] = []
@@ -237,7 +239,7 @@ def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, to
         values["total"] = bindparam("fenced_total", type_=BigInteger)
     job = (
         sql_update(jobs)
-        .where(jobs.c.id.in_(select(lock.c.id)))
+        .where(jobs.c.id == bindparam("fenced_job", type_=BigInteger), exists(select(lock.c.id)))
         .values(**values)
         .returning(jobs.c.cancel_requested)
         .cte("job")
