@@ -29,7 +29,9 @@ The rules every helper here keeps:
   job never counts or applies a batch twice. The write is fenced on the job's claim: a worker
   whose job was rescued and handed to another cannot commit another batch. On PostgreSQL a
   batch is two round trips in autocommit (the page, then that statement), where a hand-written
-  loop in a transaction takes four (BEGIN, page, write, COMMIT).
+  loop in a transaction takes four (BEGIN, page, write, COMMIT). Both statements are built once
+  per job with the batch as bound parameters (`LeadBatcher.where_template`, `Batch.params`),
+  so a batch costs no statement construction or compilation in the worker.
 """
 
 from __future__ import annotations
@@ -287,6 +289,12 @@ class Batch:
             clauses += [_LEADS.c.id > self.after, _LEADS.c.id <= self.upto, *self.conditions]
         return and_(*clauses)
 
+    def params(self) -> dict[str, Any]:
+        """The values of `LeadBatcher.where_template`'s parameters for this batch."""
+        if self.ids is not None:
+            return {"batch_ids": self.ids}
+        return {"batch_after": self.after, "batch_upto": self.upto}
+
 
 class LeadBatcher:
     """Walks a selection in keyset batches; its `state` (a JSON dict) is what a job
@@ -301,6 +309,9 @@ class LeadBatcher:
         self.state: dict[str, Any] = dict(state or {})
         # explicit ids: sorted and de-duplicated, so a position in the list is a stable cursor
         self._ids = sorted(set(selection.lead_ids)) if selection.lead_ids is not None else None
+        #: per dialect: the filter's clauses and the page statement, built once per batcher
+        #: (each batch then only binds new values: no statement to build, key or compile)
+        self._built: dict[str, tuple[tuple[ColumnElement[bool], ...], Any]] = {}
 
     @property
     def started(self) -> bool:
@@ -314,15 +325,16 @@ class LeadBatcher:
     def done(self) -> int:
         return int(self.state.get("done", 0))
 
-    def start(self, session: Session) -> None:
+    def start(self, session: Session | Connection) -> None:
         """Fix the job's extent on its first attempt: the total, and for a filter the highest
-        id that existed then (leads created during the job are not swept in)."""
+        id that existed then (leads created during the job are not swept in). `session` may
+        be a ``Connection``."""
         if self.started:
             return
         if self._ids is not None:
             self.state.update(total=len(self._ids), pos=0, done=0)
             return
-        dialect = session.get_bind().dialect.name
+        dialect = _dialect(session)
         scope = [_LEADS.c.business_id == self.business_id, *self._conditions(dialect)]
         total, upto = session.execute(
             select(func.count(), func.coalesce(func.max(_LEADS.c.id), 0)).where(*scope)
@@ -333,6 +345,28 @@ class LeadBatcher:
         f = self.selection.filter
         return _filter_clauses(f, dialect) if f is not None else []
 
+    def _page(self, dialect: str) -> tuple[tuple[ColumnElement[bool], ...], Any]:
+        """The filter's clauses and the page statement (its size and highest id, one round
+        trip), with the cursor, the extent and the size as parameters; built once."""
+        built = self._built.get(dialect)
+        if built is None:
+            conditions = tuple(self._conditions(dialect))
+            page = (
+                select(_LEADS.c.id)
+                .where(
+                    _LEADS.c.business_id == self.business_id,
+                    _LEADS.c.id > bindparam("page_last", type_=BigInteger),
+                    _LEADS.c.id <= bindparam("page_upto", type_=BigInteger),
+                    *conditions,
+                )
+                .order_by(_LEADS.c.id)
+                .limit(bindparam("page_size", type_=BigInteger))
+                .subquery()
+            )
+            built = conditions, select(func.count(), func.max(page.c.id))
+            self._built[dialect] = built
+        return built
+
     def next_batch(self, session: Session | Connection) -> Batch | None:
         """The next batch, or None when the selection is exhausted (`session` may be a
         ``Connection``)."""
@@ -340,26 +374,33 @@ class LeadBatcher:
             pos = int(self.state["pos"])
             chunk = self._ids[pos : pos + self.size]
             return Batch(self.business_id, len(chunk), ids=chunk) if chunk else None
-        dialect = _dialect(session)
+        conditions, page = self._page(_dialect(session))
         last, upto = int(self.state["last_id"]), int(self.state["upto"])
-        conditions = tuple(self._conditions(dialect))
-        page = (
-            select(_LEADS.c.id)
-            .where(
-                _LEADS.c.business_id == self.business_id,
-                _LEADS.c.id > last,
-                _LEADS.c.id <= upto,
-                *conditions,
-            )
-            .order_by(_LEADS.c.id)
-            .limit(self.size)
-            .subquery()
-        )
         # one round trip, two scalars: the batch's size and its highest id (the next cursor)
-        n, hi = session.execute(select(func.count(), func.max(page.c.id))).one()
+        n, hi = session.execute(
+            page, {"page_last": last, "page_upto": upto, "page_size": self.size}
+        ).one()
         if not n:
             return None
         return Batch(self.business_id, int(n), after=last, upto=int(hi), conditions=conditions)
+
+    def where_template(self, dialect: str) -> ColumnElement[bool]:
+        """`Batch.where` of this batcher's batches with the batch as parameters (bind
+        `Batch.params()`): a write built on it once serves every batch."""
+        clauses: list[ColumnElement[bool]] = [_LEADS.c.business_id == self.business_id]
+        if self._ids is not None:
+            if dialect == "postgresql":
+                ids = bindparam("batch_ids", type_=ARRAY(BigInteger))
+                clauses.append(_LEADS.c.id == any_(ids))
+            else:
+                clauses.append(_LEADS.c.id.in_(bindparam("batch_ids", expanding=True)))
+        else:
+            clauses += [
+                _LEADS.c.id > bindparam("batch_after", type_=BigInteger),
+                _LEADS.c.id <= bindparam("batch_upto", type_=BigInteger),
+                *self._page(dialect)[0],
+            ]
+        return and_(*clauses)
 
     def step(self, session: Session, write: LeadWrite) -> tuple[Batch | None, int]:
         """Take the next batch and apply `write` to it, in `session`'s transaction: the batch
@@ -436,12 +477,17 @@ def run_selection(
             ctx.business_id,
             ctx.attempt,
         )
+        ctx.progress(batcher.done, batcher.total)
     else:
-        with ctx.session() as s:
-            batcher.start(s)
-            ctx.checkpoint(batcher.state, session=s)
-    ctx.progress(batcher.done, batcher.total)
-    stopped = False
+        # The extent, in autocommit; it is checkpointed with the first batch (the same fenced
+        # statement): an attempt that dies before that has written nothing, and the next
+        # attempt fixes the extent again.
+        with ctx.connection() as conn:
+            batcher.start(conn)
+    #: the write, built once on the batch's parameters (`checkpoint_write` then compiles the
+    #: fused statement once for the whole attempt, not once per batch)
+    template = None
+    written = stopped = False
     while True:
         if ctx.should_stop():
             stopped = True
@@ -454,23 +500,29 @@ def run_selection(
             batch = batcher.next_batch(conn)
             if batch is None:
                 break
+            if template is None:
+                template = write(batcher.where_template(conn.dialect.name))
             missing = batch.size if batch.ids is not None else 0
             state = batcher.advance(batch, **{counted_as: 0, "not_found": missing, "batches": 1})
             state["max_txn_ms"] = longest  # up to the previous batch: this one is not over
             add = {counted_as: 1, "not_found": -1} if batch.ids is not None else {counted_as: 1}
             ctx.checkpoint_write(
                 conn,
-                write(batch.where(conn.dialect.name)),
+                template,
                 state,
                 add=add,
                 done=state["done"],
                 total=batcher.total,
+                params=batch.params(),
             )
+        written = True
         txn_ms = (time.perf_counter() - began) * 1000  # the batch's round trips, commit included
         longest = max(longest, round(txn_ms, 1))
         if not fixed:
             batcher.size = next_batch_size(batch.size, txn_ms)
         batcher.state = ctx.state
+    if not written:  # nothing selected, or stopped first: the outcome carries the progress
+        ctx.progress(batcher.done, batcher.total)
     batches = int(batcher.state.get("batches", 0))
     return {
         counted_as: int(batcher.state.get(counted_as, 0)),

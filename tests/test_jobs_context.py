@@ -231,6 +231,48 @@ def test_checkpoint_write_of_a_rescued_attempt_changes_nothing(runtime, business
     assert ctx.should_stop()
 
 
+def test_checkpoint_write_builds_a_reused_statement_once_and_stays_fenced(
+    runtime, business, monkeypatch
+):
+    """A loop passing the same statement with new `params` each batch (as the lead jobs do):
+    the fused statement is built once for the attempt, each call writes only its own batch
+    with the counts adding up, and once the job is rescued the kept statement writes nothing."""
+    from sqlalchemy import bindparam, column, table, update
+
+    built = []
+    real = store.fenced_statement
+    monkeypatch.setattr(store, "fenced_statement", lambda *a, **k: built.append(1) or real(*a, **k))
+    ctx = _context(runtime, business)
+    _ticks(runtime, business, ctx.job_id, range(6))
+    ticks = table("acme_ticks", column("item"), column("attempt"))
+    batch = update(ticks).where(ticks.c.item > bindparam("lo"), ticks.c.item <= bindparam("hi"))
+    batch = batch.values(attempt=2)
+    state: dict = {"touched": 0}
+    for lo, hi in ((-1, 1), (1, 3)):
+        with ctx.connection() as conn:
+            n = ctx.checkpoint_write(
+                conn, batch, {**state, "last": hi}, add={"touched": 1}, params={"lo": lo, "hi": hi}
+            )
+        assert n == 2
+        state = ctx.state
+    assert built == [1]  # one fused statement for both batches
+    assert ctx.state == {"touched": 4, "last": 3}
+    assert _tick_attempts(runtime) == [(0, 2), (1, 2), (2, 2), (3, 2), (4, 1), (5, 1)]
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE background_jobs SET heartbeat_at = now() - interval '1 hour'"))
+    assert sweep(runtime).rescued == [ctx.job_id]
+    with pytest.raises(JobLost):
+        with ctx.connection() as conn:
+            ctx.checkpoint_write(
+                conn, batch, {**state, "last": 5}, add={"touched": 1}, params={"lo": 3, "hi": 5}
+            )
+    assert built == [1]
+    assert _tick_attempts(runtime)[4:] == [(4, 1), (5, 1)]  # the stale attempt wrote nothing
+    with runtime.engine.connect() as conn:
+        saved = conn.execute(text("SELECT state FROM background_jobs")).scalar()
+    assert saved == {"touched": 4, "last": 3}
+
+
 def test_checkpoint_write_hears_a_cancel(runtime, business):
     from sqlalchemy import column, table, update
 

@@ -95,6 +95,8 @@ class JobContext:
         #: attempt stops writing once the lease lapsed, even before anyone rescued the job
         self._lease = lease
         self._lease_gen = lease.generation if lease is not None else 0
+        #: checkpoint_write's last fused statement: (the caller's statement, shape, fused)
+        self._fused: tuple[Any, tuple, Any] | None = None
 
     @cached_property
     def log(self) -> JobLog:
@@ -189,6 +191,7 @@ class JobContext:
         add: dict[str, int] | None = None,
         done: int | None = None,
         total: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> int:
         """Run `statement` (a SQLAlchemy DELETE or UPDATE) and checkpoint `state`, both or
         neither, fenced on the attempt's claim; returns the rows `statement` touched.
@@ -198,11 +201,16 @@ class JobContext:
         with it. On PostgreSQL (`conn` from ``ctx.connection()``) this is one statement, one
         round trip: a stale attempt's statement changes nothing. On SQLite, the write then the
         checkpoint in `conn`'s transaction. Raises JobLost when the job is no longer this
-        attempt's."""
+        attempt's.
+
+        `params`: values for `statement`'s named ``bindparam()``s. A loop that passes the same
+        `statement` object every time with new `params` has the fused statement built and
+        compiled once for the attempt, not once per call (names starting ``fenced_`` are
+        reserved)."""
         self._check_lost()
         add = add or {}
         if conn.dialect.name != "postgresql":
-            rows = cast("CursorResult[Any]", conn.execute(statement)).rowcount
+            rows = cast("CursorResult[Any]", conn.execute(statement, params)).rowcount
             state = {**state, **{k: int(state.get(k, 0)) + f * rows for k, f in add.items()}}
             with self._lock:
                 self.processed = self.processed if done is None else int(done)
@@ -211,10 +219,11 @@ class JobContext:
             self.state = dict(state)
             self._write(state=self.state, set_state=True, conn=conn)
             return rows
-        fused = store.fenced_write(
-            self.job_id, self._fence, statement, state, add=add, processed=done, total=total
-        )
-        locked, rows, cancel = conn.execute(fused).one()
+        fused = self._fused_statement(statement, add, done is not None, total is not None)
+        values = store.fenced_params(self.job_id, self._fence, state, add, done, total)
+        if params:
+            values.update(params)
+        locked, rows, cancel = conn.execute(fused, values).one()
         with self._lock:
             self._last_write = self._last_poll = time.monotonic()
             if not locked:
@@ -230,6 +239,17 @@ class JobContext:
                 }
         self._check_lost()
         return int(rows)
+
+    def _fused_statement(self, statement: Any, add: dict[str, int], done: bool, total: bool) -> Any:
+        """`store.fenced_statement` around `statement`, built once per statement object (and
+        shape of the checkpoint): the statement of the last call is kept and reused."""
+        key = (tuple(add.items()), done, total)
+        last = self._fused
+        if last is not None and last[0] is statement and last[1] == key:
+            return last[2]
+        fused = store.fenced_statement(statement, add, processed=done, total=total)
+        self._fused = (statement, key, fused)
+        return fused
 
     def should_stop(self) -> bool:
         """True when the job was cancelled, or the worker is shutting down: return soon, after

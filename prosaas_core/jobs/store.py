@@ -31,6 +31,9 @@ __all__ = [
     "requeue",
     "park",
     "utcnow",
+    "fenced_write",
+    "fenced_statement",
+    "fenced_params",
 ]
 
 T = BackgroundJob.__table__
@@ -241,43 +244,73 @@ def fenced_write(
     total: int | None,
 ) -> Any:
     """One PostgreSQL statement that runs `statement` (a DELETE or UPDATE) and checkpoints
-    `state` on the job row, fenced: both or neither, in one round trip.
+    `state` on the job row, fenced: both or neither, in one round trip (`fenced_statement`
+    with `fenced_params` bound into it; a hot loop builds the statement once instead and
+    passes the parameters to each execution)."""
+    fused = fenced_statement(
+        statement, add, processed=processed is not None, total=total is not None
+    )
+    return fused.params(fenced_params(job_id, fence, state, add, processed, total))
+
+
+def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, total: bool) -> Any:
+    """The fused write + checkpoint of `fenced_write`, with every per-call value a named bound
+    parameter (``fenced_*``, given by `fenced_params`): built and compiled once, it is run
+    batch after batch with new parameters only (SQLAlchemy's compiled cache then skips the
+    statement's construction, cache key and compilation: about 1 ms of Python per batch).
 
     The job row is locked first (``FOR UPDATE``, only while the attempt's fence holds) and
     `statement` runs only when it was; so on an autocommit connection a stale attempt writes
-    nothing at all. Each key of `add` gets ``add[key] * rows`` added to its value in `state`,
-    ``rows`` being what `statement` touched (the counts are known only in the statement). The
-    answer is one row: ``locked`` (0: the job is no longer ours), ``rows``, ``cancel``."""
-    from sqlalchemy import BigInteger, bindparam, cast, exists, func, literal_column, select
+    nothing at all. Each key of `add` gets ``add[key] * rows`` added to its value in the
+    state, ``rows`` being what `statement` touched (the counts are known only in the
+    statement). The answer is one row: ``locked`` (0: the job is no longer ours), ``rows``,
+    ``cancel``. `processed`/`total`: whether the statement writes the job's progress too."""
+    from sqlalchemy import (
+        BigInteger,
+        DateTime,
+        Integer,
+        String,
+        bindparam,
+        cast,
+        exists,
+        func,
+        literal_column,
+        select,
+    )
     from sqlalchemy import update as sql_update
     from sqlalchemy.dialects.postgresql import JSONB
 
     jobs = BackgroundJob.__table__
     lock = (
         select(jobs.c.id)
-        .where(jobs.c.id == job_id, jobs.c.fence == fence, jobs.c.status == "running")
+        .where(
+            jobs.c.id == bindparam("fenced_job", type_=BigInteger),
+            jobs.c.fence == bindparam("fenced_fence", type_=Integer),
+            jobs.c.status == "running",
+        )
         .with_for_update()
         .cte("job_lock")
     )
     written = statement.where(exists(select(lock.c.id))).returning(literal_column("1")).cte("w")
-    rows = select(func.count()).select_from(written).scalar_subquery()
-    base = {k: v for k, v in state.items() if k not in add}
-    new_state: Any = cast(bindparam("fenced_state", json.dumps(base)), JSONB)
+    # the rows written, counted once (the state and the answer both read this one row)
+    counted = select(func.count().label("n")).select_from(written).cte("counted")
+    rows = select(counted.c.n).scalar_subquery()
+    new_state: Any = cast(bindparam("fenced_state", type_=String), JSONB)
     if add:
         pairs: list[Any] = []
-        for key, factor in add.items():
-            start = bindparam(f"fenced_base_{len(pairs)}", int(state.get(key, 0)), BigInteger)
+        for i, (key, factor) in enumerate(add.items()):
+            start = bindparam(f"fenced_base_{i}", type_=BigInteger)
             pairs += [key, start + factor * rows]
         new_state = new_state.op("||")(func.jsonb_build_object(*pairs))
-    now = utcnow()
+    now = bindparam("fenced_now", type_=DateTime(timezone=True))
     values: dict[str, Any] = {"state": new_state, "heartbeat_at": now, "updated_at": now}
-    if processed is not None:
-        values["processed"] = processed
-    if total is not None:
-        values["total"] = total
+    if processed:
+        values["processed"] = bindparam("fenced_processed", type_=BigInteger)
+    if total:
+        values["total"] = bindparam("fenced_total", type_=BigInteger)
     job = (
         sql_update(jobs)
-        .where(jobs.c.id.in_(select(lock.c.id)))
+        .where(jobs.c.id == bindparam("fenced_job", type_=BigInteger), exists(select(lock.c.id)))
         .values(**values)
         .returning(jobs.c.cancel_requested)
         .cte("job")
@@ -287,3 +320,29 @@ def fenced_write(
         rows.label("rows"),
         select(job.c.cancel_requested).scalar_subquery().label("cancel"),
     )
+
+
+def fenced_params(
+    job_id: int,
+    fence: int,
+    state: dict[str, Any],
+    add: dict[str, int],
+    processed: int | None,
+    total: int | None,
+) -> dict[str, Any]:
+    """The ``fenced_*`` parameters of a `fenced_statement` for one execution: the state
+    without the keys of `add` (those are computed in the statement from their current value
+    in `state`), the time, and the progress when given."""
+    params: dict[str, Any] = {
+        "fenced_job": job_id,
+        "fenced_fence": fence,
+        "fenced_state": json.dumps({k: v for k, v in state.items() if k not in add}),
+        "fenced_now": utcnow(),
+    }
+    for i, key in enumerate(add):
+        params[f"fenced_base_{i}"] = int(state.get(key, 0))
+    if processed is not None:
+        params["fenced_processed"] = processed
+    if total is not None:
+        params["fenced_total"] = total
+    return params
