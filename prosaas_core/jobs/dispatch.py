@@ -178,6 +178,19 @@ class Dispatcher:
 
         return retry_transient(once, self.rt.settings.db_retry, what=f"job {fn.__name__}")
 
+    def _retried(self, fn, *args) -> tuple[Any, bool]:
+        """`_retrying`, and whether it took more than one try: a first try whose answer was
+        lost with its connection may have committed, so a refusal then needs a second look."""
+        tries = 0
+
+        def counted(conn, *args):
+            nonlocal tries
+            tries += 1
+            return fn(conn, *args)
+
+        counted.__name__ = fn.__name__
+        return self._retrying(counted, *args), tries > 1
+
     def _claim(self, job_id: int) -> store.Claim | None:
         """store.claim, with the held-back outcome if any (`_claim_after`)."""
         pending = self._take_pending()
@@ -212,31 +225,21 @@ class Dispatcher:
         connection may have committed: the retry then finds the row running under our name,
         and that claim is ours (it would otherwise sit there until its heartbeat went
         stale)."""
-        tries = []
-
-        def claim(conn, job_id, worker):
-            tries.append(1)
-            return store.claim(conn, job_id, worker)
-
-        result = self._retrying(claim, job_id, self.worker_name)
-        if result is None and len(tries) > 1:
+        result, retried = self._retried(store.claim, job_id, self.worker_name)
+        if result is None and retried:
             result = self._adopt(job_id)
         return result
 
     def _claim_after(self, pending: _Done, job_id: int) -> store.Claim | None:
         """`pending`'s outcome and the claim of `job_id` in one statement, retried across a
         blip (a lost answer: as in `_claim_alone` and `_write`)."""
-        tries = []
-
-        def finish_and_claim(conn, job_id, worker):
-            tries.append(1)
-            return store.finish_and_claim(conn, pending.outcome, job_id, worker)
-
-        ok, result = self._retrying(finish_and_claim, job_id, self.worker_name)
-        if not ok and len(tries) > 1:
+        (ok, result), retried = self._retried(
+            store.finish_and_claim, pending.outcome, job_id, self.worker_name
+        )
+        if not ok and retried:
             ok = self._outcome_stands(pending.outcome)
         self._log_outcome(pending, ok)
-        if result is None and len(tries) > 1:
+        if result is None and retried:
             result = self._adopt(job_id)
         return result
 
@@ -297,14 +300,8 @@ class Dispatcher:
     def _write(self, done: _Done) -> bool:
         """`done`'s outcome, retried across a blip; a retry refused because the first try went
         through (its answer lost with the connection) counts as written."""
-        tries = []
-
-        def write_outcome(conn, outcome):
-            tries.append(1)
-            return store.write_outcome(conn, outcome)
-
-        ok = self._retrying(write_outcome, done.outcome)
-        if not ok and len(tries) > 1:
+        ok, retried = self._retried(store.write_outcome, done.outcome)
+        if not ok and retried:
             ok = self._outcome_stands(done.outcome)
         return self._log_outcome(done, ok)
 
