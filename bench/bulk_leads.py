@@ -18,7 +18,9 @@
 - one single ``DELETE|UPDATE ... WHERE business_id=:b``: the physical limit.
 
 Every run starts from the same reloaded, vacuumed table; each way runs ``--repeat`` times,
-interleaved with the others, and its best rate is kept (the job's worst transaction is kept).
+interleaved with the others, and its best rate is kept (the job's worst transaction is kept);
+``*_vs_keyset_median`` is the median of the rounds' own ratios (each round runs the ways back to
+back, so a slow stretch of the machine weighs on both sides of its ratio alike).
 The worker's peak RSS (wait4) is measured for the full jobs and for a job over a tenth of the
 rows: flat memory means the two match. ``--quick``: 40,000 leads. ``--sweep 250,1000,...``:
 delete-job rows/s per fixed batch size. The last line printed
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -264,7 +267,9 @@ def run(b: Bench, kind: str, repeat: int) -> dict:
     job_type = "delete_leads" if kind == "delete" else "update_leads"
     payload = {"all": True} if kind == "delete" else {"all": True, "set": SET}
     out: dict[str, dict] = {}
+    rounds: dict[str, list[float]] = {"keyset": [], "single": []}
     for _ in range(repeat):
+        rates: dict[str, float] = {}
         for way in ("job", "keyset", "single"):
             b.reload()
             if way == "job":
@@ -277,6 +282,7 @@ def run(b: Bench, kind: str, repeat: int) -> dict:
             assert r["rows"] == b.per_business, (way, r["rows"], b.per_business)
             assert b.others_intact(), f"{kind} {way} touched another business"
             line(f"{kind} {way}", r)
+            rates[way] = r["rows_per_s"]
             best = out.get(way)
             if best is None or r["rows_per_s"] > best["rows_per_s"]:
                 out[way] = {**r, "max_txn_ms": max(r["max_txn_ms"], (best or r)["max_txn_ms"])}
@@ -285,6 +291,9 @@ def run(b: Bench, kind: str, repeat: int) -> dict:
             elif way == "job":
                 best["max_txn_ms"] = max(best["max_txn_ms"], r["max_txn_ms"])
                 best["rss_mb"] = max(best["rss_mb"], r["rss_mb"])
+        for base in rounds:  # the round's ways ran back to back: their ratio cancels drift
+            rounds[base].append(round(rates["job"] / rates[base], 3))
+    out["rounds"] = rounds
     return out
 
 
@@ -347,6 +356,11 @@ def main() -> None:
         "delete_vs_single": ratio(delete, "single"),
         "update_vs_keyset": ratio(update, "keyset"),
         "update_vs_single": ratio(update, "single"),
+        # the same ratios round by round (job ÷ baseline of that round), and their median
+        "delete_vs_keyset_median": statistics.median(delete["rounds"]["keyset"]),
+        "update_vs_keyset_median": statistics.median(update["rounds"]["keyset"]),
+        "delete_vs_keyset_rounds": delete["rounds"]["keyset"],
+        "update_vs_keyset_rounds": update["rounds"]["keyset"],
         "max_txn_ms": max(delete["job"]["max_txn_ms"], update["job"]["max_txn_ms"]),
         "keyset_max_txn_ms": round(
             max(delete["keyset"]["max_txn_ms"], update["keyset"]["max_txn_ms"]), 1
@@ -361,7 +375,9 @@ def main() -> None:
     print(
         f"ratios: delete {summary['delete_vs_keyset']}x keyset, {summary['delete_vs_single']}x "
         f"single; update {summary['update_vs_keyset']}x keyset, {summary['update_vs_single']}x "
-        f"single; longest job transaction {summary['max_txn_ms']} ms; worker peak RSS "
+        f"single (round by round, median: delete {summary['delete_vs_keyset_median']}x, update "
+        f"{summary['update_vs_keyset_median']}x keyset); longest job transaction "
+        f"{summary['max_txn_ms']} ms; worker peak RSS "
         f"{summary['peak_rss_mb']} MB ({summary['peak_rss_mb_tenth_of_rows']} MB for a tenth)"
     )
     print(json.dumps(summary))

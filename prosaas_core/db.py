@@ -61,7 +61,31 @@ def make_engine(
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if ping_idle_seconds is not None and not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine, ping_idle_seconds)
+    if engine.dialect.driver == "psycopg2":
+        _keep_default_isolation(engine)
     return engine
+
+
+def _keep_default_isolation(engine: Engine) -> None:
+    """Give back every connection at the server's default isolation level.
+
+    A connection used with ``execution_options(isolation_level=...)`` (the history's snapshot
+    reads) is reset by SQLAlchemy to the level by name, which psycopg2 then keeps as an
+    explicit setting: from then on every switch out of autocommit (`autocommit`,
+    `autocommit_cursor`, ``store.connect``: each checkout of the hot paths) costs a
+    ``SET default_transaction_isolation TO DEFAULT`` round trip. The default is the same level
+    (SQLAlchemy read it from the server), so clearing the setting changes nothing else and
+    sends nothing."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _default_isolation(dbapi_conn, _record) -> None:
+        if (
+            dbapi_conn is not None
+            and not dbapi_conn.closed
+            and not dbapi_conn.autocommit
+            and dbapi_conn.isolation_level is not None
+        ):
+            dbapi_conn.isolation_level = None  # not in autocommit: recorded, nothing sent
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

@@ -120,6 +120,39 @@ def test_busy_connection_lost_fails_once_as_sqlalchemy_error_then_recovers(pg_ur
         engine.dispose()
 
 
+def _last_statement(url: str, pid: int) -> str:
+    """What the server last ran for backend `pid` (its own record, not the driver's)."""
+    admin = create_engine(url)
+    try:
+        with admin.connect() as conn:
+            return conn.execute(
+                text("SELECT query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar_one()
+    finally:
+        admin.dispose()
+
+
+def test_a_read_at_another_isolation_level_costs_the_hot_paths_no_extra_statement(pg_url):
+    """The history's snapshot reads run at REPEATABLE READ; the connection goes back to the
+    pool at the default level without psycopg2 keeping it as a setting, so later autocommit
+    checkouts (enqueue, the job's bulk batches) send only their own statements."""
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)  # one connection, reused
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            assert conn.execute(text("SHOW transaction_isolation")).scalar() == "repeatable read"
+        pid = _backend_pid(engine)
+        assert _last_statement(pg_url, pid) == "SELECT pg_backend_pid()"
+        with autocommit_cursor(engine) as cur:
+            cur.execute("SELECT 'the bare cursor', pg_backend_pid()")
+            assert cur.fetchone()[1] == pid
+        assert _last_statement(pg_url, pid) == "SELECT 'the bare cursor', pg_backend_pid()"
+        with engine.begin() as conn:  # and a transaction still runs at the default level
+            assert conn.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+    finally:
+        engine.dispose()
+
+
 def test_api_answers_503_json_once_then_serves_when_its_connection_was_lost(runtime):
     business_id, token = business_with_token(runtime, "A")
     client = create_app(runtime=runtime).test_client()
