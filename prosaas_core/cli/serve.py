@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,11 @@ def run_gunicorn(
 
         def load(self) -> Any:
             holder["app"] = factory()
+            # frozen in the master, the app's start-up objects are out of every worker's
+            # collections: no full walk of them in the middle of a request, and no
+            # copy-on-write of the pages they share with the master
+            gc.collect()
+            gc.freeze()
             return holder["app"]
 
     Server().run()
