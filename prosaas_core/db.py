@@ -61,8 +61,8 @@ def make_engine(
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if ping_idle_seconds is not None and not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine, ping_idle_seconds)
-    if engine.dialect.driver == "psycopg2":
-        _keep_default_isolation(engine)
+    if engine.dialect.driver == "psycopg2" and "isolation_level" not in kwargs:
+        _keep_default_isolation(engine)  # an engine-wide level is the caller's: kept
     return engine
 
 
@@ -85,7 +85,10 @@ def _keep_default_isolation(engine: Engine) -> None:
             and not dbapi_conn.autocommit
             and dbapi_conn.isolation_level is not None
         ):
-            dbapi_conn.isolation_level = None  # not in autocommit: recorded, nothing sent
+            try:
+                dbapi_conn.isolation_level = None  # not in autocommit: recorded, nothing sent
+            except dbapi_conn.Error:  # a transaction still open: left as it is, slot kept
+                pass
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

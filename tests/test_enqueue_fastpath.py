@@ -240,3 +240,15 @@ def test_push_is_one_redis_command_writing_the_job_hash_rq_writes(runtime, busin
         k: v for k, v in theirs.items() if k not in stamps
     }
     assert set(ours) == set(theirs)
+
+
+def test_an_engine_wide_isolation_level_is_kept_across_checkouts(pg_url):
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0, isolation_level="SERIALIZABLE")
+    try:
+        for _ in range(2):
+            with autocommit_cursor(engine) as cur:
+                cur.execute("SELECT 1")
+            with engine.begin() as conn:
+                assert conn.execute(text("SHOW transaction_isolation")).scalar() == "serializable"
+    finally:
+        engine.dispose()

@@ -67,8 +67,8 @@ def run_gunicorn(
         def load(self) -> Any:
             holder["app"] = factory()
             # frozen in the master, the app's start-up objects are out of every worker's
-            # collections: no full walk of them in the middle of a request, and no
-            # copy-on-write of the pages they share with the master
+            # collections: no full walk of them in the middle of a request, and fewer of the
+            # pages they share with the master copied by a worker's collector
             gc.collect()
             gc.freeze()
             return holder["app"]
