@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import redis
 from sqlalchemy import text
@@ -118,6 +119,26 @@ def test_job_accepted_while_redis_is_down_runs_later(runtime, business, env, sta
     w = start_worker("--burst")
     assert w.wait(60) == 0
     assert control.get_job(runtime, job.id)["result"] == {"echo": "kept", "attempt": 1}
+
+
+def test_an_outage_is_one_warning_per_period_not_one_per_enqueue(
+    runtime, business, env, caplog, monkeypatch
+):
+    from prosaas_core.jobs import transport
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+    monkeypatch.setattr(transport, "WARN_EVERY", 0.5)
+    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
+    caplog.set_level("WARNING", logger="prosaas.jobs")
+    jobs = [enqueue(down, "acme_echo", business, {"message": str(i)}) for i in range(5)]
+    time.sleep(0.6)
+    jobs.append(enqueue(down, "acme_echo", business, {"message": "later"}))
+    assert not any(j.pushed for j in jobs)
+    warned = [r.getMessage() for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert f"job {jobs[0].id} stays queued for the sweeper: " in warned[0]
+    assert f"job {jobs[-1].id} stays queued for the sweeper (4 more since" in warned[1]
 
 
 def _age(rt, job_id: int, seconds: int) -> None:

@@ -19,7 +19,7 @@ from prosaas_core.errors import (
     TimingError,
 )
 from prosaas_core.jobs.store import Q
-from prosaas_core.jobs.transport import push
+from prosaas_core.jobs.transport import push, push_failed, skipping
 from prosaas_core.store import Row, connect
 
 if TYPE_CHECKING:
@@ -253,11 +253,13 @@ def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> b
 
     from prosaas_core.jobs.flow import flow_key
 
-    admitted_at = time.time()
+    if skipping(rt, job_id):  # Redis hung a moment ago: admission would wait as long again
+        return False
+    admitted_at, started = time.time(), time.monotonic()
     try:
         refusal = rt.flow.admit(job_id, business_id, jt, pol)
     except RedisError as exc:  # the row is committed: the sweeper pushes it, the worker gates it
-        log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
+        push_failed(rt, job_id, exc, started)
         return False
     if refusal is None:
         slot_at = admitted_at if pol.concurrency is not None else None

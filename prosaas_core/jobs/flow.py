@@ -29,9 +29,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from prosaas_core.limits import Rate, ReleaseNotices, Slot, parse_rate
+from prosaas_core.limits import Limits, Rate, ReleaseNotices, Slot, parse_rate
 
 if TYPE_CHECKING:
     from prosaas_core.jobs.store import Claim
@@ -106,6 +107,16 @@ class FlowControl:
         self._warned = False
         self.waker: Waker | None = None
 
+    @cached_property
+    def admission(self) -> Limits:
+        """The slots and rates admission uses: on the push client, so an enqueue waits on a hung
+        Redis no longer than its push would (``PROSAAS_PUSH_TIMEOUT``), not the 10 s of the
+        runtime's own client."""
+        from prosaas_core.db import process_tag
+        from prosaas_core.jobs.transport import push_client
+
+        return Limits.on(push_client(self.rt), origin=process_tag())
+
     # -- policies ----------------------------------------------------------------------------
 
     def _refresh(self) -> None:
@@ -157,7 +168,8 @@ class FlowControl:
         free now plus one of the key's `burst` admission places (so RQ never holds more than a
         burst of a business's rate-limited jobs). A Refusal says the job is to be parked."""
         key = flow_key(jt.name, business_id)
-        slots, token = self.rt.limits.slots, f"job:{job_id}"
+        limits = self.admission
+        slots, token = limits.slots, f"job:{job_id}"
         slot = None
         if pol.concurrency is not None:
             slot = slots.acquire(key, pol.concurrency, self.lease, token=token)
@@ -166,7 +178,7 @@ class FlowControl:
                 return Refusal("concurrency", f"concurrency: {n}/{n} slots held", self.lease)
         if pol.rate is None:
             return None
-        wait = self.rt.limits.rates.peek(key, pol.rate)
+        wait = limits.rates.peek(key, pol.rate)
         # a token due within the push-to-start time is as good as free: admitting only at
         # zero would leave that latency between every two starts
         if wait <= _horizon(pol.rate) and slots.acquire(

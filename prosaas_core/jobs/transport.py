@@ -2,9 +2,11 @@
 
 The push after an enqueue's commit uses its own Redis client with a short socket timeout
 (``PROSAAS_PUSH_TIMEOUT``): a hung Redis (one that accepts connections but stops answering)
-costs a request at most that long, and after a failed push the next pushes of this process skip
-Redis for a moment (they would only wait as long again). A row that was not pushed is committed
-and ``queued``: the sweeper pushes it.
+costs a request at most that long, and after a push that failed slowly the next pushes of this
+process skip Redis for a moment (they would only wait as long again). A refused connection (Redis
+down or restarting) costs a millisecond, so it skips nothing: the first push after Redis is back
+goes through, instead of waiting for the sweeper's next full sweep. A row that was not pushed is
+committed and ``queued``: the sweeper pushes it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("prosaas.jobs")
 
 DISPATCH = "prosaas_core.jobs.dispatch.run_job"
-#: seconds the pushes of a process skip Redis after one failed
+#: seconds the pushes of a process skip Redis after one failed slowly
 SKIP_AFTER_FAILURE = 2.0
+#: a failed push that took this long (or PROSAAS_PUSH_TIMEOUT / 2, if less) failed slowly
+SLOW_FAILURE = 0.2
+#: seconds between two warnings about failed pushes of one process (the rest are counted)
+WARN_EVERY = 5.0
 #: jobs per MULTI/EXEC when many are pushed at once (the sweeper after a flush)
 PUSH_BATCH = 500
 
@@ -40,6 +46,8 @@ _queues_lock = threading.Lock()
 # the short-timeout push client of each runtime, and when its pushes may try Redis again
 _clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
 _skip_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+# per runtime: when failed pushes were last warned about, and how many failed since
+_warned: weakref.WeakKeyDictionary[Any, tuple[float, int]] = weakref.WeakKeyDictionary()
 
 
 def rq_job_id(job_id: int) -> str:
@@ -221,10 +229,10 @@ def push(
     the worker that starts it soon after trusts it instead of taking it again."""
     from redis.exceptions import RedisError
 
-    if time.monotonic() < _skip_until.get(rt, 0.0):
-        log.debug("push of job %s skipped: Redis failed a moment ago", job_id)
+    if skipping(rt, job_id):
         return False
     client = push_client(rt)
+    started = time.monotonic()
     try:
         if slot_at is None and _scriptable(client):
             _push_lean(client, job_id, queue, timeout)
@@ -236,9 +244,34 @@ def push(
                 pipe.execute()
         return True
     except RedisError as exc:
-        _skip_until[rt] = time.monotonic() + SKIP_AFTER_FAILURE
-        log.warning("Redis unavailable, job %s stays queued for the sweeper: %s", job_id, exc)
+        push_failed(rt, job_id, exc, started)
         return False
+
+
+def skipping(rt: Runtime, job_id: int) -> bool:
+    """True while this process skips Redis after a push that failed slowly."""
+    if time.monotonic() < _skip_until.get(rt, 0.0):
+        log.debug("push of job %s skipped: Redis failed a moment ago", job_id)
+        return True
+    return False
+
+
+def push_failed(rt: Runtime, job_id: int, exc: Exception, started: float) -> None:
+    """The push (or admission) of `job_id`, begun at monotonic `started`, failed: a slow
+    failure (a timeout) makes this process skip Redis for SKIP_AFTER_FAILURE seconds, a fast one
+    (a refusal) does not; and one warning per WARN_EVERY seconds (during an outage every enqueue
+    fails), the failures in between counted in the next one."""
+    now = time.monotonic()
+    if now - started >= min(SLOW_FAILURE, rt.settings.push_timeout / 2):
+        _skip_until[rt] = now + SKIP_AFTER_FAILURE
+    last, quiet = _warned.get(rt, (float("-inf"), 0))
+    if now - last < WARN_EVERY:
+        _warned[rt] = (last, quiet + 1)
+        log.debug("Redis unavailable, job %s stays queued for the sweeper", job_id)
+        return
+    _warned[rt] = (now, 0)
+    more = f" ({quiet} more since the last warning)" if quiet else ""
+    log.warning("Redis unavailable, job %s stays queued for the sweeper%s: %s", job_id, more, exc)
 
 
 def _scriptable(client: Any) -> bool:
