@@ -257,7 +257,7 @@ def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> b
         return False
     admitted_at, started = time.time(), time.monotonic()
     try:
-        refusal = rt.flow.admit(job_id, business_id, jt, pol)
+        refusal = rt.flow.admit(job_id, business_id, jt, pol, limits=rt.flow.admission)
     except RedisError as exc:  # the row is committed: the sweeper pushes it, the worker gates it
         push_failed(rt, job_id, exc, started)
         return False

@@ -109,9 +109,9 @@ class FlowControl:
 
     @cached_property
     def admission(self) -> Limits:
-        """The slots and rates admission uses: on the push client, so an enqueue waits on a hung
-        Redis no longer than its push would (``PROSAAS_PUSH_TIMEOUT``), not the 10 s of the
-        runtime's own client."""
+        """The slots and rates an enqueue's admission uses: on the push client, so a request
+        waits on a hung Redis no longer than its push would (``PROSAAS_PUSH_TIMEOUT``), not the
+        10 s of the runtime's own client."""
         from prosaas_core.db import process_tag
         from prosaas_core.jobs.transport import push_client
 
@@ -163,12 +163,22 @@ class FlowControl:
 
     # -- admission and start -----------------------------------------------------------------
 
-    def admit(self, job_id: int, business_id: int, jt: JobType, pol: Policy) -> Refusal | None:
+    def admit(
+        self,
+        job_id: int,
+        business_id: int,
+        jt: JobType,
+        pol: Policy,
+        *,
+        limits: Limits | None = None,
+    ) -> Refusal | None:
         """Before a limited job is pushed: its concurrency slot, and for a rate, a rate token
         free now plus one of the key's `burst` admission places (so RQ never holds more than a
-        burst of a business's rate-limited jobs). A Refusal says the job is to be parked."""
+        burst of a business's rate-limited jobs). A Refusal says the job is to be parked.
+        `limits`: the runtime's own by default (the waker rides out a slow Redis); an enqueue
+        passes `admission`."""
         key = flow_key(jt.name, business_id)
-        limits = self.admission
+        limits = limits or self.rt.limits
         slots, token = limits.slots, f"job:{job_id}"
         slot = None
         if pol.concurrency is not None:

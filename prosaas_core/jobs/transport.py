@@ -242,10 +242,20 @@ def push(
                 meta = {"slot_at": slot_at} if slot_at is not None else None
                 _enqueue(pipe, client, job_id, queue, timeout, meta)
                 pipe.execute()
-        return True
     except RedisError as exc:
         push_failed(rt, job_id, exc, started)
         return False
+    if _warned and rt in _warned:
+        _pushes_back(rt)
+    return True
+
+
+def _pushes_back(rt: Runtime) -> None:
+    """The first push that worked after failures: say so, with what was not warned about."""
+    with _queues_lock:
+        _, quiet = _warned.pop(rt, (0.0, 0))
+    more = f" ({quiet} more failed since the last warning)" if quiet else ""
+    log.warning("Redis pushes work again%s", more)
 
 
 def skipping(rt: Runtime, job_id: int) -> bool:
@@ -264,12 +274,15 @@ def push_failed(rt: Runtime, job_id: int, exc: Exception, started: float) -> Non
     now = time.monotonic()
     if now - started >= min(SLOW_FAILURE, rt.settings.push_timeout / 2):
         _skip_until[rt] = now + SKIP_AFTER_FAILURE
-    last, quiet = _warned.get(rt, (float("-inf"), 0))
+    with _queues_lock:
+        last, quiet = _warned.get(rt, (float("-inf"), 0))
+        if now - last < WARN_EVERY:
+            _warned[rt] = (last, quiet + 1)
+        else:
+            _warned[rt] = (now, 0)
     if now - last < WARN_EVERY:
-        _warned[rt] = (last, quiet + 1)
         log.debug("Redis unavailable, job %s stays queued for the sweeper", job_id)
         return
-    _warned[rt] = (now, 0)
     more = f" ({quiet} more since the last warning)" if quiet else ""
     log.warning("Redis unavailable, job %s stays queued for the sweeper%s: %s", job_id, more, exc)
 
@@ -284,19 +297,27 @@ def _scriptable(client: Any) -> bool:
 def push_many(rt: Runtime, rows: Iterable[tuple[int, str, str]]) -> list[int]:
     """Push many ``(id, queue, job_type)`` rows, PUSH_BATCH per round trip. Returns the ids
     pushed; on a Redis error the rest are left to the next sweep (logged once)."""
+    types = rt.registry.job_types
+    timed = []
+    for job_id, queue, job_type in rows:
+        jt = types.get(job_type)
+        timed.append((job_id, queue, jt.timeout if jt else None))
+    return push_timed(rt, timed)
+
+
+def push_timed(rt: Runtime, rows: Iterable[tuple[int, str, float | None]]) -> list[int]:
+    """`push_many` of ``(id, queue, handler timeout)`` rows."""
     from redis.exceptions import RedisError
 
     rows = list(rows)
-    types = rt.registry.job_types
     client = push_client(rt)
     pushed: list[int] = []
     try:
         for i in range(0, len(rows), PUSH_BATCH):
             batch = rows[i : i + PUSH_BATCH]
             with client.pipeline() as pipe:
-                for job_id, queue, job_type in batch:
-                    jt = types.get(job_type)
-                    _enqueue(pipe, client, job_id, queue, jt.timeout if jt else None)
+                for job_id, queue, timeout in batch:
+                    _enqueue(pipe, client, job_id, queue, timeout)
                 pipe.execute()
             pushed.extend(r[0] for r in batch)
     except RedisError as exc:

@@ -57,7 +57,7 @@ def test_flush_with_10000_queued_rows(fault):
     print(f"flush_to_work {took:.2f}s")
 
 
-def test_redis_restart_and_outage(fault):
+def test_redis_restart_and_outage(fault, caplog):
     # 10,000 queued rows on another queue, which the restarted (empty) Redis no longer holds
     backlog = fault.bulk_queued(BACKLOG, job_type="acme_count", queue="acme", payload='{"n": 1}')
     w = fault.start_worker("--queues", "default")
@@ -78,6 +78,10 @@ def test_redis_restart_and_outage(fault):
     # refusals, which cost nothing to try again, so this process does not skip Redis now
     accepted = enqueue(fault.rt, "acme_echo", fault.business, {"message": "after"})
     assert accepted.pushed, "the first enqueue after Redis is back was not pushed"
+    # this process's five failed pushes: one warning, and the count when pushes work again
+    said = [r.getMessage() for r in caplog.records if r.name == "prosaas.jobs"]
+    assert sum("Redis unavailable" in m for m in said) == 1, said
+    assert "Redis pushes work again (4 more failed since the last warning)" in said, said
     wait_until(lambda: _done(fault, [accepted.id]), REDIS_BACK_TO_WORK + SLACK, "a new job runs")
     r = redis.Redis.from_url(fault.redis.url())
     wait_until(lambda: r.llen("rq:queue:acme") == len(backlog), 30, "the backlog re-pushed")
