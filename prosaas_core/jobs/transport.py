@@ -36,7 +36,7 @@ SKIP_AFTER_FAILURE = 2.0
 SLOW_FAILURE = 0.2
 #: seconds between two warnings about failed pushes of one process (the rest are counted)
 WARN_EVERY = 5.0
-#: jobs per MULTI/EXEC when many are pushed at once (the sweeper after a flush)
+#: jobs per pipeline when many are pushed at once (the sweeper after a flush, the delayed pump)
 PUSH_BATCH = 500
 
 # RQ Queue objects per Redis client and queue name. Building a Queue is cheap, but a new one
@@ -169,8 +169,11 @@ def _lean_push(client: Any, queue: str, rq_timeout: int) -> _LeanPush:
     return lean
 
 
-def _push_lean(client: Any, job_id: int, queue: str, timeout: float | None) -> None:
-    """Push one job as RQ's enqueue would, in one round trip and one Redis command."""
+def _push_lean(
+    client: Any, job_id: int, queue: str, timeout: float | None, *, via: Any = None
+) -> None:
+    """Push one job as RQ's enqueue would, in one round trip and one Redis command (`via`: a
+    pipeline of `client` to queue the command on instead)."""
     from rq.job import Job
     from rq.utils import now, utcformat
 
@@ -181,7 +184,7 @@ def _push_lean(client: Any, job_id: int, queue: str, timeout: float | None) -> N
     lean.script(
         keys=[lean.queues_key, lean.queue_key, Job.key_for(rq_id)],
         args=[rq_id, utcformat(now()), data, f"{DISPATCH}({job_id})"],
-        client=client,
+        client=via if via is not None else client,
     )
 
 
@@ -311,13 +314,18 @@ def push_timed(rt: Runtime, rows: Iterable[tuple[int, str, float | None]]) -> li
 
     rows = list(rows)
     client = push_client(rt)
+    lean = _scriptable(client)
     pushed: list[int] = []
     try:
         for i in range(0, len(rows), PUSH_BATCH):
             batch = rows[i : i + PUSH_BATCH]
-            with client.pipeline() as pipe:
+            # lean: each push is one script call on its own, so no MULTI is needed around them
+            with client.pipeline(transaction=not lean) as pipe:
                 for job_id, queue, timeout in batch:
-                    _enqueue(pipe, client, job_id, queue, timeout)
+                    if lean:
+                        _push_lean(client, job_id, queue, timeout, via=pipe)
+                    else:
+                        _enqueue(pipe, client, job_id, queue, timeout)
                 pipe.execute()
             pushed.extend(r[0] for r in batch)
     except RedisError as exc:
