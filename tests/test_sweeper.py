@@ -124,11 +124,11 @@ def test_job_accepted_while_redis_is_down_runs_later(runtime, business, env, sta
 def test_an_outage_is_one_warning_per_period_not_one_per_enqueue(
     runtime, business, env, caplog, monkeypatch
 ):
-    from prosaas_core.jobs import transport
+    from prosaas_core.jobs import pushlog
     from prosaas_core.runtime import Runtime
     from prosaas_core.settings import Settings
 
-    monkeypatch.setattr(transport, "WARN_EVERY", 2.0)
+    monkeypatch.setattr(pushlog, "WARN_EVERY", 2.0)
     down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
     caplog.set_level("WARNING", logger="prosaas.jobs")
     jobs = [enqueue(down, "acme_echo", business, {"message": str(i)}) for i in range(5)]

@@ -34,10 +34,9 @@ def schedule(rt: Runtime, job_id: int, queue: str, delay: float, *, timeout: flo
         log.warning("Redis unavailable, job %s retry left to the sweeper: %s", job_id, exc)
 
 
-#: due members taken per round trip, and at most this many pushed per `pump` call
+#: due members taken per round trip (each is an argument of one ZREM: keep it far below Lua's
+#: stack limit of about 8,000), and at most this many pushed per `pump` call
 PUMP_BATCH, PUMP_MAX = 500, 5000
-#: members of the set read per round trip while looking for a queue's next due time
-SCAN_PAGE = 200
 
 # the due members, removed in the same call: a member is taken by exactly one pump
 _TAKE_DUE = """
@@ -45,14 +44,30 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
+# the score of the first member (in due order) on one of the queues in ARGV, read on the server
+# in one call: paging from the client would skip members that another worker's pump removed
+_NEXT_DUE = """
+local n = redis.call('ZCARD', KEYS[1])
+local wanted = {}
+for _, q in ipairs(ARGV) do wanted[q] = true end
+for i = 0, n - 1, 200 do
+  local page = redis.call('ZRANGE', KEYS[1], i, i + 199, 'WITHSCORES')
+  for j = 1, #page, 2 do
+    local queue = string.match(page[j], '^[^|]*|([^|]*)|')
+    if queue and wanted[queue] then return page[j + 1] end
+  end
+end
+return false
+"""
 
 
 def pump(rt: Runtime) -> int:
     """Push every delayed job that is due (PUMP_MAX at most per call). Each is pushed by exactly
     one worker: the one whose call took it off the set (one script per PUMP_BATCH members, then
     one pipeline per PUSH_BATCH pushes, instead of a ZREM and a push per job). A push that fails
-    leaves its row ``queued`` and due: the sweeper pushes it. Returns how many were pushed."""
-    take = _taker(rt)
+    leaves its row ``queued`` and due: the sweeper pushes it at its next full sweep (within
+    ``PROSAAS_SWEEP_INTERVAL``). Returns how many were pushed."""
+    take = _script(rt, _TAKE_DUE)
     pushed = 0
     for _ in range(0, PUMP_MAX, PUMP_BATCH):
         # the runtime's client returns bytes (redis-py's types cannot know decode_responses)
@@ -61,34 +76,28 @@ def pump(rt: Runtime) -> int:
         for member in due:
             job_id, queue, timeout = member.decode().split("|")
             rows.append((int(job_id), queue, float(timeout) if timeout else None))
-        pushed += len(push_timed(rt, rows))
-        if len(due) < PUMP_BATCH:
-            break
+        done = push_timed(rt, rows)
+        pushed += len(done)
+        if len(due) < PUMP_BATCH or len(done) < len(rows):
+            break  # all taken, or Redis failed: what is left waits for the next pass
     return pushed
 
 
-def _taker(rt: Runtime):
-    """The take-due script on the runtime's client, registered once per client."""
+def _script(rt: Runtime, source: str) -> Any:
+    """Script `source` on the runtime's client, registered once per client."""
     client = rt.redis
-    script = _scripts.get(client)
-    if script is None:
-        script = _scripts.setdefault(client, client.register_script(_TAKE_DUE))
-    return script
+    per_client = _scripts.get(client)
+    if per_client is None:
+        per_client = _scripts.setdefault(client, {})
+    if source not in per_client:
+        per_client[source] = client.register_script(source)
+    return per_client[source]
 
 
-_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_scripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def next_due(rt: Runtime, queues: list[str]) -> float | None:
-    """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None.
-    Reads the set in due order, SCAN_PAGE members at a time, up to the first one that matches."""
-    wanted = set(queues)
-    start = 0
-    while True:
-        members = rt.redis.zrange(DELAYED_KEY, start, start + SCAN_PAGE - 1, withscores=True)
-        for member, score in cast("list[tuple[bytes, float]]", members):
-            if member.decode().split("|")[1] in wanted:
-                return score  # members come sorted by due time
-        if len(members) < SCAN_PAGE:
-            return None
-        start += SCAN_PAGE
+    """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None."""
+    found = _script(rt, _NEXT_DUE)(keys=[DELAYED_KEY], args=list(queues))
+    return float(found) if found is not None else None

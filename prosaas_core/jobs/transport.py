@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prosaas_core.jobs import pushlog
+
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
@@ -34,8 +36,6 @@ DISPATCH = "prosaas_core.jobs.dispatch.run_job"
 SKIP_AFTER_FAILURE = 2.0
 #: a failed push that took this long (or PROSAAS_PUSH_TIMEOUT / 2, if less) failed slowly
 SLOW_FAILURE = 0.2
-#: seconds between two warnings about failed pushes of one process (the rest are counted)
-WARN_EVERY = 5.0
 #: jobs per pipeline when many are pushed at once (the sweeper after a flush, the delayed pump)
 PUSH_BATCH = 500
 
@@ -46,8 +46,6 @@ _queues_lock = threading.Lock()
 # the short-timeout push client of each runtime, and when its pushes may try Redis again
 _clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
 _skip_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-# per runtime: when failed pushes were last warned about, and how many failed since
-_warned: weakref.WeakKeyDictionary[Any, tuple[float, int]] = weakref.WeakKeyDictionary()
 
 
 def rq_job_id(job_id: int) -> str:
@@ -248,17 +246,8 @@ def push(
     except RedisError as exc:
         push_failed(rt, job_id, exc, started)
         return False
-    if _warned and rt in _warned:
-        _pushes_back(rt)
+    pushlog.pushed(rt)
     return True
-
-
-def _pushes_back(rt: Runtime) -> None:
-    """The first push that worked after failures: say so, with what was not warned about."""
-    with _queues_lock:
-        _, quiet = _warned.pop(rt, (0.0, 0))
-    more = f" ({quiet} more failed since the last warning)" if quiet else ""
-    log.warning("Redis pushes work again%s", more)
 
 
 def skipping(rt: Runtime, job_id: int) -> bool:
@@ -272,22 +261,12 @@ def skipping(rt: Runtime, job_id: int) -> bool:
 def push_failed(rt: Runtime, job_id: int, exc: Exception, started: float) -> None:
     """The push (or admission) of `job_id`, begun at monotonic `started`, failed: a slow
     failure (a timeout) makes this process skip Redis for SKIP_AFTER_FAILURE seconds, a fast one
-    (a refusal) does not; and one warning per WARN_EVERY seconds (during an outage every enqueue
-    fails), the failures in between counted in the next one."""
+    (a refusal) does not; and it is logged (`pushlog`: one line per few seconds, not one per
+    enqueue)."""
     now = time.monotonic()
     if now - started >= min(SLOW_FAILURE, rt.settings.push_timeout / 2):
         _skip_until[rt] = now + SKIP_AFTER_FAILURE
-    with _queues_lock:
-        last, quiet = _warned.get(rt, (float("-inf"), 0))
-        if now - last < WARN_EVERY:
-            _warned[rt] = (last, quiet + 1)
-        else:
-            _warned[rt] = (now, 0)
-    if now - last < WARN_EVERY:
-        log.debug("Redis unavailable, job %s stays queued for the sweeper", job_id)
-        return
-    more = f" ({quiet} more since the last warning)" if quiet else ""
-    log.warning("Redis unavailable, job %s stays queued for the sweeper%s: %s", job_id, more, exc)
+    pushlog.push_log(rt).failed(job_id, exc)
 
 
 def _scriptable(client: Any) -> bool:
@@ -328,6 +307,8 @@ def push_timed(rt: Runtime, rows: Iterable[tuple[int, str, float | None]]) -> li
                         _enqueue(pipe, client, job_id, queue, timeout)
                 pipe.execute()
             pushed.extend(r[0] for r in batch)
+        if pushed:
+            pushlog.pushed(rt)
     except RedisError as exc:
         log.warning(
             "Redis unavailable, %d job(s) stay queued for the next sweep: %s",
