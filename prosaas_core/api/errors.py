@@ -75,8 +75,17 @@ def _unexpected(exc: Exception):
     if isinstance(exc, OperationalError):
         log.error("Database unavailable on %s %s: %s", request.method, request.path, exc.orig)
         return _json(503, "Database unavailable", "the database could not be reached; retry later")
+    if _is_redis_error(exc):  # e.g. a plugin's endpoint reading its slots while Redis is away
+        log.error("Redis unavailable on %s %s: %s", request.method, request.path, first_line(exc))
+        return _json(503, "Service unavailable", "a dependency could not be reached; retry later")
     log.exception("Unhandled error on %s %s", request.method, request.path)
     return _json(500, "Internal Server Error", "an unexpected error was logged on the server")
+
+
+def _is_redis_error(exc: Exception) -> bool:
+    from redis.exceptions import RedisError
+
+    return isinstance(exc, RedisError)
 
 
 def install(app: Flask) -> None:

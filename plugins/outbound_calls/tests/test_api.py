@@ -164,3 +164,26 @@ def test_tenant_isolation_on_every_endpoint(runtime, client, acme):
 def test_list_caps_its_limit(client, acme):
     assert client.get(f"{URL}?limit=1000", headers=acme[1]).status_code == 400
     assert client.get(f"{URL}?limit=x", headers=acme[1]).status_code == 400
+
+
+def test_redis_down_is_a_short_503_not_a_traceback(runtime, client, acme, env, caplog):
+    """A campaign's summary reads its live calls from Redis: with Redis away that is a 503
+    with the usual small error body and one log line, not a 500 and a traceback per request."""
+    from prosaas_core.api.app import create_app
+    from prosaas_core.runtime import Runtime
+    from prosaas_core.settings import Settings
+
+    auth = acme[1]
+    cid = client.post(URL, json=body(), headers=auth).get_json()["campaign_id"]
+    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
+    try:
+        resp = create_app(runtime=down).test_client().get(f"{URL}/{cid}", headers=auth)
+    finally:
+        down.close()
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.get_json() == {
+        "error": "Service unavailable",
+        "details": "a dependency could not be reached; retry later",
+    }
+    assert "Traceback" not in caplog.text and "Unhandled error" not in caplog.text
+    assert f"Redis unavailable on GET {URL}/{cid}" in caplog.text
