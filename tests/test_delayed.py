@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+from prosaas_core.jobs import delayed
 from prosaas_core.jobs.delayed import DELAYED_KEY, PUMP_MAX, next_due, pump
 from prosaas_core.jobs.transport import rq_job_id
 
@@ -64,3 +65,29 @@ def test_next_due_finds_a_queue_behind_many_others(runtime):
     assert next_due(runtime, ["none"]) is None
     r.delete(DELAYED_KEY)
     assert next_due(runtime, ["small"]) is None
+
+
+def test_pumps_after_redis_lost_its_scripts(runtime):
+    """A restarted Redis knows none of the scripts the pump and the lean pushes were loaded as:
+    they are loaded again on the way (the sweeper's re-push after a restart is the same path)."""
+    r = runtime.redis
+    r.zadd(DELAYED_KEY, _members(range(1, 11), "default", time.time() - 1))
+    assert pump(runtime) == 10
+    r.delete("rq:queue:default")
+    r.script_flush()
+    r.zadd(DELAYED_KEY, _members(range(11, 21), "default", time.time() - 1))
+    assert pump(runtime) == 10
+    assert r.llen("rq:queue:default") == 10
+    assert r.hget(f"rq:job:{rq_job_id(20)}", "status") == b"queued"
+
+
+def test_next_due_reads_a_bounded_part_of_the_set(runtime, monkeypatch):
+    """Behind more members of other queues than it reads, it answers the last one's time (to
+    pump then and ask again) rather than holding Redis for the whole set."""
+    monkeypatch.setattr(delayed, "NEXT_DUE_SCAN", 300)
+    r = runtime.redis
+    now = time.time()
+    r.zadd(DELAYED_KEY, {f"{i}|big|": now + i for i in range(1, 1001)})
+    r.zadd(DELAYED_KEY, {"5000|small|": now + 2000})
+    assert next_due(runtime, ["small"]) == now + 300
+    assert next_due(runtime, ["big"]) == now + 1

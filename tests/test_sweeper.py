@@ -179,3 +179,29 @@ def test_a_queued_job_popped_by_a_worker_killed_before_its_mark_runs(
     for job in (orphan, waiting):
         got = control.get_job(runtime, job.id)
         assert (got["status"], got["attempts"]) == ("succeeded", 1), got
+
+
+def test_the_last_line_about_pushes_is_never_a_stale_warning(caplog, monkeypatch):
+    """A process's push lines are rate-limited, but a warning is always followed by a "work
+    again" line once pushes work, even one within the limit of the previous such line."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from prosaas_core.jobs import pushlog
+
+    monkeypatch.setattr(pushlog, "WARN_EVERY", 2.0)
+    caplog.set_level("WARNING", logger="prosaas.jobs")
+    plog = pushlog.PushLog()
+    refused = RedisConnectionError("refused")
+    plog.failed(1, refused)  # t=0: warned
+    time.sleep(1.0)
+    plog.worked()  # t=1: work again
+    time.sleep(1.1)
+    plog.failed(2, refused)  # t=2.1: warned (2 s after the first warning)
+    plog.worked()  # t=2.1: 1.1 s after the last "work again", and said anyway
+    said = [r.getMessage() for r in caplog.records if r.name == "prosaas.jobs"]
+    assert [m.split(",")[0].split(":")[0] for m in said] == [
+        "Redis unavailable",
+        "Redis pushes work again",
+        "Redis unavailable",
+        "Redis pushes work again",
+    ], said

@@ -83,9 +83,10 @@ def _unexpected(exc: Exception):
 
 
 def _is_redis_error(exc: Exception) -> bool:
-    from redis.exceptions import RedisError
+    """Redis away (refused, reset, timed out, loading, no master): not a bug to trace back."""
+    from redis.exceptions import ConnectionError, TimeoutError
 
-    return isinstance(exc, RedisError)
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def install(app: Flask) -> None:

@@ -44,19 +44,25 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
-# the score of the first member (in due order) on one of the queues in ARGV, read on the server
-# in one call: paging from the client would skip members that another worker's pump removed
+#: members `next_due` reads at most (in one call: it holds Redis meanwhile)
+NEXT_DUE_SCAN = 10_000
+# the score of the first member (in due order) on one of the queues in ARGV[2..], read on the
+# server in one call (paging from the client would skip members another worker's pump removed);
+# past ARGV[1] members, the score of the last one read: a time to look again
 _NEXT_DUE = """
-local n = redis.call('ZCARD', KEYS[1])
+local n = math.min(redis.call('ZCARD', KEYS[1]), tonumber(ARGV[1]))
 local wanted = {}
-for _, q in ipairs(ARGV) do wanted[q] = true end
+for k = 2, #ARGV do wanted[ARGV[k]] = true end
+local last = false
 for i = 0, n - 1, 200 do
-  local page = redis.call('ZRANGE', KEYS[1], i, i + 199, 'WITHSCORES')
+  local page = redis.call('ZRANGE', KEYS[1], i, math.min(i + 199, n - 1), 'WITHSCORES')
   for j = 1, #page, 2 do
     local queue = string.match(page[j], '^[^|]*|([^|]*)|')
     if queue and wanted[queue] then return page[j + 1] end
+    last = page[j + 1]
   end
 end
+if n == tonumber(ARGV[1]) then return last end
 return false
 """
 
@@ -98,6 +104,8 @@ _scripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictio
 
 
 def next_due(rt: Runtime, queues: list[str]) -> float | None:
-    """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None."""
-    found = _script(rt, _NEXT_DUE)(keys=[DELAYED_KEY], args=list(queues))
+    """The earliest due time (epoch seconds) of a delayed job on one of `queues`, or None.
+    Behind more than NEXT_DUE_SCAN members of other queues, the due time of the last one read
+    (the caller pumps then and asks again)."""
+    found = _script(rt, _NEXT_DUE)(keys=[DELAYED_KEY], args=[NEXT_DUE_SCAN, *queues])
     return float(found) if found is not None else None

@@ -1,7 +1,7 @@
 """What a process says about its failed pushes: during an outage every enqueue fails to push,
 so one warning per WARN_EVERY seconds, the failures in between counted in the next line; and
-when pushes work again, one line with the count (also at most one per WARN_EVERY, so a flapping
-Redis is a line every few seconds, not one per request)."""
+when pushes work again, one line with the count (at most one per WARN_EVERY unless a warning came
+in between, so a flapping Redis is a few lines every five seconds, not one per request)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ class PushLog:
         """A push worked; the first after failures says so (callers check `down` first)."""
         now = time.monotonic()
         with self._lock:
-            if not self.down or now - self._back < WARN_EVERY:
+            # within WARN_EVERY of the last such line only when no warning came since: the last
+            # line about a process's pushes is never a stale "unavailable"
+            if not self.down or (now - self._back < WARN_EVERY and self._warned < self._back):
                 return
             quiet, self._quiet, self.down, self._back = self._quiet, 0, False, now
         more = f" ({quiet} more failed since the last warning)" if quiet else ""
