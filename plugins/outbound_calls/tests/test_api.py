@@ -169,9 +169,7 @@ def test_list_caps_its_limit(client, acme):
 def test_redis_down_is_a_short_503_not_a_traceback(runtime, client, acme, env, caplog):
     """A campaign's summary reads its live calls from Redis: with Redis away that is a 503
     with the usual small error body and one log line, not a 500 and a traceback per request."""
-    from prosaas_core.api.app import create_app
-    from prosaas_core.runtime import Runtime
-    from prosaas_core.settings import Settings
+    from prosaas_core import Runtime, Settings, create_app
 
     auth = acme[1]
     cid = client.post(URL, json=body(), headers=auth).get_json()["campaign_id"]
