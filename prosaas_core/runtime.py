@@ -5,6 +5,7 @@ Nothing here is a module-level global: the CLI, the app factory and each test bu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -14,6 +15,7 @@ from prosaas_core.settings import Settings
 
 if TYPE_CHECKING:
     import redis
+    from redis import Redis
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +31,7 @@ class Runtime:
     def __init__(self, settings: Settings | None = None, pm: PluginManager | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self._pm = pm
+        self._lock = threading.Lock()  # builds the request client once, under any Python
 
     @cached_property
     def pm(self) -> PluginManager:
@@ -85,6 +88,37 @@ class Runtime:
 
         return Limits.on(self.redis, origin=process_tag())
 
+    @property
+    def request_redis(self) -> Redis:
+        """The same Redis with short timeouts (``PROSAAS_PUSH_TIMEOUT``, 1 s) for what somebody
+        waits on: the push after an enqueue's commit, an API request, a dashboard page, a
+        metrics scrape, an operator's command. A hung Redis fails them within the timeout
+        (an API request answers 503) instead of holding each for the 10 s of `redis`, which the
+        worker's own loops keep so that they ride out a slow moment (a BGSAVE fork)."""
+        client = self.__dict__.get("_request_redis")
+        if client is None:
+            import redis as redis_lib
+
+            from prosaas_core.redisconn import make_redis
+
+            if type(self.redis) is not redis_lib.Redis:
+                return self.redis  # a stand-in (the demo's fakeredis): used as it is
+            with self._lock:
+                client = self.__dict__.get("_request_redis")
+                if client is None:
+                    t = self.settings.push_timeout
+                    client = make_redis(self.settings, socket_connect_timeout=t, socket_timeout=t)
+                    self.__dict__["_request_redis"] = client
+        return client
+
+    @cached_property
+    def request_limits(self) -> Limits:
+        """`limits` on `request_redis`: slots and rates read or taken on a request path."""
+        from prosaas_core.db import process_tag
+        from prosaas_core.limits import Limits
+
+        return Limits.on(self.request_redis, origin=process_tag())
+
     @cached_property
     def flow(self) -> FlowControl:
         """Per-business flow control of the installed job types (``prosaas_core.jobs.flow``)."""
@@ -96,5 +130,6 @@ class Runtime:
         """Release pooled database and Redis connections."""
         if "engine" in self.__dict__:
             self.engine.dispose()
-        if "redis" in self.__dict__:
-            self.redis.close()
+        for name in ("redis", "_request_redis"):
+            if name in self.__dict__:
+                self.__dict__[name].close()

@@ -128,7 +128,7 @@ class ProsaasCollector(Collector):
             "prosaas_queue_depth", "RQ jobs waiting in each Redis queue", labels=["queue"]
         )
         for queue in self.rt.registry.queues:
-            depth.add_metric([queue], Queue(queue, connection=self.rt.redis).count)
+            depth.add_metric([queue], Queue(queue, connection=self.rt.request_redis).count)
         yield depth
 
     def _workers(self) -> Iterator[Metric]:

@@ -84,10 +84,8 @@ def readiness_problems() -> tuple[dict[str, str], list[str]]:
             checks["schema"] = "unknown"
             problems.append(f"schema check failed: {first_line(exc)}")
     try:
-        from prosaas_core.jobs.transport import push_client
-
-        # the pushes' client: a hung Redis answers "not ready" in PROSAAS_PUSH_TIMEOUT, not 10 s
-        push_client(rt).ping()
+        # a hung Redis answers "not ready" in PROSAAS_PUSH_TIMEOUT, not 10 s
+        rt.request_redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = "unreachable"

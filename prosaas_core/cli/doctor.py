@@ -100,14 +100,14 @@ def check_redis(rt: Runtime, report: Report) -> bool:
     from prosaas_core.redisconn import describe, topology
 
     try:
-        rt.redis.ping()
+        rt.request_redis.ping()
     except Exception as exc:
         where = describe(rt.settings)
         report.add(PROBLEM, f"Redis unreachable ({where}): {mask_urls_in(str(exc))}")
         return False
     report.add(OK, "Redis reachable")
     try:
-        topo = topology(rt.settings, rt.redis)
+        topo = topology(rt.settings, rt.request_redis)
     except Exception as exc:
         report.add(WARN, f"Redis topology unknown: {first_line(exc)}")
         return True

@@ -2,7 +2,8 @@
 
 The cookie holds the signed-in token's *id* (never the token) and a CSRF secret; it is signed
 with ``PROSAAS_SECRET_KEY`` (or, when that is not set, a random key kept in Redis so every
-``prosaas serve`` process shares it; a Redis flush then signs everyone out). Each request
+``prosaas serve`` process shares it; each process reads it again every ``SECRET_REFRESH`` and
+writes its own back after a flush, so a flushed or hung Redis signs nobody out). Each request
 checks that the token is still live, so revoking it ends the session on the next request.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,6 +26,8 @@ COOKIE_PATH = "/dashboard"
 MAX_AGE = 12 * 3600
 SECRET_KEY = "prosaas:dashboard:secret"
 SALT = "prosaas-dashboard-session"
+#: seconds a process signs with the Redis-kept key before reading it again
+SECRET_REFRESH = 30.0
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,28 @@ def _secret(rt: Runtime) -> str:
     configured = rt.settings.get("PROSAAS_SECRET_KEY")
     if configured:
         return configured
-    r = rt.redis
-    value = r.get(SECRET_KEY)
-    if value is None:  # the first process to need one makes it; the others read that one
-        r.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
+    # Read again every SECRET_REFRESH, not per request: a hung Redis then neither holds every
+    # page nor signs anyone out, and the key this process has outlives a flush.
+    kept = current_app.extensions.setdefault("prosaas_dashboard_secret", {})
+    now = time.monotonic()
+    if kept and now - kept["at"] < SECRET_REFRESH:
+        return kept["value"]
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    r = rt.request_redis
+    try:
         value = r.get(SECRET_KEY)
+        if value is None:  # the first process to need one makes it; the others read that one
+            r.set(SECRET_KEY, kept.get("value") or secrets.token_urlsafe(32), nx=True)
+            value = r.get(SECRET_KEY)
+    except (ConnectionError, TimeoutError):
+        if kept:  # Redis is away: keep signing with the key every process already has
+            return kept["value"]
+        raise
     if not value:  # never sign with an empty key
         abort(503, "the dashboard's signing key could not be read from Redis")
-    return cast(bytes, value).decode()  # the runtime's client returns bytes
+    kept.update(value=cast(bytes, value).decode(), at=now)  # the runtime's client returns bytes
+    return kept["value"]
 
 
 def _serializer(rt: Runtime) -> URLSafeTimedSerializer:
@@ -70,11 +88,12 @@ def load() -> None:
     """Read the cookie into ``g.session`` (a fresh anonymous one when missing or invalid) and
     ``g.viewer`` (None unless signed in with a still-live token)."""
     rt = runtime()
+    serializer = _serializer(rt)  # here, not first in `save`: Redis away is then a clean 503
     data: dict[str, Any] = {}
     raw = request.cookies.get(COOKIE)
     if raw:
         try:
-            loaded = _serializer(rt).loads(raw, max_age=MAX_AGE)
+            loaded = serializer.loads(raw, max_age=MAX_AGE)
             data = loaded if isinstance(loaded, dict) else {}
         except BadSignature:
             data = {}

@@ -12,9 +12,12 @@ import logging
 from typing import Any
 
 from flask import abort, current_app, g, jsonify, render_template
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from prosaas_core.dashboard import bp, charts, queries
 from prosaas_core.dashboard.session import runtime
+from prosaas_core.errors import first_line
 
 log = logging.getLogger("prosaas.dashboard")
 
@@ -33,10 +36,15 @@ def overview_data() -> dict[str, Any]:
     scope = g.viewer.scope
     cache = current_app.extensions.setdefault("prosaas_dashboard_finished", queries.FinishedCache())
     finished = queries.finished_jobs(rt, scope, cache)
-    queues = queries.queue_counts(rt, scope, finished)
+    queues: dict[str, dict[str, Any]] = queries.queue_counts(rt, scope, finished)
     if g.viewer.admin:
-        for name, item in queues.items():
-            item["in_redis"] = Queue(name, connection=rt.redis).count
+        try:
+            for name, item in queues.items():
+                item["in_redis"] = Queue(name, connection=rt.request_redis).count
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # an extra: the page answers
+            log.warning("dashboard: queue lengths unavailable: %s", first_line(exc))
+            for item in queues.values():
+                item["in_redis"] = None
     try:
         flow = [r for r in summary(rt) if scope is None or r["business_id"] == scope]
     except Exception as exc:  # flow limits are an extra: never take the page down

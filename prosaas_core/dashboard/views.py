@@ -5,13 +5,18 @@ The page views live in ``job_views`` and ``system_views``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import g, jsonify, redirect, render_template, request, url_for
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from prosaas_core.dashboard import bp, session
-from prosaas_core.errors import ConflictError, NotFoundError
+from prosaas_core.errors import ConflictError, NotFoundError, first_line
+
+log = logging.getLogger("prosaas.dashboard")
 
 #: endpoints served without a signed-in viewer
 PUBLIC = {"dashboard.login", "dashboard.static"}
@@ -68,6 +73,13 @@ def _error(status: int, error: str, details: Any = None):
 @bp.errorhandler(HTTPException)
 def _http(exc: HTTPException):
     return _error(exc.code or 500, exc.name, exc.description)
+
+
+@bp.errorhandler(RedisConnectionError)
+@bp.errorhandler(RedisTimeoutError)
+def _redis_away(exc: Exception):
+    log.error("Redis unavailable on %s %s: %s", request.method, request.path, first_line(exc))
+    return _error(503, "Service unavailable", "a dependency could not be reached; retry later")
 
 
 @bp.errorhandler(NotFoundError)

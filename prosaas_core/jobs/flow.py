@@ -29,7 +29,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from prosaas_core.limits import Limits, Rate, ReleaseNotices, Slot, parse_rate
@@ -107,15 +106,12 @@ class FlowControl:
         self._warned = False
         self.waker: Waker | None = None
 
-    @cached_property
+    @property
     def admission(self) -> Limits:
-        """The slots and rates an enqueue's admission uses: on the push client, so a request
-        waits on a hung Redis no longer than its push would (``PROSAAS_PUSH_TIMEOUT``), not the
-        10 s of the runtime's own client."""
-        from prosaas_core.db import process_tag
-        from prosaas_core.jobs.transport import push_client
-
-        return Limits.on(push_client(self.rt), origin=process_tag())
+        """The slots and rates an enqueue's admission uses: the runtime's `request_limits`, so
+        a request waits on a hung Redis no longer than its push would (``PROSAAS_PUSH_TIMEOUT``),
+        not the 10 s of the runtime's own client."""
+        return self.rt.request_limits
 
     # -- policies ----------------------------------------------------------------------------
 
@@ -255,12 +251,13 @@ class FlowControl:
 
     # -- parking -----------------------------------------------------------------------------
 
-    def parked(self, key: str, refusal: Refusal) -> None:
+    def parked(self, key: str, refusal: Refusal, limits: Limits | None = None) -> None:
         """A job of `key` was parked: raise the key's flag so releases announce themselves,
-        and tell the wakers (this process's at once, others' through the notice channel)."""
-        r = self.rt.redis
+        and tell the wakers (this process's at once, others' through the notice channel).
+        `limits` as for `admit`: an enqueue passes `admission`."""
+        slots = (limits or self.rt.limits).slots
+        r = slots.redis
         ttl_ms = int(self.lease * 2000)
-        slots = self.rt.limits.slots
         with r.pipeline(transaction=False) as p:
             p.set(PARKED_FLAG + key, 1, px=ttl_ms)
             if refusal.kind == "rate":  # nobody releases anything: say when to look
@@ -287,7 +284,7 @@ class FlowControl:
                     updated_at=now,
                 )
             )
-        self.parked(key, refusal)
+        self.parked(key, refusal, self.admission)
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -491,9 +488,9 @@ def summary(rt: Runtime) -> list[dict[str, Any]]:
             item["queued"] += n
     items = [out[k] for k in sorted(out)]
     keys = [flow_key(i["job_type"], i["business_id"]) for i in items]
-    held = rt.limits.slots.active_many(keys)
+    held = rt.request_limits.slots.active_many(keys)
     rated = [(k, i["_rate"]) for k, i in zip(keys, items, strict=True) if i["_rate"]]
-    used = dict(zip([k for k, _ in rated], rt.limits.rates.used(rated), strict=True))
+    used = dict(zip([k for k, _ in rated], rt.request_limits.rates.used(rated), strict=True))
     for key, item in zip(keys, items, strict=True):
         item.pop("_rate")
         item["slots_held"] = held[key]

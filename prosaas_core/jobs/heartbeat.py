@@ -103,7 +103,7 @@ class WorkerHeartbeat:
 def live_workers(rt: Runtime) -> list[dict]:
     """Every worker whose heartbeat has not expired, sorted by name: ``{name, host, pid, queues,
     services: {name: {state, restarts, last_error}}, last_seen}``."""
-    r = rt.redis
+    r = rt.request_redis  # read by requests and operators: fail fast on a hung Redis
     names = sorted(n.decode() for n in cast("set[bytes]", r.smembers(WORKERS_KEY)))
     if not names:
         return []

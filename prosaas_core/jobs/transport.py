@@ -43,8 +43,7 @@ PUSH_BATCH = 500
 # asks the server for its version (an INFO round trip) on its first push; a reused one asks once.
 _queues: weakref.WeakKeyDictionary[Any, dict[str, Queue]] = weakref.WeakKeyDictionary()
 _queues_lock = threading.Lock()
-# the short-timeout push client of each runtime, and when its pushes may try Redis again
-_clients: weakref.WeakKeyDictionary[Any, redis.Redis] = weakref.WeakKeyDictionary()
+# when each runtime's pushes may try Redis again
 _skip_until: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
@@ -72,19 +71,7 @@ def rq_queue(connection: Any, name: str) -> Queue:
 
 def push_client(rt: Runtime) -> redis.Redis:
     """The runtime's Redis client for pushes: same server, short timeouts."""
-    client = _clients.get(rt)
-    if client is None:
-        import redis as redis_lib
-
-        from prosaas_core.redisconn import make_redis
-
-        if type(rt.redis) is not redis_lib.Redis:
-            return rt.redis  # a stand-in (the demo's fakeredis): used as it is
-        t = rt.settings.push_timeout
-        client = make_redis(rt.settings, socket_connect_timeout=t, socket_timeout=t)
-        with _queues_lock:
-            client = _clients.setdefault(rt, client)
-    return client
+    return rt.request_redis
 
 
 def _rq_timeout(timeout: float | None) -> int:

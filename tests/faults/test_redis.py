@@ -13,7 +13,7 @@ import requests
 
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.transport import push_many
-from prosaas_core.testing import ServeProcess, bearer, business_with_token, wait_until
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, run_cli, wait_until
 from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
 
 BACKLOG = 10_000
@@ -126,3 +126,48 @@ def test_hung_redis_does_not_stall_the_api(fault, job_type):
     # "Enqueued" means committed and pushed: the first push timed out, and it says so
     assert f"Accepted job_id={ids[0]} " in log
     assert f"Enqueued job_id={ids[0]} " not in log
+
+
+def test_hung_redis_fails_reads_fast(fault):
+    """What reads Redis on somebody's behalf (a metrics scrape, a dashboard page, `prosaas
+    doctor`) gives up within PROSAAS_PUSH_TIMEOUT per read, not the 10 s a worker's loops wait."""
+    fault.enqueue("acme_slot", {"message": "x"})  # so the flow summary reads its slots too
+    with ServeProcess(fault.env, workers=1, log_path=fault.tmp / "serve.log") as srv:
+        fault.redis.freeze()
+        try:
+            t = time.monotonic()
+            resp = requests.get(srv.url + "/metrics", timeout=60)
+            took = time.monotonic() - t
+            assert resp.status_code == 200, resp.text
+            # Redis is read by three sources (queues, workers, flow): each fails on its own
+            for source in ("redis", "workers", "flow"):
+                assert f'prosaas_metrics_source_up{{source="{source}"}} 0.0' in resp.text
+            assert 'prosaas_metrics_source_up{source="database"} 1.0' in resp.text
+            assert took < 3 * (1.0 + SLACK), took
+            t = time.monotonic()  # a process that has no signing key yet must read it
+            resp = requests.get(srv.url + "/dashboard/login", timeout=60)
+            took = time.monotonic() - t
+            assert resp.status_code == 503, resp.text
+            assert "Service unavailable" in resp.text
+            assert took < 1.0 + SLACK, took
+            t = time.monotonic()
+            proc = run_cli("doctor", env=fault.env, timeout=60)
+            took = time.monotonic() - t
+            assert proc.returncode != 0
+            assert "Redis unreachable" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+            assert "Traceback" not in proc.stdout + proc.stderr
+            assert took < 5 + 1.0 + SLACK, took  # the interpreter's start-up and the checks
+        finally:
+            fault.redis.thaw()
+        assert requests.get(srv.url + "/dashboard/login", timeout=15).status_code == 200
+        fault.redis.freeze()  # one that has the key keeps serving pages with it
+        try:
+            t = time.monotonic()
+            resp = requests.get(srv.url + "/dashboard/login", timeout=60)
+            assert resp.status_code == 200, resp.text
+            assert time.monotonic() - t < 0.5
+        finally:
+            fault.redis.thaw()
+    log = (fault.tmp / "serve.log").read_text()
+    assert "Traceback" not in log, log
+    assert "Redis unavailable on GET /dashboard/login" in log

@@ -144,7 +144,7 @@ def get_campaign(job_id: int):
     """Counts by status, live calls, rate and ETA."""
     rt = current_runtime()
     with rt.session() as s:
-        return jsonify(report.summary(s, _row(s, job_id), rt.limits))
+        return jsonify(report.summary(s, _row(s, job_id), rt.request_limits))
 
 
 def _control(campaign_id: int, action: str):
@@ -156,9 +156,9 @@ def _control(campaign_id: int, action: str):
             raise ApiError(
                 409, f"Cannot {action} campaign", {"id": campaign_id, "state": row.state}
             )
-        out = report.summary(s, row, rt.limits)
+        out = report.summary(s, row, rt.request_limits)
     if action == "resume":
-        wake(rt.limits.slots.redis)
+        wake(rt.request_limits.slots.redis)
     log.info("Outbound campaign %s: %s (tenant=%s)", campaign_id, action, current_business_id())
     return jsonify(out)
 

@@ -113,7 +113,7 @@ def show(campaign_id: int, business_id: int, as_json: bool) -> None:
         row = campaigns.get(s, business_id, campaign_id)
         if row is None:
             raise UserError(f"campaign {campaign_id} not found for business {business_id}")
-        _echo(report.summary(s, row, rt.limits), as_json)
+        _echo(report.summary(s, row, rt.request_limits), as_json)
 
 
 HELP = {
@@ -139,7 +139,7 @@ def _control_command(action: str):
         if not changed:
             raise UserError(f"cannot {action} campaign {campaign_id}: it is {row.state}")
         if action == "resume":
-            wake(rt.limits.slots.redis, "cli")
+            wake(rt.request_limits.slots.redis, "cli")
         click.echo(f"campaign {campaign_id}: {row.state}")
 
     return command

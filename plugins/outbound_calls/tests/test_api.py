@@ -3,7 +3,14 @@ pause/resume/cancel transitions (real PostgreSQL and Redis, no worker)."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
 import pytest
+import redis
 from prosaas_outbound_calls.testing import CALLER, add_business, add_leads, phone
 from sqlalchemy import text
 
@@ -185,3 +192,63 @@ def test_redis_down_is_a_short_503_not_a_traceback(runtime, client, acme, env, c
     }
     assert "Traceback" not in caplog.text and "Unhandled error" not in caplog.text
     assert f"Redis unavailable on GET {URL}/{cid}" in caplog.text
+
+
+@pytest.fixture
+def hung_redis_url():
+    """A real redis-server on a spare port, stopped (SIGSTOP): it accepts connections and
+    never answers, as a hung Redis does."""
+    from prosaas_core.testing import free_port, wait_until
+
+    port, workdir = free_port(), tempfile.mkdtemp(prefix="prosaas-hung-redis-")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: _answers(url), 10, "redis-server up")
+        proc.send_signal(signal.SIGSTOP)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_hung_redis_is_a_503_within_the_push_timeout(runtime, client, acme, env, hung_redis_url):
+    """A campaign's summary reads its live calls on the request client: with Redis hung the
+    answer is a 503 after PROSAAS_PUSH_TIMEOUT, not after the 10 s a worker's loops wait."""
+    from prosaas_core import Runtime, Settings, create_app
+
+    auth = acme[1]
+    cid = client.post(URL, json=body(), headers=auth).get_json()["campaign_id"]
+    settings = Settings.from_env({**env, "REDIS_URL": hung_redis_url, "PROSAAS_PUSH_TIMEOUT": "1"})
+    hung = Runtime(settings, pm=runtime.pm)
+    try:
+        started = time.monotonic()
+        resp = create_app(runtime=hung).test_client().get(f"{URL}/{cid}", headers=auth)
+        took = time.monotonic() - started
+    finally:
+        hung.close()
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.get_json()["error"] == "Service unavailable"
+    assert took < 1.0 + 2.5, took  # one timed-out read (and its one retry), never 10 s
