@@ -15,6 +15,18 @@ from sqlalchemy.orm import Session, sessionmaker
 #: A pooled connection idle at least this long is pinged before it is handed out again.
 PING_IDLE_SECONDS = 1.0
 
+#: libpq parameters of every PostgreSQL connection unless ``DATABASE_URL`` sets them: a server
+#: that accepts and never answers (hung, or its host black-holed) fails a connect in 10 s
+#: instead of never (libpq has no timeout of its own), and a peer that vanished under an idle
+#: or waiting connection is noticed within a minute (30 s idle + 3 probes 10 s apart).
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -58,12 +70,31 @@ def make_engine(
         return engine
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("application_name", application_name)
+    for name, value in _libpq_defaults(url).items():
+        connect_args.setdefault(name, value)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if ping_idle_seconds is not None and not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine, ping_idle_seconds)
     if engine.dialect.driver == "psycopg2" and "isolation_level" not in kwargs:
         _keep_default_isolation(engine)  # an engine-wide level is the caller's: kept
     return engine
+
+
+def _libpq_defaults(url: str) -> dict[str, int]:
+    """`PG_CONNECT_DEFAULTS` less what the URL's query (or ``PGCONNECT_TIMEOUT``) already sets;
+    nothing for a driver that is not libpq's."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in (
+        "psycopg2",
+        "psycopg",
+    ):
+        return {}
+    given = set(parsed.query)
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        given.add("connect_timeout")
+    return {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
 
 
 def _keep_default_isolation(engine: Engine) -> None:

@@ -102,11 +102,16 @@ def _master_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def _sentinel(settings: Settings, timeout: float) -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
     from redis.sentinel import Sentinel
 
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        # one try per sentinel, the next sentinel being the retry: redis-py's default retries
+        # a hung sentinel with backoff, about 6 s instead of one timeout
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.redis_sentinel_password:
         sentinel_kwargs["password"] = settings.redis_sentinel_password

@@ -153,7 +153,7 @@ def check_workers(rt: Runtime, report: Report, *, db_ok: bool) -> None:
     queued = _queued_rows(rt) if db_ok else {}
     for q in sorted(set(rt.registry.queues) | set(queued)):
         consumers = [w["name"] for w in workers if q in w["queues"]]
-        in_redis = Queue(q, connection=rt.redis).count
+        in_redis = Queue(q, connection=rt.request_redis).count
         pending = max(queued.get(q, 0), in_redis)
         if consumers:
             report.add(OK, f"queue {q!r}: {pending} pending, {len(consumers)} live worker(s)")

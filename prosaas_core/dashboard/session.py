@@ -2,8 +2,8 @@
 
 The cookie holds the signed-in token's *id* (never the token) and a CSRF secret; it is signed
 with ``PROSAAS_SECRET_KEY`` (or, when that is not set, a random key kept in Redis so every
-``prosaas serve`` process shares it; each process reads it again every ``SECRET_REFRESH`` and
-writes its own back after a flush, so a flushed or hung Redis signs nobody out). Each request
+``prosaas serve`` process shares it, reading it again every ``SECRET_REFRESH``; a Redis flush
+then signs everyone out, a hung Redis nobody). Each request
 checks that the token is still live, so revoking it ends the session on the next request.
 """
 
@@ -56,28 +56,30 @@ def _secret(rt: Runtime) -> str:
     configured = rt.settings.get("PROSAAS_SECRET_KEY")
     if configured:
         return configured
-    # Read again every SECRET_REFRESH, not per request: a hung Redis then neither holds every
-    # page nor signs anyone out, and the key this process has outlives a flush.
-    kept = current_app.extensions.setdefault("prosaas_dashboard_secret", {})
-    now = time.monotonic()
-    if kept and now - kept["at"] < SECRET_REFRESH:
-        return kept["value"]
+    # Read again every SECRET_REFRESH, not per request: a hung Redis then holds one request
+    # per SECRET_REFRESH, not every page. (value, monotonic time read): replaced whole.
+    kept: tuple[str, float] | None = current_app.extensions.get("prosaas_dashboard_secret")
+    if kept is not None and time.monotonic() - kept[1] < SECRET_REFRESH:
+        return kept[0]
     from redis.exceptions import ConnectionError, TimeoutError
 
     r = rt.request_redis
     try:
         value = r.get(SECRET_KEY)
         if value is None:  # the first process to need one makes it; the others read that one
-            r.set(SECRET_KEY, kept.get("value") or secrets.token_urlsafe(32), nx=True)
+            r.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
             value = r.get(SECRET_KEY)
     except (ConnectionError, TimeoutError):
-        if kept:  # Redis is away: keep signing with the key every process already has
-            return kept["value"]
-        raise
+        if kept is None:
+            raise
+        # Redis is away: sign with the key every process has, and ask again a while later
+        current_app.extensions["prosaas_dashboard_secret"] = (kept[0], time.monotonic())
+        return kept[0]
     if not value:  # never sign with an empty key
         abort(503, "the dashboard's signing key could not be read from Redis")
-    kept.update(value=cast(bytes, value).decode(), at=now)  # the runtime's client returns bytes
-    return kept["value"]
+    key = cast(bytes, value).decode()  # the runtime's client returns bytes
+    current_app.extensions["prosaas_dashboard_secret"] = (key, time.monotonic())
+    return key
 
 
 def _serializer(rt: Runtime) -> URLSafeTimedSerializer:

@@ -37,19 +37,22 @@ def overview_data() -> dict[str, Any]:
     cache = current_app.extensions.setdefault("prosaas_dashboard_finished", queries.FinishedCache())
     finished = queries.finished_jobs(rt, scope, cache)
     queues: dict[str, dict[str, Any]] = queries.queue_counts(rt, scope, finished)
+    redis_away = False  # then the flow summary (slots held) is not asked for either
     if g.viewer.admin:
         try:
             for name, item in queues.items():
                 item["in_redis"] = Queue(name, connection=rt.request_redis).count
         except (RedisConnectionError, RedisTimeoutError) as exc:  # an extra: the page answers
             log.warning("dashboard: queue lengths unavailable: %s", first_line(exc))
+            redis_away = True
             for item in queues.values():
                 item["in_redis"] = None
+    flow: list[dict[str, Any]] = []
     try:
-        flow = [r for r in summary(rt) if scope is None or r["business_id"] == scope]
+        if not redis_away:
+            flow = [r for r in summary(rt) if scope is None or r["business_id"] == scope]
     except Exception as exc:  # flow limits are an extra: never take the page down
         log.warning("dashboard: flow summary failed: %s", exc)
-        flow = []
     return {"queues": queues, "throughput": queries.throughput(finished), "flow": flow}
 
 

@@ -10,7 +10,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, cast
 
-from prosaas_core.jobs.transport import push, push_timed
+from prosaas_core.jobs.transport import push, push_client, push_failed, push_timed, skipping
 
 if TYPE_CHECKING:
     from prosaas_core.runtime import Runtime
@@ -20,18 +20,34 @@ log = logging.getLogger("prosaas.jobs")
 DELAYED_KEY = "prosaas:delayed"
 
 
-def schedule(rt: Runtime, job_id: int, queue: str, delay: float, *, timeout: float | None) -> None:
-    """Push the job after `delay` seconds (now when `delay` <= 0)."""
+def schedule(
+    rt: Runtime,
+    job_id: int,
+    queue: str,
+    delay: float,
+    *,
+    timeout: float | None,
+    request: bool = False,
+) -> None:
+    """Push the job after `delay` seconds (now when `delay` <= 0). `request`: somebody waits
+    (an enqueue): on the push client and its skip window, as a push, not the runtime's 10 s
+    client a worker's retry uses."""
     if delay <= 0:
         push(rt, job_id, queue, timeout=timeout)
         return
     from redis.exceptions import RedisError
 
     member = f"{job_id}|{queue}|{timeout or ''}"
+    if request and skipping(rt, job_id):
+        return
+    started = time.monotonic()
     try:
-        rt.redis.zadd(DELAYED_KEY, {member: time.time() + delay})
+        (push_client(rt) if request else rt.redis).zadd(DELAYED_KEY, {member: time.time() + delay})
     except RedisError as exc:
-        log.warning("Redis unavailable, job %s retry left to the sweeper: %s", job_id, exc)
+        if request:
+            push_failed(rt, job_id, exc, started)
+        else:
+            log.warning("Redis unavailable, job %s retry left to the sweeper: %s", job_id, exc)
 
 
 #: due members taken per round trip (each is an argument of one ZREM: keep it far below Lua's

@@ -222,7 +222,7 @@ def _pushed(
         from prosaas_core.jobs.delayed import schedule
 
         schedule(rt, job_id, jt.queue, (due - datetime.now(UTC)).total_seconds(),
-                 timeout=jt.timeout)  # fmt: skip
+                 timeout=jt.timeout, request=True)  # fmt: skip
         log.info("Enqueued job_id=%s job_type=%s business_id=%s queue=%r due=%s", job_id,
                  jt.name, business_id, jt.queue, due.isoformat())  # fmt: skip
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)

@@ -144,7 +144,22 @@ class PgServer:
         self.stop(mode)
         self.start()
 
+    def _postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def freeze(self) -> None:
+        """Hung, not down: the postmaster (SIGSTOP) accepts no new session, though the kernel
+        still completes the TCP handshake; sessions already open keep their backends."""
+        os.kill(self._postmaster(), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self._postmaster(), signal.SIGCONT)
+
     def close(self) -> None:
+        try:
+            self.thaw()
+        except (OSError, ValueError):
+            pass
         try:
             self.stop("immediate")
         except subprocess.CalledProcessError:

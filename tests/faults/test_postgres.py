@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from prosaas_core.testing import wait_until
+from prosaas_core.testing import run_cli, wait_until
 from tests.faults.targets import SLACK
 
 N, BATCH = 500, 10
@@ -72,3 +72,23 @@ def test_outage_longer_than_the_lease_resumes_at_once(fault):
     assert log.count("DEPENDENCY DOWN database (sweeper)") == 1, log
     assert "sweeper round failed" not in log
     print(f"pg_back_to_work {took:.2f}s")
+
+
+def test_hung_postgres_fails_a_connect_in_seconds(fault):
+    """A server that accepts connections and never answers (its postmaster stopped) fails a new
+    connection after the default connect timeout (10 s), or the one DATABASE_URL sets, with the
+    usual one-line error: `prosaas db upgrade` or `prosaas worker` in a container starting
+    against it exits instead of hanging (libpq alone waits for ever)."""
+    fault.pg.freeze()
+    try:
+        for query, expected in (("?connect_timeout=2", 2.0), ("", 10.0)):
+            env = {**fault.env, "DATABASE_URL": fault.env["DATABASE_URL"] + query}
+            t = time.monotonic()
+            proc = run_cli("db", "check", env=env, timeout=60)
+            took = time.monotonic() - t
+            out = proc.stdout + proc.stderr
+            assert proc.returncode == 1, out
+            assert "timeout expired" in out and "Traceback" not in out, out
+            assert expected - 0.5 < took < expected + SLACK, (query, took)
+    finally:
+        fault.pg.thaw()

@@ -14,7 +14,9 @@ import requests
 from prosaas_core.jobs.enqueue import enqueue
 from prosaas_core.jobs.transport import push_many
 from prosaas_core.testing import ServeProcess, bearer, business_with_token, run_cli, wait_until
+from prosaas_core.tokens import create_admin_token
 from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
+from tests.test_dashboard import sign_in
 
 BACKLOG = 10_000
 
@@ -90,8 +92,11 @@ def test_redis_restart_and_outage(fault, caplog):
     print(f"redis_back_to_work {took:.2f}s")
 
 
-@pytest.mark.parametrize("job_type", ["acme_echo", "acme_slot"])  # acme_slot: flow-limited
-def test_hung_redis_does_not_stall_the_api(fault, job_type):
+# acme_slot: flow-limited; a delay: the job goes to the delayed set, not a queue
+@pytest.mark.parametrize(
+    "job_type, when", [("acme_echo", {}), ("acme_slot", {}), ("acme_echo", {"delay": 0.5})]
+)
+def test_hung_redis_does_not_stall_the_api(fault, job_type, when):
     _, token = business_with_token(fault.rt, "hung")
     h = bearer(token)
     w = fault.start_worker()
@@ -104,7 +109,7 @@ def test_hung_redis_does_not_stall_the_api(fault, job_type):
                 t = time.monotonic()
                 resp = requests.post(
                     srv.url + "/api/jobs",
-                    json={"job_type": job_type, "payload": {"message": str(i)}},
+                    json={"job_type": job_type, "payload": {"message": str(i)}, **when},
                     headers=h,
                     timeout=15,
                 )
@@ -123,9 +128,9 @@ def test_hung_redis_does_not_stall_the_api(fault, job_type):
             fault.redis.thaw()
         wait_until(lambda: _done(fault, ids), 30, "jobs accepted during the hang done")
     log = (fault.tmp / "serve.log").read_text()
-    # "Enqueued" means committed and pushed: the first push timed out, and it says so
-    assert f"Accepted job_id={ids[0]} " in log
-    assert f"Enqueued job_id={ids[0]} " not in log
+    if not when:  # "Enqueued" means committed and pushed: the first push timed out, and it says so
+        assert f"Accepted job_id={ids[0]} " in log
+        assert f"Enqueued job_id={ids[0]} " not in log
 
 
 def test_hung_redis_fails_reads_fast(fault):
@@ -171,3 +176,36 @@ def test_hung_redis_fails_reads_fast(fault):
     log = (fault.tmp / "serve.log").read_text()
     assert "Traceback" not in log, log
     assert "Redis unavailable on GET /dashboard/login" in log
+
+
+def test_dashboard_keeps_its_key_while_redis_hangs(fault, monkeypatch):
+    """With Redis hung, a process that has the signing key tries Redis for it once per
+    SECRET_REFRESH (one request waits PROSAAS_PUSH_TIMEOUT), and signs with the key it has."""
+    from prosaas_core import create_app
+    from prosaas_core.dashboard import session
+
+    monkeypatch.setattr(session, "SECRET_REFRESH", 1.5)
+    with fault.rt.session() as s:
+        admin = create_admin_token(s, "ops")[0]
+    client = create_app(fault.env).test_client()
+    sign_in(client, admin)  # reads the key, keeps it
+    fault.enqueue("acme_slot", {"message": "x"})  # the overview has flow limits to show
+    fault.redis.freeze()
+    try:
+        time.sleep(1.6)  # the key is due to be read again
+        took = []
+        for _ in range(3):
+            t = time.monotonic()
+            assert client.get("/dashboard/login").status_code in (200, 302)
+            took.append(time.monotonic() - t)
+        t = time.monotonic()  # one read of Redis for the queue lengths, then no more
+        overview = client.get("/dashboard/api/overview")
+        overview_took = time.monotonic() - t
+    finally:
+        fault.redis.thaw()
+    assert took[0] >= 0.9, took  # it did ask Redis (PROSAAS_PUSH_TIMEOUT, 1 s)
+    assert max(took[1:]) < 0.3, took  # and not again within SECRET_REFRESH
+    assert overview.status_code == 200, overview.text  # still signed in
+    assert all(q["in_redis"] is None for q in overview.json["queues"].values())
+    assert overview.json["flow"] == []
+    assert overview_took < 1.7, overview_took

@@ -150,9 +150,16 @@ class SentinelCluster:
                 continue
         return None
 
+    def freeze(self, port: int) -> None:
+        """Hung, not down (SIGSTOP): connections are accepted, nothing is answered."""
+        self.procs[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         proc = self.procs.pop(port, None)
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.poll() is None:  # SIGKILL ends a stopped one too
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
 

@@ -116,3 +116,26 @@ def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
         spans = [(r["started_at"], r["finished_at"]) for r in got if r["business_id"] == b]
         assert max_overlap(spans) <= LIMIT, (b, killed_at)
     rt.close()
+
+
+def test_hung_sentinels_fail_a_request_within_a_timeout_each(sentinel_env, cluster):
+    """Every sentinel hung (SIGSTOP): the request client's master lookup gives up after one
+    PROSAAS_PUSH_TIMEOUT per sentinel (then the API answers 503), not after redis-py's
+    retries with backoff on each (about 6 s a sentinel)."""
+    import redis
+
+    rt = Runtime(Settings.from_env({**sentinel_env, "PROSAAS_PUSH_TIMEOUT": "1"}))
+    try:
+        assert rt.request_redis.ping()
+        rt.request_redis.connection_pool.disconnect()  # the next command looks the master up
+        for port in cluster.sentinel_ports:
+            cluster.freeze(port)
+        t = time.monotonic()
+        with pytest.raises(redis.ConnectionError):  # MasterNotFoundError is one
+            rt.request_redis.ping()
+        took = time.monotonic() - t
+    finally:
+        for port in cluster.sentinel_ports:
+            cluster.thaw(port)
+        rt.close()
+    assert took < len(cluster.sentinel_ports) * 1.0 + 1.5, took

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, jsonify, request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 
 from prosaas_core.api import (
@@ -156,7 +158,11 @@ def _control(campaign_id: int, action: str):
             raise ApiError(
                 409, f"Cannot {action} campaign", {"id": campaign_id, "state": row.state}
             )
-        out = report.summary(s, row, rt.request_limits)
+        try:
+            out = report.summary(s, row, rt.request_limits)
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # done all the same: say so
+            log.warning("campaign %s %s: live calls unknown (%s)", campaign_id, action, exc)
+            out = report.summary(s, row, None)
     if action == "resume":
         wake(rt.request_limits.slots.redis)
     log.info("Outbound campaign %s: %s (tenant=%s)", campaign_id, action, current_business_id())

@@ -99,9 +99,9 @@ def status_callback():
                 # the other's call open; the dialers' sweep finishes such a campaign soon after
                 campaigns.finish(s, [applied.campaign_id])
     if applied.readd:
-        rt.request_limits.slots.renew(Slot(*applied.readd, 0), cfg.slot_timeout, readd=True)
+        rt.limits.slots.renew(Slot(*applied.readd, 0), cfg.slot_timeout, readd=True)
     if applied.release:
-        _, after = rt.request_limits.slots.release(Slot(applied.release[0], applied.release[1], 0))
+        _, after = rt.limits.slots.release(Slot(applied.release[0], applied.release[1], 0))
         log.info(
             "OUTBOUND_SLOT_RELEASED target=%s call_sid=%s status=%s active_after=%s",
             target_id,

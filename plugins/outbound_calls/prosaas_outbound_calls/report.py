@@ -43,7 +43,8 @@ def eta_seconds(remaining: int, cps: float, max_concurrent: int, avg: float | No
 
 
 def summary(session: Session, row: Any, limits: Any) -> dict[str, Any]:
-    """A campaign as JSON: settings, counts by status, live calls, rate and ETA."""
+    """A campaign as JSON: settings, counts by status, live calls, rate and ETA (`limits`
+    None: the business's live calls are not read, and are null)."""
     counts = campaigns.counts(session, row.id)
     live = counts.get("dialing", 0) + counts.get("live", 0)
     remaining = counts.get("pending", 0) + live
@@ -52,7 +53,8 @@ def summary(session: Session, row: Any, limits: Any) -> dict[str, Any]:
             background_jobs.c.id == row.id
         )
     ).first()
-    business_live = limits.slots.active(campaigns.slot_key(row.business_id))
+    key = campaigns.slot_key(row.business_id)
+    business_live = limits.slots.active(key) if limits is not None else None
     avg = _avg_call_seconds(session, row.id)
     return {
         "id": row.id,

@@ -173,18 +173,22 @@ def test_list_caps_its_limit(client, acme):
     assert client.get(f"{URL}?limit=x", headers=acme[1]).status_code == 400
 
 
-def test_redis_down_is_a_short_503_not_a_traceback(runtime, client, acme, env, caplog):
-    """A campaign's summary reads its live calls from Redis: with Redis away that is a 503
-    with the usual small error body and one log line, not a 500 and a traceback per request."""
+@pytest.fixture
+def redis_away(runtime, env):
+    """A test client of the same app with Redis refusing connections (nothing on its port)."""
     from prosaas_core import Runtime, Settings, create_app
 
+    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
+    yield create_app(runtime=down).test_client()
+    down.close()
+
+
+def test_redis_down_is_a_short_503_not_a_traceback(client, acme, redis_away, caplog):
+    """A campaign's summary reads its live calls from Redis: with Redis away that is a 503
+    with the usual small error body and one log line, not a 500 and a traceback per request."""
     auth = acme[1]
     cid = client.post(URL, json=body(), headers=auth).get_json()["campaign_id"]
-    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
-    try:
-        resp = create_app(runtime=down).test_client().get(f"{URL}/{cid}", headers=auth)
-    finally:
-        down.close()
+    resp = redis_away.get(f"{URL}/{cid}", headers=auth)
     assert resp.status_code == 503, resp.get_data(as_text=True)
     assert resp.get_json() == {
         "error": "Service unavailable",
@@ -192,6 +196,18 @@ def test_redis_down_is_a_short_503_not_a_traceback(runtime, client, acme, env, c
     }
     assert "Traceback" not in caplog.text and "Unhandled error" not in caplog.text
     assert f"Redis unavailable on GET {URL}/{cid}" in caplog.text
+
+
+def test_a_campaign_pauses_while_redis_is_away(client, acme, redis_away):
+    """Pausing (the way to stop calls) needs only the database: with Redis away it is done and
+    answered, the business's live calls unknown (null), not rolled back behind a 503."""
+    auth = acme[1]
+    cid = client.post(URL, json=body(), headers=auth).get_json()["campaign_id"]
+    resp = redis_away.post(f"{URL}/{cid}/pause", headers=auth)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.get_json()["state"] == "paused"
+    assert resp.get_json()["business_live_calls"] is None
+    assert client.get(f"{URL}/{cid}", headers=auth).get_json()["state"] == "paused"
 
 
 @pytest.fixture
