@@ -15,16 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 #: A pooled connection idle at least this long is pinged before it is handed out again.
 PING_IDLE_SECONDS = 1.0
 
-#: libpq parameters of every PostgreSQL connection unless ``DATABASE_URL`` sets them: a server
-#: that accepts and never answers (hung, or its host black-holed) fails a connect in 10 s
-#: instead of never (libpq has no timeout of its own), and a peer that vanished under an idle
-#: or waiting connection is noticed within a minute (30 s idle + 3 probes 10 s apart).
+#: libpq parameters of every PostgreSQL connection unless ``DATABASE_URL`` (or a libpq service
+#: file) sets them: a server that accepts and never answers (hung, or its host black-holed)
+#: fails a connect in 10 s per address instead of never (libpq has no timeout of its own), and
+#: a peer that vanished is noticed within about a minute, whether the connection was idle or
+#: waiting for an answer (keepalives: 30 s idle + 3 probes 10 s apart) or had data unacknowledged
+#: (tcp_user_timeout, 60 s; without it the kernel retransmits for about 15 minutes).
 PG_CONNECT_DEFAULTS: dict[str, int] = {
     "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
     "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
 }
 
 
@@ -81,8 +84,9 @@ def make_engine(
 
 
 def _libpq_defaults(url: str) -> dict[str, int]:
-    """`PG_CONNECT_DEFAULTS` less what the URL's query (or ``PGCONNECT_TIMEOUT``) already sets;
-    nothing for a driver that is not libpq's."""
+    """`PG_CONNECT_DEFAULTS` less what the URL's query (or ``PGCONNECT_TIMEOUT``, 0 included:
+    libpq's "wait for ever") already sets; nothing with a libpq service (its file's values
+    would be overridden) or for a driver that is not libpq's."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -92,6 +96,8 @@ def _libpq_defaults(url: str) -> dict[str, int]:
     ):
         return {}
     given = set(parsed.query)
+    if "service" in given or os.environ.get("PGSERVICE"):
+        return {}
     if os.environ.get("PGCONNECT_TIMEOUT"):
         given.add("connect_timeout")
     return {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}

@@ -140,6 +140,20 @@ return out
 """
 )
 
+# KEYS[1] set. Returns token, milliseconds left on its lease, token, ... of the unexpired slots.
+_HOLDERS = (
+    _NOW
+    + """
+local out = {}
+local held = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #held, 2 do
+  out[#out + 1] = held[i]
+  out[#out + 1] = tostring(tonumber(held[i + 1]) - now)
+end
+return out
+"""
+)
+
 # KEYS[1] tat, KEYS[2] window counter prefix; ARGV: interval_ms, burst, cost, take ('1'/'0'),
 # period_ms. Returns '0' when allowed (and taken if take), else the milliseconds to wait.
 _RATE = (
@@ -315,6 +329,7 @@ class Slots:
         self._release = redis.register_script(_RELEASE)
         self._handoff = redis.register_script(_HANDOFF)
         self._active = redis.register_script(_ACTIVE)
+        self._holders = redis.register_script(_HOLDERS)
 
     def redis_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -389,6 +404,12 @@ class Slots:
     def active(self, key: str) -> int:
         """Slots currently held (unexpired) for `key`."""
         return self.active_many([key])[key]
+
+    def holders(self, key: str) -> dict[str, float]:
+        """The tokens holding a slot of `key` now, each with the seconds left on its lease (a
+        holder's reconciliation: a token nobody owns any more can be released by name)."""
+        raw = self._holders(keys=[self.redis_key(key)])
+        return {_text(raw[i]): float(raw[i + 1]) / 1000 for i in range(0, len(raw), 2)}
 
     def active_many(self, keys: list[str]) -> dict[str, int]:
         """Slots currently held for each of `keys`, in one round trip."""
@@ -476,3 +497,7 @@ __all__ = [
     "default_burst",
     "parse_rate",
 ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from prosaas_core.errors import ConfigError
-from prosaas_core.limits import Limits, Rate, RateLimiter, ReleaseNotices, Slots, parse_rate
+from prosaas_core.limits import Limits, Rate, RateLimiter, ReleaseNotices, Slot, Slots, parse_rate
 
 
 @pytest.fixture
@@ -49,6 +49,19 @@ def test_acquire_many_takes_what_is_free_in_one_call(r):
     assert a.release(got[0]) == (True, 4)
     assert [s.active for s in a.acquire_many("m", 5, 5, 3)] == [5]
     assert a.acquire_many("m", 5, 5, 0) == []
+
+
+def test_holders_are_the_live_tokens_with_their_lease_left(r):
+    s = Slots(r)
+    short, long = s.acquire("h", 5, 0.3), s.acquire("h", 5, 30)
+    assert short is not None and long is not None
+    held = s.holders("h")
+    assert set(held) == {short.token, long.token}
+    assert 0 < held[short.token] <= 0.3 and 29 < held[long.token] <= 30
+    time.sleep(0.4)
+    assert set(s.holders("h")) == {long.token}  # an expired lease holds nothing
+    assert s.release(Slot("h", long.token, 0)) == (True, 0)  # released by token alone
+    assert s.holders("h") == {} and s.holders("never-used") == {}
 
 
 def test_acquire_with_a_held_token_renews_instead_of_taking_another(r):

@@ -63,6 +63,8 @@ def _secret(rt: Runtime) -> str:
         return kept[0]
     from redis.exceptions import ConnectionError, TimeoutError
 
+    if kept is not None:  # this request refreshes it: the others meanwhile sign with the kept one
+        current_app.extensions["prosaas_dashboard_secret"] = (kept[0], time.monotonic())
     r = rt.request_redis
     try:
         value = r.get(SECRET_KEY)

@@ -10,6 +10,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, cast
 
+from prosaas_core.jobs import pushlog
 from prosaas_core.jobs.transport import push, push_client, push_failed, push_timed, skipping
 
 if TYPE_CHECKING:
@@ -28,18 +29,18 @@ def schedule(
     *,
     timeout: float | None,
     request: bool = False,
-) -> None:
-    """Push the job after `delay` seconds (now when `delay` <= 0). `request`: somebody waits
-    (an enqueue): on the push client and its skip window, as a push, not the runtime's 10 s
-    client a worker's retry uses."""
+) -> bool:
+    """Push the job after `delay` seconds (now when `delay` <= 0); False when Redis did not
+    take it (the row waits for the sweeper, which pushes it once due). `request`: somebody
+    waits (an enqueue): on the push client and its skip window, as a push, not the runtime's
+    10 s client a worker's retry uses."""
     if delay <= 0:
-        push(rt, job_id, queue, timeout=timeout)
-        return
+        return push(rt, job_id, queue, timeout=timeout)
     from redis.exceptions import RedisError
 
     member = f"{job_id}|{queue}|{timeout or ''}"
     if request and skipping(rt, job_id):
-        return
+        return False
     started = time.monotonic()
     try:
         (push_client(rt) if request else rt.redis).zadd(DELAYED_KEY, {member: time.time() + delay})
@@ -48,6 +49,10 @@ def schedule(
             push_failed(rt, job_id, exc, started)
         else:
             log.warning("Redis unavailable, job %s retry left to the sweeper: %s", job_id, exc)
+        return False
+    if request:
+        pushlog.pushed(rt)
+    return True
 
 
 #: due members taken per round trip (each is an argument of one ZREM: keep it far below Lua's

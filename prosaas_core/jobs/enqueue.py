@@ -221,10 +221,19 @@ def _pushed(
     if due is not None:
         from prosaas_core.jobs.delayed import schedule
 
-        schedule(rt, job_id, jt.queue, (due - datetime.now(UTC)).total_seconds(),
-                 timeout=jt.timeout, request=True)  # fmt: skip
-        log.info("Enqueued job_id=%s job_type=%s business_id=%s queue=%r due=%s", job_id,
-                 jt.name, business_id, jt.queue, due.isoformat())  # fmt: skip
+        scheduled = schedule(rt, job_id, jt.queue, (due - datetime.now(UTC)).total_seconds(),
+                             timeout=jt.timeout, request=True)  # fmt: skip
+        log.info(
+            "Enqueued job_id=%s job_type=%s business_id=%s queue=%r due=%s"
+            if scheduled
+            else "Accepted job_id=%s job_type=%s business_id=%s queue=%r due=%s: committed, not "
+            "scheduled (Redis unavailable); the sweeper pushes it once due",
+            job_id,
+            jt.name,
+            business_id,
+            jt.queue,
+            due.isoformat(),
+        )
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     pushed = admit_and_push(rt, jt, job_id, business_id)
     # "Enqueued" means committed and pushed; a row Redis did not take waits for the sweeper

@@ -128,9 +128,10 @@ def test_hung_redis_does_not_stall_the_api(fault, job_type, when):
             fault.redis.thaw()
         wait_until(lambda: _done(fault, ids), 30, "jobs accepted during the hang done")
     log = (fault.tmp / "serve.log").read_text()
-    if not when:  # "Enqueued" means committed and pushed: the first push timed out, and it says so
-        assert f"Accepted job_id={ids[0]} " in log
-        assert f"Enqueued job_id={ids[0]} " not in log
+    # "Enqueued" means committed and pushed (or scheduled): the first push timed out, and it
+    # says so
+    assert f"Accepted job_id={ids[0]} " in log
+    assert f"Enqueued job_id={ids[0]} " not in log
 
 
 def test_hung_redis_fails_reads_fast(fault):
@@ -204,7 +205,7 @@ def test_dashboard_keeps_its_key_while_redis_hangs(fault, monkeypatch):
     finally:
         fault.redis.thaw()
     assert took[0] >= 0.9, took  # it did ask Redis (PROSAAS_PUSH_TIMEOUT, 1 s)
-    assert max(took[1:]) < 0.3, took  # and not again within SECRET_REFRESH
+    assert max(took[1:]) < 0.6, took  # and not again within SECRET_REFRESH
     assert overview.status_code == 200, overview.text  # still signed in
     assert all(q["in_redis"] is None for q in overview.json["queues"].values())
     assert overview.json["flow"] == []

@@ -121,7 +121,7 @@ def test_master_sigkill_fails_over_and_loses_or_doubles_nothing(
 def test_hung_sentinels_fail_a_request_within_a_timeout_each(sentinel_env, cluster):
     """Every sentinel hung (SIGSTOP): the request client's master lookup gives up after one
     PROSAAS_PUSH_TIMEOUT per sentinel (then the API answers 503), not after redis-py's
-    retries with backoff on each (about 6 s a sentinel)."""
+    10 retries with backoff on each (about 15 s a sentinel)."""
     import redis
 
     rt = Runtime(Settings.from_env({**sentinel_env, "PROSAAS_PUSH_TIMEOUT": "1"}))

@@ -158,12 +158,13 @@ def _control(campaign_id: int, action: str):
             raise ApiError(
                 409, f"Cannot {action} campaign", {"id": campaign_id, "state": row.state}
             )
+        redis_away = False
         try:
             out = report.summary(s, row, rt.request_limits)
         except (RedisConnectionError, RedisTimeoutError) as exc:  # done all the same: say so
             log.warning("campaign %s %s: live calls unknown (%s)", campaign_id, action, exc)
-            out = report.summary(s, row, None)
-    if action == "resume":
+            out, redis_away = report.summary(s, row, None), True
+    if action == "resume" and not redis_away:  # else the dialers' slow timer finds it
         wake(rt.request_limits.slots.redis)
     log.info("Outbound campaign %s: %s (tenant=%s)", campaign_id, action, current_business_id())
     return jsonify(out)

@@ -20,6 +20,10 @@ Every ``OUTBOUND_CALLS_SWEEP_INTERVAL`` each worker also:
   answer is never second-guessed;
 - settles live calls whose final callback never came within the slot timeout, from the
   provider's view of the call;
+- releases the live-call slots no dialing or live target holds (their final callback could
+  not release them: Redis was away, or the API process died between its commit and the
+  release; or a dialer died between taking slots and claiming with them) once they are older
+  than ORPHAN_AFTER (a minute), so they come back then instead of after the slot timeout;
 - marks finished campaigns.
 """
 
@@ -34,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from prosaas_core.limits import Rate, ReleaseNotices, Slot
 from prosaas_outbound_calls import attempts, campaigns
@@ -50,6 +54,9 @@ WAKE_CHANNEL = "prosaas:outbound_calls:wake"
 PER_TURN = 10
 #: most targets claimed in one transaction
 BATCH = 20
+#: seconds a slot must have been held (or half the slot timeout, if less) before the sweep may
+#: take it for an orphan: a dialer claims with its slots within milliseconds of taking them
+ORPHAN_AFTER = 60.0
 
 
 def rate_of(calls_per_second: float) -> Rate:
@@ -277,10 +284,50 @@ class Dialer:
     def sweep(self) -> None:
         self.reconcile_claims()
         self.settle_lost()
+        self.release_orphans()
         with self.ctx.session() as s:
             done = campaigns.finish(s)
         for cid in done:
             log.info("OUTBOUND_CAMPAIGN_FINISHED campaign=%s", cid)
+
+    def release_orphans(self) -> None:
+        """Release the slots of businesses with open (or lately closed) campaigns that no
+        dialing or live target holds, once held for the grace (ORPHAN_AFTER, or half the slot
+        timeout). The database is read first: a slot taken after that read is younger than the
+        grace, so it is never taken for an orphan."""
+        timeout = self.cfg.slot_timeout
+        grace = min(ORPHAN_AFTER, timeout / 2)
+        lately = campaigns.now() - timedelta(seconds=timeout)
+        with self.ctx.session() as s:
+            businesses = list(
+                s.execute(
+                    select(C.c.business_id)
+                    .where(or_(C.c.state.in_(("running", "paused")), C.c.updated_at > lately))
+                    .distinct()
+                ).scalars()
+            )
+            if not businesses:
+                return
+            owned = set(
+                s.execute(
+                    select(T.c.slot_token).where(
+                        T.c.status.in_(("dialing", "live")),
+                        T.c.business_id.in_(businesses),
+                        T.c.slot_token.is_not(None),
+                    )
+                ).scalars()
+            )
+        for business_id in businesses:
+            key = campaigns.slot_key(business_id)
+            for token, left in self.slots.holders(key).items():
+                if token in owned or timeout - left < grace:
+                    continue
+                if self.slots.release(Slot(key, token, 0))[0]:
+                    log.warning(
+                        "OUTBOUND_SLOT_ORPHAN_RELEASED business=%s lease_age=%.0fs",
+                        business_id,
+                        timeout - left,
+                    )
 
     def _stale(self, s: Any, *, with_sid: bool, older: float) -> list[Any]:
         cutoff = campaigns.now() - timedelta(seconds=older)

@@ -157,3 +157,65 @@ def test_pause_stops_new_calls_within_a_second_resume_continues_cancel_ends(
     assert got["counts"]["cancelled"] == 80 - called
     assert got["counts"].get("completed", 0) == called  # live calls finished
     assert set(fake.creates.values()) == {1}
+
+
+def test_a_slot_no_call_holds_is_released_by_the_sweep(runtime, client, acme, env, start_worker):
+    """A final callback that finds Redis away still answers (the status is committed) and
+    leaves its slot held with no call behind it; the dialers' sweep releases that orphan once
+    it is older than the grace (half the 30 s slot timeout here), long before its lease ends,
+    and keeps a young slot and an old one a live call holds."""
+    from prosaas_outbound_calls.testing import TEST_AUTH_TOKEN, sign
+
+    from prosaas_core import Runtime, Settings, create_app
+
+    business_id, auth = acme
+    key = f"outbound_calls:{business_id}"
+    slots = Limits.on(runtime.redis).slots
+    cid = client.post(
+        "/api/outbound-calls", json={"lead_ids": [1], "caller_id": CALLER}, headers=auth
+    ).get_json()["campaign_id"]
+    assert client.post(f"/api/outbound-calls/{cid}/pause", headers=auth).status_code == 200
+    # 16 s into a 30 s lease: past the grace, 14 s before the lease would end by itself
+    orphan, owned = slots.acquire(key, 10, 14), slots.acquire(key, 10, 14)
+    young = slots.acquire(key, 10, 30)
+    ids = {}
+    with runtime.session() as s:
+        for name, (slot, status) in {
+            "orphan": (orphan, "dialing"),
+            "owned": (owned, "live"),
+        }.items():
+            ids[name] = s.execute(
+                text(
+                    "INSERT INTO outbound_targets (campaign_id, business_id, phone, status,"
+                    " attempts, attempt_token, slot_token, claimed_at) VALUES (:c, :b, :p, :st,"
+                    " 1, :tok, :slot, now()) RETURNING id"
+                ),
+                {"c": cid, "b": business_id, "p": phone(90 + len(ids)), "st": status,
+                 "tok": {"orphan": "aaaa1111", "owned": "bbbb2222"}[name], "slot": slot.token},
+            ).scalar_one()  # fmt: skip
+    down = Runtime(Settings.from_env({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}), pm=runtime.pm)
+    try:
+        query = f"target={ids['orphan']}&attempt=aaaa1111"
+        params = {"CallSid": "CA" + "e" * 32, "CallStatus": "completed", "AccountSid": "AC1"}
+        url = f"{env['TWILIO_WEBHOOK_BASE_URL']}/webhooks/twilio/outbound-call-status?{query}"
+        resp = (
+            create_app(runtime=down)
+            .test_client()
+            .post(
+                f"/webhooks/twilio/outbound-call-status?{query}",
+                data=params,
+                headers={"X-Twilio-Signature": sign(TEST_AUTH_TOKEN, url, params)},
+            )
+        )
+    finally:
+        down.close()
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert target_of(runtime, cid, phone(90))["status"] == "completed"
+    assert orphan.token in slots.holders(key)  # the release could not happen
+    began = time.monotonic()
+    w = start_worker()
+    wait_until(lambda: orphan.token not in slots.holders(key), 12, "the orphan released")
+    assert time.monotonic() - began < 12  # by the sweep, not by its lease ending (14 s)
+    held = slots.holders(key)
+    assert young.token in held and owned.token in held
+    assert "OUTBOUND_SLOT_ORPHAN_RELEASED" in w.log()
