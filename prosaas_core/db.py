@@ -100,7 +100,23 @@ def _libpq_defaults(url: str) -> dict[str, int]:
         return {}
     if os.environ.get("PGCONNECT_TIMEOUT"):
         given.add("connect_timeout")
+    if _libpq_version(parsed.get_driver_name()) < 120000:  # libpq 11 and older refuse the name
+        given.add("tcp_user_timeout")
     return {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
+
+
+def _libpq_version(driver: str) -> int:
+    """The libpq the driver runs on, as libpq numbers it (170002: 17.2); 0 when unknown."""
+    try:
+        if driver == "psycopg2":
+            import psycopg2
+
+            return int(psycopg2.__libpq_version__)
+        import psycopg
+
+        return int(psycopg.pq.version())
+    except Exception:
+        return 0
 
 
 def _keep_default_isolation(engine: Engine) -> None:

@@ -154,6 +154,18 @@ return out
 """
 )
 
+# KEYS[1] set; ARGV: token, ms. Removes the token only while its lease has at most `ms` left,
+# i.e. it was not renewed since it was listed with that much left. 1 removed, 0 not.
+_RELEASE_UNRENEWED = (
+    _NOW
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) - now > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
 # KEYS[1] tat, KEYS[2] window counter prefix; ARGV: interval_ms, burst, cost, take ('1'/'0'),
 # period_ms. Returns '0' when allowed (and taken if take), else the milliseconds to wait.
 _RATE = (
@@ -330,6 +342,7 @@ class Slots:
         self._handoff = redis.register_script(_HANDOFF)
         self._active = redis.register_script(_ACTIVE)
         self._holders = redis.register_script(_HOLDERS)
+        self._release_unrenewed = redis.register_script(_RELEASE_UNRENEWED)
 
     def redis_key(self, key: str) -> str:
         return f"{self.prefix}{key}"
@@ -410,6 +423,15 @@ class Slots:
         holder's reconciliation: a token nobody owns any more can be released by name)."""
         raw = self._holders(keys=[self.redis_key(key)])
         return {_text(raw[i]): float(raw[i + 1]) / 1000 for i in range(0, len(raw), 2)}
+
+    def release_unrenewed(self, key: str, token: str, left: float) -> bool:
+        """Release `token`'s slot of `key` only if it was not renewed since `holders` listed it
+        with `left` seconds to run (no notice): a reconciling sweep and a holder renewing its
+        slot at the same moment cannot both win. "Renewed" means its lease has more than `left`
+        to run now, so list a slot some way into its lease (a renewal's ttl above `left`), as a
+        sweep for old orphans does. True when released."""
+        ms = max(0, int(left * 1000) + 1)  # the listing's rounding, never a renewal's lease
+        return bool(self._release_unrenewed(keys=[self.redis_key(key)], args=[token, ms]))
 
     def active_many(self, keys: list[str]) -> dict[str, int]:
         """Slots currently held for each of `keys`, in one round trip."""

@@ -64,6 +64,19 @@ def test_holders_are_the_live_tokens_with_their_lease_left(r):
     assert s.holders("h") == {} and s.holders("never-used") == {}
 
 
+def test_release_unrenewed_loses_to_a_renewal_since_the_listing(r):
+    s = Slots(r)
+    a, b = s.acquire("u", 5, 10), s.acquire("u", 5, 10)
+    assert a is not None and b is not None
+    time.sleep(0.3)  # listed some way into their leases, as a reconciling sweep lists them
+    listed = s.holders("u")
+    assert s.renew(a, 10)  # a's holder renews after the listing: its lease is longer again
+    assert not s.release_unrenewed("u", a.token, listed[a.token])
+    assert s.release_unrenewed("u", b.token, listed[b.token])  # b was not renewed
+    assert set(s.holders("u")) == {a.token}
+    assert not s.release_unrenewed("u", b.token, 10)  # gone already
+
+
 def test_acquire_with_a_held_token_renews_instead_of_taking_another(r):
     s = Slots(r)
     first = s.acquire("k", 1, 5, token="job:1")

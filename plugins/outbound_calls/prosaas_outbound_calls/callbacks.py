@@ -19,8 +19,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, jsonify, request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from prosaas_core.api import ApiError, current_runtime
 from prosaas_core.api.webhooks import require_public_base_url, signed_url
@@ -103,12 +102,12 @@ def status_callback():
                 campaigns.finish(s, [applied.campaign_id])
     try:
         _slots(rt, applied, cfg, target_id, call_sid, status)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        # the status is committed: a slot left held is released by the dialers' sweep (an
-        # orphan: no live target holds it) within a minute, so answer rather than wait
+    except RedisError as exc:
+        # the status is committed, so answer rather than wait: a slot left held is released by
+        # the dialers' sweep (no live target holds it) within about a minute; a call that could
+        # not be put back into its slot counts again when the sweep settles it
         log.warning(
-            "OUTBOUND_SLOT_RELEASE_FAILED target=%s call_sid=%s status=%s: %s "
-            "(the dialers' sweep releases it)",
+            "OUTBOUND_SLOT_UPDATE_FAILED target=%s call_sid=%s status=%s: %s",
             target_id,
             call_sid,
             status,

@@ -20,10 +20,14 @@ Every ``OUTBOUND_CALLS_SWEEP_INTERVAL`` each worker also:
   answer is never second-guessed;
 - settles live calls whose final callback never came within the slot timeout, from the
   provider's view of the call;
-- releases the live-call slots no dialing or live target holds (their final callback could
-  not release them: Redis was away, or the API process died between its commit and the
-  release; or a dialer died between taking slots and claiming with them) once they are older
-  than ORPHAN_AFTER (a minute), so they come back then instead of after the slot timeout;
+- at most every ORPHAN_EVERY, releases the live-call slots of the businesses of running or
+  paused campaigns that no dialing or live target holds (their final callback could not release
+  them: Redis was away, or the API process died between its commit and the release; or a
+  dialer died between taking slots and claiming with them) once they are older than
+  ORPHAN_AFTER (a minute), so they come back then instead of after the slot timeout. Safe
+  against a slow claim: a dialer renews its slots after its claim commits and gives the claim
+  back if one is gone, and the sweep reads the owners again after listing the slots and
+  releases a slot only if it was not renewed since (`Slots.release_unrenewed`);
 - marks finished campaigns.
 """
 
@@ -38,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from prosaas_core.limits import Rate, ReleaseNotices, Slot
 from prosaas_outbound_calls import attempts, campaigns
@@ -57,6 +61,8 @@ BATCH = 20
 #: seconds a slot must have been held (or half the slot timeout, if less) before the sweep may
 #: take it for an orphan: a dialer claims with its slots within milliseconds of taking them
 ORPHAN_AFTER = 60.0
+#: seconds between two looks for orphaned slots by one dialer
+ORPHAN_EVERY = 30.0
 
 
 def rate_of(calls_per_second: float) -> Rate:
@@ -94,6 +100,7 @@ class Dialer:
         self._dry: set[int] = set()
         #: per slot key: until when it is peeked at before slots are taken (rate-bound lately)
         self._rate_bound: dict[str, float] = {}
+        self._orphans_at = float("-inf")  # monotonic time of the last look for orphaned slots
 
     # -- dialing ------------------------------------------------------------------------------
 
@@ -205,6 +212,13 @@ class Dialer:
             for slot in by_token.values():  # not claimed after all (gone meanwhile)
                 self.slots.release(slot, notify=False)
             for c, slot in claimed:  # dialed once the claims are committed
+                if not self.slots.renew(slot, self.cfg.slot_timeout):
+                    # released meanwhile as an orphan (the claim took longer than the sweep's
+                    # grace): no slot, no call
+                    with self.ctx.session() as s:
+                        attempts.give_back(s, c.id, c.token, error="slot lost before dialing")
+                    log.warning("OUTBOUND_SLOT_LOST_BEFORE_DIAL target=%s", c.id)
+                    continue
                 log.info(
                     "OUTBOUND_CALL_CLAIMED campaign=%s target=%s attempt=%s active=%s/%s",
                     camp.id,
@@ -282,52 +296,67 @@ class Dialer:
     # -- tidying ------------------------------------------------------------------------------
 
     def sweep(self) -> None:
+        from redis.exceptions import RedisError
+
         self.reconcile_claims()
         self.settle_lost()
-        self.release_orphans()
         with self.ctx.session() as s:
             done = campaigns.finish(s)
         for cid in done:
             log.info("OUTBOUND_CAMPAIGN_FINISHED campaign=%s", cid)
+        try:
+            self.release_orphans()
+        except RedisError as exc:  # the next look tries again
+            log.warning("orphaned-slot sweep skipped: %s", type(exc).__name__)
 
     def release_orphans(self) -> None:
-        """Release the slots of businesses with open (or lately closed) campaigns that no
-        dialing or live target holds, once held for the grace (ORPHAN_AFTER, or half the slot
-        timeout). The database is read first: a slot taken after that read is younger than the
-        grace, so it is never taken for an orphan."""
+        """Release the slots of running or paused campaigns' businesses that no dialing or live
+        target holds, once held for the grace (ORPHAN_AFTER, or half the slot timeout); at most
+        every ORPHAN_EVERY. The owners are read once before the slots are listed and again for
+        the candidates, and a candidate is released only if it was not renewed since it was
+        listed: a dialer renews its slots once its claim has committed (`_campaign_turn`)."""
+        now = time.monotonic()
+        if now - self._orphans_at < ORPHAN_EVERY:
+            return
+        self._orphans_at = now
         timeout = self.cfg.slot_timeout
         grace = min(ORPHAN_AFTER, timeout / 2)
-        lately = campaigns.now() - timedelta(seconds=timeout)
         with self.ctx.session() as s:
             businesses = list(
                 s.execute(
-                    select(C.c.business_id)
-                    .where(or_(C.c.state.in_(("running", "paused")), C.c.updated_at > lately))
-                    .distinct()
+                    select(C.c.business_id).where(C.c.state.in_(("running", "paused"))).distinct()
                 ).scalars()
             )
-            if not businesses:
-                return
-            owned = set(
-                s.execute(
-                    select(T.c.slot_token).where(
-                        T.c.status.in_(("dialing", "live")),
-                        T.c.business_id.in_(businesses),
-                        T.c.slot_token.is_not(None),
-                    )
-                ).scalars()
-            )
+            owned = self._owned(s, T.c.business_id.in_(businesses)) if businesses else set()
+        candidates = []
         for business_id in businesses:
             key = campaigns.slot_key(business_id)
             for token, left in self.slots.holders(key).items():
-                if token in owned or timeout - left < grace:
-                    continue
-                if self.slots.release(Slot(key, token, 0))[0]:
-                    log.warning(
-                        "OUTBOUND_SLOT_ORPHAN_RELEASED business=%s lease_age=%.0fs",
-                        business_id,
-                        timeout - left,
-                    )
+                # "job:" tokens are core flow control's (a job type's slots of the same key)
+                if token not in owned and not token.startswith("job:") and timeout - left >= grace:
+                    candidates.append((business_id, key, token, left))
+        if not candidates:
+            return
+        with self.ctx.session() as s:  # claimed meanwhile (a claim slower than the grace)
+            owned = self._owned(s, T.c.slot_token.in_([t for _, _, t, _ in candidates]))
+        for business_id, key, token, left in candidates:
+            if token not in owned and self.slots.release_unrenewed(key, token, left):
+                log.warning(
+                    "OUTBOUND_SLOT_ORPHAN_RELEASED business=%s lease_age=%.0fs",
+                    business_id,
+                    timeout - left,
+                )
+
+    @staticmethod
+    def _owned(s: Any, where: Any) -> set[str]:
+        """Slot tokens of dialing or live targets matching `where`."""
+        return set(
+            s.execute(
+                select(T.c.slot_token).where(
+                    T.c.status.in_(("dialing", "live")), T.c.slot_token.is_not(None), where
+                )
+            ).scalars()
+        )
 
     def _stale(self, s: Any, *, with_sid: bool, older: float) -> list[Any]:
         cutoff = campaigns.now() - timedelta(seconds=older)

@@ -10,7 +10,7 @@ import pytest
 from prosaas_outbound_calls.testing import CALLER, add_leads, campaign, phone, start
 from sqlalchemy import text
 
-from prosaas_core.limits import Limits
+from prosaas_core.limits import Limits, Slot
 from prosaas_core.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -219,3 +219,43 @@ def test_a_slot_no_call_holds_is_released_by_the_sweep(runtime, client, acme, en
     held = slots.holders(key)
     assert young.token in held and owned.token in held
     assert "OUTBOUND_SLOT_ORPHAN_RELEASED" in w.log()
+
+
+def test_a_claim_slower_than_the_grace_never_dials_on_a_released_slot(
+    runtime, client, acme, web, fake, start_worker
+):
+    """The dialer takes its slots, then commits the claim that records their tokens. A claim
+    that takes long (here a trigger makes it take 2 s) may meanwhile see its slot released by
+    another dialer's orphan sweep; the dialer renews its slots once the claim has committed and
+    gives the claim back instead of dialing without a slot. The call is placed once, later,
+    with a slot of its own."""
+    business_id, auth = acme
+    number = phone(7)
+    add_leads(runtime, business_id, [number])
+    key = f"outbound_calls:{business_id}"
+    slots = Limits.on(runtime.redis).slots
+    with runtime.session() as s:
+        s.execute(text("CREATE TABLE slow_claims (one int)"))
+        s.execute(text("INSERT INTO slow_claims VALUES (1)"))
+        s.execute(
+            text(
+                "CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF EXISTS (SELECT 1 FROM slow_claims) THEN PERFORM pg_sleep(2);"
+                " DELETE FROM slow_claims; END IF; RETURN NEW; END $$"
+            )
+        )
+        s.execute(
+            text(
+                "CREATE TRIGGER slow_claim BEFORE UPDATE ON outbound_targets FOR EACH ROW"
+                " WHEN (OLD.status = 'pending' AND NEW.status = 'dialing')"
+                " EXECUTE FUNCTION slow_claim()"
+            )
+        )
+    w = start_worker()
+    start(client, auth, max_concurrent=1, calls_per_second=50)
+    [token] = wait_until(lambda: list(slots.holders(key)), 30, "the claim's slot", step=0.02)
+    assert slots.release(Slot(key, token, 0))[0]  # as a sweep would, the claim still running
+    wait_until(lambda: "OUTBOUND_SLOT_LOST_BEFORE_DIAL" in w.log(), 15, "the claim given back")
+    wait_until(lambda: fake.creates.get(number) == 1, 30, "the call placed")
+    time.sleep(1)
+    assert fake.creates == {number: 1}
