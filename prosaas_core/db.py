@@ -109,9 +109,9 @@ def _libpq_version(driver: str) -> int:
     """The libpq the driver runs on, as libpq numbers it (170002: 17.2); 0 when unknown."""
     try:
         if driver == "psycopg2":
-            import psycopg2
+            from psycopg2.extensions import libpq_version  # type: ignore[import-untyped]
 
-            return int(psycopg2.__libpq_version__)
+            return int(libpq_version())  # the one loaded, not the one it was built against
         import psycopg
 
         return int(psycopg.pq.version())

@@ -140,7 +140,8 @@ return out
 """
 )
 
-# KEYS[1] set. Returns token, milliseconds left on its lease, token, ... of the unexpired slots.
+# KEYS[1] set. Returns token, milliseconds left on its lease, its score as Redis states it,
+# token, ... of the unexpired slots.
 _HOLDERS = (
     _NOW
     + """
@@ -149,22 +150,19 @@ local held = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORE
 for i = 1, #held, 2 do
   out[#out + 1] = held[i]
   out[#out + 1] = tostring(tonumber(held[i + 1]) - now)
+  out[#out + 1] = held[i + 1]
 end
 return out
 """
 )
 
-# KEYS[1] set; ARGV: token, ms. Removes the token only while its lease has at most `ms` left,
-# i.e. it was not renewed since it was listed with that much left. 1 removed, 0 not.
-_RELEASE_UNRENEWED = (
-    _NOW
-    + """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) - now > tonumber(ARGV[2]) then return 0 end
+# KEYS[1] set; ARGV: token, score. Removes the token only while its score (lease end) is the
+# one it was listed with: any renewal since has moved it. 1 removed, 0 not.
+_RELEASE_UNRENEWED = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
-)
 
 # KEYS[1] tat, KEYS[2] window counter prefix; ARGV: interval_ms, burst, cost, take ('1'/'0'),
 # period_ms. Returns '0' when allowed (and taken if take), else the milliseconds to wait.
@@ -329,6 +327,14 @@ class Slot:
     active: int  # slots held for the key right after this one was acquired
 
 
+@dataclass(frozen=True)
+class Held:
+    """A slot as `Slots.holders` lists it."""
+
+    left: float  # seconds left on its lease when listed
+    lease_end: str  # the lease's end as Redis states it (milliseconds on its clock)
+
+
 class Slots:
     """Acquire, renew and release per-key slots with leases (`ttl` seconds)."""
 
@@ -418,20 +424,24 @@ class Slots:
         """Slots currently held (unexpired) for `key`."""
         return self.active_many([key])[key]
 
-    def holders(self, key: str) -> dict[str, float]:
-        """The tokens holding a slot of `key` now, each with the seconds left on its lease (a
-        holder's reconciliation: a token nobody owns any more can be released by name)."""
+    def holders(self, key: str) -> dict[str, Held]:
+        """The slots of `key` held now, by token, each with the seconds left on its lease (a
+        holder's reconciliation: a token nobody owns any more can be released by name, with
+        `release_unrenewed`)."""
         raw = self._holders(keys=[self.redis_key(key)])
-        return {_text(raw[i]): float(raw[i + 1]) / 1000 for i in range(0, len(raw), 2)}
+        return {
+            _text(raw[i]): Held(float(raw[i + 1]) / 1000, _text(raw[i + 2]))
+            for i in range(0, len(raw), 3)
+        }
 
-    def release_unrenewed(self, key: str, token: str, left: float) -> bool:
-        """Release `token`'s slot of `key` only if it was not renewed since `holders` listed it
-        with `left` seconds to run (no notice): a reconciling sweep and a holder renewing its
-        slot at the same moment cannot both win. "Renewed" means its lease has more than `left`
-        to run now, so list a slot some way into its lease (a renewal's ttl above `left`), as a
-        sweep for old orphans does. True when released."""
-        ms = max(0, int(left * 1000) + 1)  # the listing's rounding, never a renewal's lease
-        return bool(self._release_unrenewed(keys=[self.redis_key(key)], args=[token, ms]))
+    def release_unrenewed(self, key: str, token: str, held: Held) -> bool:
+        """Release `token`'s slot of `key` only if its lease is still the one `holders` listed
+        as `held` (no notice): any renewal since moves the lease's end, so a reconciling sweep
+        and a holder renewing its slot cannot both win, however long apart. True when
+        released."""
+        return bool(
+            self._release_unrenewed(keys=[self.redis_key(key)], args=[token, held.lease_end])
+        )
 
     def active_many(self, keys: list[str]) -> dict[str, int]:
         """Slots currently held for each of `keys`, in one round trip."""

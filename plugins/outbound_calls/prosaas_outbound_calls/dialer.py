@@ -27,7 +27,8 @@ Every ``OUTBOUND_CALLS_SWEEP_INTERVAL`` each worker also:
   ORPHAN_AFTER (a minute), so they come back then instead of after the slot timeout. Safe
   against a slow claim: a dialer renews its slots after its claim commits and gives the claim
   back if one is gone, and the sweep reads the owners again after listing the slots and
-  releases a slot only if it was not renewed since (`Slots.release_unrenewed`);
+  releases a slot only if its lease is still the one it listed (`Slots.release_unrenewed`):
+  whichever comes second of the renewal and the release fails;
 - marks finished campaigns.
 """
 
@@ -212,11 +213,11 @@ class Dialer:
             for slot in by_token.values():  # not claimed after all (gone meanwhile)
                 self.slots.release(slot, notify=False)
             for c, slot in claimed:  # dialed once the claims are committed
-                if not self.slots.renew(slot, self.cfg.slot_timeout):
+                if not self._still_held(slot):
                     # released meanwhile as an orphan (the claim took longer than the sweep's
-                    # grace): no slot, no call
+                    # grace), or Redis is away: no slot, no call
                     with self.ctx.session() as s:
-                        attempts.give_back(s, c.id, c.token, error="slot lost before dialing")
+                        attempts.give_back(s, c.id, c.token)
                     log.warning("OUTBOUND_SLOT_LOST_BEFORE_DIAL target=%s", c.id)
                     continue
                 log.info(
@@ -233,6 +234,17 @@ class Dialer:
             if len(ids) < min(room, rate.burst, BATCH):
                 return self.cfg.poll_interval  # nothing more is due now
         return 0.0
+
+    def _still_held(self, slot: Slot) -> bool:
+        """Renew a slot whose claim has just committed: False when it is gone (an orphan sweep
+        took it while the claim was slow) or Redis cannot say (the sweep releases it later)."""
+        from redis.exceptions import RedisError
+
+        try:
+            return self.slots.renew(slot, self.cfg.slot_timeout)
+        except RedisError as exc:
+            log.warning("slot renewal before dialing failed: %s", type(exc).__name__)
+            return False
 
     def _dial(self, camp: Any, c: attempts.Claimed, slot: Slot) -> None:
         from twilio.base.exceptions import TwilioRestException
@@ -313,8 +325,10 @@ class Dialer:
         """Release the slots of running or paused campaigns' businesses that no dialing or live
         target holds, once held for the grace (ORPHAN_AFTER, or half the slot timeout); at most
         every ORPHAN_EVERY. The owners are read once before the slots are listed and again for
-        the candidates, and a candidate is released only if it was not renewed since it was
-        listed: a dialer renews its slots once its claim has committed (`_campaign_turn`)."""
+        the candidates, and a candidate is released only if its lease is the one listed: a
+        dialer renews its slots once its claim has committed (`_campaign_turn`), so a claim
+        committed after the second read renews after the listing, and either that renewal
+        or the release fails. The grace only keeps the sweep off slots about to be claimed."""
         now = time.monotonic()
         if now - self._orphans_at < ORPHAN_EVERY:
             return
@@ -331,20 +345,21 @@ class Dialer:
         candidates = []
         for business_id in businesses:
             key = campaigns.slot_key(business_id)
-            for token, left in self.slots.holders(key).items():
+            for token, held in self.slots.holders(key).items():
                 # "job:" tokens are core flow control's (a job type's slots of the same key)
-                if token not in owned and not token.startswith("job:") and timeout - left >= grace:
-                    candidates.append((business_id, key, token, left))
+                old = timeout - held.left >= grace
+                if token not in owned and not token.startswith("job:") and old:
+                    candidates.append((business_id, key, token, held))
         if not candidates:
             return
         with self.ctx.session() as s:  # claimed meanwhile (a claim slower than the grace)
             owned = self._owned(s, T.c.slot_token.in_([t for _, _, t, _ in candidates]))
-        for business_id, key, token, left in candidates:
-            if token not in owned and self.slots.release_unrenewed(key, token, left):
+        for business_id, key, token, held in candidates:
+            if token not in owned and self.slots.release_unrenewed(key, token, held):
                 log.warning(
                     "OUTBOUND_SLOT_ORPHAN_RELEASED business=%s lease_age=%.0fs",
                     business_id,
-                    timeout - left,
+                    timeout - held.left,
                 )
 
     @staticmethod

@@ -221,7 +221,7 @@ def test_a_slot_no_call_holds_is_released_by_the_sweep(runtime, client, acme, en
     assert "OUTBOUND_SLOT_ORPHAN_RELEASED" in w.log()
 
 
-def test_a_claim_slower_than_the_grace_never_dials_on_a_released_slot(
+def test_a_slow_claim_never_dials_on_a_released_slot(
     runtime, client, acme, web, fake, start_worker
 ):
     """The dialer takes its slots, then commits the claim that records their tokens. A claim
@@ -252,10 +252,15 @@ def test_a_claim_slower_than_the_grace_never_dials_on_a_released_slot(
             )
         )
     w = start_worker()
-    start(client, auth, max_concurrent=1, calls_per_second=50)
+    cid = start(client, auth, max_concurrent=1, calls_per_second=50)
     [token] = wait_until(lambda: list(slots.holders(key)), 30, "the claim's slot", step=0.02)
     assert slots.release(Slot(key, token, 0))[0]  # as a sweep would, the claim still running
     wait_until(lambda: "OUTBOUND_SLOT_LOST_BEFORE_DIAL" in w.log(), 15, "the claim given back")
     wait_until(lambda: fake.creates.get(number) == 1, 30, "the call placed")
+    held = slots.holders(key)
+    assert len(held) <= 1, held  # never more than max_concurrent
+    t = target_of(runtime, cid, number)
+    if t["status"] in ("dialing", "live"):  # placed on a slot of its own, a new token
+        assert t["slot_token"] in held and t["slot_token"] != token
     time.sleep(1)
     assert fake.creates == {number: 1}
