@@ -107,14 +107,13 @@ def _libpq_defaults(url: str) -> dict[str, int]:
 
 def _libpq_version(driver: str) -> int:
     """The libpq the driver runs on, as libpq numbers it (170002: 17.2); 0 when unknown."""
+    import importlib
+
     try:
-        if driver == "psycopg2":
-            from psycopg2.extensions import libpq_version  # type: ignore[import-untyped]
-
-            return int(libpq_version())  # the one loaded, not the one it was built against
-        import psycopg
-
-        return int(psycopg.pq.version())
+        if driver == "psycopg2":  # the libpq loaded, not the one it was built against
+            return int(importlib.import_module("psycopg2.extensions").libpq_version())
+        # psycopg 3 is optional: imported by name, so type checking needs it not installed
+        return int(importlib.import_module("psycopg").pq.version())
     except Exception:
         return 0
 
