@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 #: A pooled connection idle at least this long is pinged before it is handed out again.
 PING_IDLE_SECONDS = 1.0
 
-#: libpq parameters of every PostgreSQL connection unless ``DATABASE_URL`` (or a libpq service
-#: file) sets them: a server that accepts and never answers (hung, or its host black-holed)
-#: fails a connect in 10 s per address instead of never (libpq has no timeout of its own), and
-#: a peer that vanished is noticed within about a minute, whether the connection was idle or
-#: waiting for an answer (keepalives: 30 s idle + 3 probes 10 s apart) or had data unacknowledged
-#: (tcp_user_timeout, 60 s; without it the kernel retransmits for about 15 minutes).
+#: libpq parameters of every PostgreSQL connection unless ``DATABASE_URL`` sets them (none when
+#: it names a libpq service, or ``PGSERVICE`` is set: the service file's values then hold): a
+#: server that accepts and never answers (hung, or its host black-holed) fails a connect in 10 s
+#: per address instead of never (libpq has no timeout of its own), and a peer that vanished is
+#: noticed within about a minute, whether the connection was idle or waiting for an answer
+#: (keepalives: 30 s idle + 3 probes 10 s apart) or had data unacknowledged (tcp_user_timeout,
+#: 60 s; without it the kernel retransmits for about 15 minutes).
 PG_CONNECT_DEFAULTS: dict[str, int] = {
     "connect_timeout": 10,
     "keepalives": 1,

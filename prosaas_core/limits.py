@@ -520,6 +520,7 @@ class Limits:
 
 
 __all__ = [
+    "Held",
     "Limits",
     "Rate",
     "RateLimiter",

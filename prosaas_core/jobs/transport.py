@@ -1,12 +1,12 @@
 """Redis/RQ transport. The RQ job carries only the row id; the row is the source of truth.
 
-The push after an enqueue's commit uses its own Redis client with a short socket timeout
-(``PROSAAS_PUSH_TIMEOUT``): a hung Redis (one that accepts connections but stops answering)
-costs a request at most that long, and after a push that failed slowly the next pushes of this
-process skip Redis for a moment (they would only wait as long again). A refused connection (Redis
-down or restarting) costs a millisecond, so it skips nothing: the first push after Redis is back
-goes through, instead of waiting for the sweeper's next full sweep. A row that was not pushed is
-committed and ``queued``: the sweeper pushes it.
+The push after an enqueue's commit uses the runtime's ``request_redis``, a client with a short
+socket timeout (``PROSAAS_PUSH_TIMEOUT``): a hung Redis (one that accepts connections but stops
+answering) costs a request at most that long, and after a push that failed slowly the next
+pushes of this process skip Redis for a moment (they would only wait as long again). A refused
+connection (Redis down or restarting) costs a millisecond, so it skips nothing: the first push
+after Redis is back goes through, instead of waiting for the sweeper's next full sweep. A row
+that was not pushed is committed and ``queued``: the sweeper pushes it.
 """
 
 from __future__ import annotations
