@@ -127,7 +127,11 @@ class Runtime:
         return FlowControl(self)
 
     def close(self) -> None:
-        """Release pooled database and Redis connections."""
+        """Push what the jobs API accepted in this process (`pusher`), then release pooled
+        database and Redis connections."""
+        from prosaas_core.jobs.pusher import flush
+
+        flush(self)
         if "engine" in self.__dict__:
             self.engine.dispose()
         for name in ("redis", "_request_redis"):

@@ -154,24 +154,29 @@ def test_no_route_answers_5xx_and_every_error_is_json(env, runtime):
     headers = {"good": bearer(token), "none": {}, "bad": bearer("psk_not_a_token")}
     seen: set[tuple[str, str]] = set()
 
-    @settings(
-        max_examples=400,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(data=st.data())
-    def run(data):
-        entry = data.draw(st.sampled_from(ops))
-        method, url, kw, auth = data.draw(requests_for(entry, doc))
-        resp = client.open(url, method=method, headers=headers[auth], **kw)
-        seen.add((entry[0], entry[1]))
-        assert resp.status_code < 500, (method, url, kw, resp.get_data(as_text=True)[:500])
-        if resp.status_code >= 400:
-            assert resp.is_json, (method, url, resp.get_data(as_text=True)[:200])
-            assert set(resp.get_json()) == {"error", "details"}, (method, url, resp.get_json())
+    # every operation gets its own examples: drawing the operation too left one of 43 untried
+    # once a hypothesis release changed its choices
+    def fuzz(entry):
+        @settings(
+            max_examples=10,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(data=st.data())
+        def run(data):
+            method, url, kw, auth = data.draw(requests_for(entry, doc))
+            resp = client.open(url, method=method, headers=headers[auth], **kw)
+            seen.add((entry[0], entry[1]))
+            assert resp.status_code < 500, (method, url, kw, resp.get_data(as_text=True)[:500])
+            if resp.status_code >= 400:
+                assert resp.is_json, (method, url, resp.get_data(as_text=True)[:200])
+                assert set(resp.get_json()) == {"error", "details"}, (method, url, resp.get_json())
 
-    run()
+        run()
+
+    for entry in ops:
+        fuzz(entry)
     assert len(seen) == len(ops), sorted({(p, m) for p, m, _ in ops} - seen)
 
 

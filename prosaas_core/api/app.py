@@ -74,8 +74,11 @@ def _refuse_nul() -> None:
 
     from prosaas_core.api.support import ApiError
 
-    if "\x00" in request.path or any(
-        "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)
+    query = request.query_string
+    if "\x00" in request.path or (
+        # the arguments are parsed only when the raw query could hold a NUL: most have none
+        (b"\x00" in query or b"%00" in query)
+        and any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True))
     ):
         raise ApiError(400, "Invalid request", "the URL contains a NUL character")
 

@@ -47,7 +47,11 @@ def _as_dict(job: Any) -> dict[str, Any]:
 @describe(
     body=EnqueueRequest,
     responses={
-        202: ("Job accepted: committed, then pushed to its queue (Location: the job)", Enqueued),
+        202: (
+            "Job accepted: committed; pushed to its queue right after this answer "
+            "(Location: the job)",
+            Enqueued,
+        ),
         409: ("A unique job type is already queued or running; details carry its id", Error),
     },
     tags=["jobs"],
@@ -55,8 +59,9 @@ def _as_dict(job: Any) -> dict[str, Any]:
 def create_job():
     """Enqueue a job of an installed type for the caller's business.
 
-    The row is committed before the push to Redis, so a job accepted while Redis is down still
-    answers 202 and is pushed by the sweeper later.
+    The row is committed before the answer and pushed to Redis behind it (the process's
+    pusher, many jobs per round trip), so a job accepted while Redis is down or hung still
+    answers 202 at once and is pushed once Redis answers (or by the sweeper).
     """
     from prosaas_core.jobs.enqueue import enqueue_for_token
 

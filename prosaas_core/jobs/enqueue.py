@@ -148,7 +148,9 @@ def enqueue_for_token(
 ) -> Enqueued | None:
     """`enqueue` for the business of the live API token `token`, the token's lookup and the
     INSERT being one statement (``insert_job_for_token``); None, with nothing written, when the
-    token is unknown or revoked. The same errors as `enqueue` otherwise."""
+    token is unknown or revoked. The same errors as `enqueue` otherwise. A job due now of a type
+    without flow limits is pushed behind the caller's answer (`pusher`): its `pushed` is
+    False, the push not having happened yet."""
     from prosaas_core.tokens import hash_token, lookup_token
 
     jt, row, due = _prepare(rt, job_type, payload, run_at, delay)
@@ -166,6 +168,12 @@ def enqueue_for_token(
     if found is None:
         return None
     job_id, business_id = found
+    if due is None and rt.flow.policy(jt, business_id) is None:
+        # pushed behind the answer, many per round trip: the request never waits for Redis
+        from prosaas_core.jobs.pusher import Pending, push_behind
+
+        push_behind(rt, Pending(job_id, jt.queue, jt.timeout, jt.name, business_id))
+        return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     return _pushed(rt, jt, job_id, business_id, due)
 
 

@@ -6,7 +6,8 @@ answering) costs a request at most that long, and after a push that failed slowl
 pushes of this process skip Redis for a moment (they would only wait as long again). A refused
 connection (Redis down or restarting) costs a millisecond, so it skips nothing: the first push
 after Redis is back goes through, instead of waiting for the sweeper's next full sweep. A row
-that was not pushed is committed and ``queued``: the sweeper pushes it.
+that was not pushed is committed and ``queued``: the sweeper pushes it. (The jobs API pushes
+behind its answers, from a thread of its own: ``pusher``.)
 """
 
 from __future__ import annotations
@@ -155,10 +156,17 @@ def _lean_push(client: Any, queue: str, rq_timeout: int) -> _LeanPush:
 
 
 def _push_lean(
-    client: Any, job_id: int, queue: str, timeout: float | None, *, via: Any = None
+    client: Any,
+    job_id: int,
+    queue: str,
+    timeout: float | None,
+    *,
+    via: Any = None,
+    created_at: str | None = None,
 ) -> None:
     """Push one job as RQ's enqueue would, in one round trip and one Redis command (`via`: a
-    pipeline of `client` to queue the command on instead)."""
+    pipeline of `client` to queue the command on instead, run by `execute_lean`;
+    `created_at`: RQ's timestamp of the push, when the caller has one for a whole batch)."""
     from rq.job import Job
     from rq.utils import now, utcformat
 
@@ -166,11 +174,34 @@ def _push_lean(
     rq_id = rq_job_id(job_id)
     # what Job.to_dict stores as data: the compressed serialized (func, instance, args, kwargs)
     data = zlib.compress(lean.dumps((DISPATCH, None, (job_id,), {})))
-    lean.script(
-        keys=[lean.queues_key, lean.queue_key, Job.key_for(rq_id)],
-        args=[rq_id, utcformat(now()), data, f"{DISPATCH}({job_id})"],
-        client=via if via is not None else client,
-    )
+    keys = (lean.queues_key, lean.queue_key, Job.key_for(rq_id))
+    args = (rq_id, created_at or utcformat(now()), data, f"{DISPATCH}({job_id})")
+    if via is not None:
+        # by digest alone: redis-py's own pipeline of scripts asks SCRIPT EXISTS first, a
+        # round trip per batch; `execute_lean` loads the scripts when Redis has lost them
+        via.evalsha(lean.script.sha, len(keys), *keys, *args)
+    else:
+        lean.script(keys=keys, args=args, client=client)
+
+
+def execute_lean(client: Any, queue_pushes: Callable[[Any], None]) -> None:
+    """Run the lean pushes `queue_pushes` puts on a pipeline of `client`, in one round trip.
+    A Redis that lost the scripts (restarted, ``SCRIPT FLUSH``) refuses them all: they are
+    loaded and the pushes sent again, once."""
+    from redis.exceptions import NoScriptError
+
+    for attempt in (1, 2):
+        # each push is one script call of its own, so no MULTI is needed around them
+        with client.pipeline(transaction=False) as pipe:
+            queue_pushes(pipe)
+            try:
+                pipe.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+        for lean in list(_lean.get(client, {}).values()):
+            client.script_load(lean.script.script)
 
 
 def _enqueue(
@@ -285,14 +316,7 @@ def push_timed(rt: Runtime, rows: Iterable[tuple[int, str, float | None]]) -> li
     try:
         for i in range(0, len(rows), PUSH_BATCH):
             batch = rows[i : i + PUSH_BATCH]
-            # lean: each push is one script call on its own, so no MULTI is needed around them
-            with client.pipeline(transaction=not lean) as pipe:
-                for job_id, queue, timeout in batch:
-                    if lean:
-                        _push_lean(client, job_id, queue, timeout, via=pipe)
-                    else:
-                        _enqueue(pipe, client, job_id, queue, timeout)
-                pipe.execute()
+            push_batch(client, batch, lean)
             pushed.extend(r[0] for r in batch)
         if pushed:
             pushlog.pushed(rt)
@@ -303,3 +327,27 @@ def push_timed(rt: Runtime, rows: Iterable[tuple[int, str, float | None]]) -> li
             exc,
         )
     return pushed
+
+
+def push_batch(
+    client: Any, rows: Iterable[tuple[int, str, float | None]], lean: bool | None = None
+) -> None:
+    """Push ``(id, queue, handler timeout)`` rows in one round trip (RedisError when Redis
+    fails it: then none, some or all were pushed, and a second push of one is harmless)."""
+    from rq.utils import now, utcformat
+
+    if lean is None:
+        lean = _scriptable(client)
+    if not lean:
+        with client.pipeline() as pipe:
+            for job_id, queue, timeout in rows:
+                _enqueue(pipe, client, job_id, queue, timeout)
+            pipe.execute()
+        return
+    created_at = utcformat(now())
+
+    def queue_pushes(pipe: Any) -> None:
+        for job_id, queue, timeout in rows:
+            _push_lean(client, job_id, queue, timeout, via=pipe, created_at=created_at)
+
+    execute_lean(client, queue_pushes)

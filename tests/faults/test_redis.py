@@ -4,6 +4,7 @@ and an outage is two log lines, not a traceback per second."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -12,7 +13,7 @@ import redis
 import requests
 
 from prosaas_core.jobs.enqueue import enqueue
-from prosaas_core.jobs.transport import push_many
+from prosaas_core.jobs.transport import push_many, rq_job_id
 from prosaas_core.testing import ServeProcess, bearer, business_with_token, run_cli, wait_until
 from prosaas_core.tokens import create_admin_token
 from tests.faults.targets import REDIS_BACK_TO_WORK, SLACK
@@ -135,6 +136,46 @@ def test_hung_redis_does_not_stall_the_api(fault, job_type, when):
     # says so
     assert f"Accepted job_id={ids[0]} " in log
     assert f"Enqueued job_id={ids[0]} " not in log
+
+
+def test_a_graceful_stop_pushes_what_the_api_accepted(fault):
+    """The API pushes behind its answers: a server stopped (SIGTERM) while its pushes wait for a
+    hung Redis still pushes, before it exits, the jobs it accepted and had not sent yet."""
+    _, token = business_with_token(fault.rt, "stop")
+    r = redis.Redis.from_url(fault.redis.url())
+    env = {**fault.env, "PROSAAS_PUSH_TIMEOUT": "8"}  # the hang below stays well inside it
+
+    def post(i: int) -> int:
+        t = time.monotonic()
+        resp = requests.post(
+            srv.url + "/api/jobs",
+            json={"job_type": "acme_echo", "payload": {"message": str(i)}},
+            headers=bearer(token),
+            timeout=15,
+        )
+        assert resp.status_code == 202, resp.text
+        assert time.monotonic() - t < 0.5  # the answer does not wait for Redis
+        return resp.json()["id"]
+
+    srv = ServeProcess(env, workers=1, log_path=fault.tmp / "serve.log").start()
+    try:
+        ids = [post(0)]  # the pusher's connection is open before the hang
+        wait_until(lambda: r.llen("rq:queue:default") == 1, 10, "the first job pushed")
+        fault.redis.freeze()
+        try:
+            ids.append(post(1))
+            time.sleep(0.3)  # its push is sent and waits for an answer...
+            ids += [post(i) for i in range(2, 6)]  # ...while these wait for the pusher
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+            time.sleep(2.0)  # the worker stops; what it never sent would be lost with it
+        finally:
+            fault.redis.thaw()
+        assert srv.proc.wait(timeout=20) == 0
+    finally:
+        srv.stop()
+    assert sorted(r.lrange("rq:queue:default", 0, -1)) == sorted(rq_job_id(i).encode() for i in ids)
+    log = (fault.tmp / "serve.log").read_text()
+    assert all(f"Enqueued job_id={i} " in log for i in ids), log[-2000:]
 
 
 def test_hung_redis_fails_reads_fast(fault):

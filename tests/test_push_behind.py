@@ -1,0 +1,79 @@
+"""`POST /api/jobs` answers once the row is committed and pushes behind the answer: every
+accepted job reaches its RQ queue exactly once, whatever the concurrency, even when Redis has
+lost the push scripts, and the push is logged as an inline one was."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+import requests
+
+from prosaas_core.jobs.transport import rq_job_id
+from prosaas_core.testing import ServeProcess, bearer, business_with_token, wait_until
+
+CLIENTS = 8
+PER_CLIENT = 40
+
+
+def _post_many(url: str, token: str, clients: int, each: int) -> list[int]:
+    ids: list[int] = []
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        s = requests.Session()
+        for i in range(each):
+            r = s.post(
+                url + "/api/jobs",
+                json={"job_type": "acme_echo", "payload": {"message": f"{n}-{i}"}},
+                headers=bearer(token),
+                timeout=15,
+            )
+            with lock:
+                if r.status_code == 202:
+                    ids.append(r.json()["id"])
+                else:
+                    failures.append(r.text)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    return ids
+
+
+def _queued(r: redis.Redis) -> list[bytes]:
+    return r.lrange("rq:queue:default", 0, -1)
+
+
+def test_every_accepted_job_is_pushed_once(env, runtime, redis_url, tmp_path):
+    _, token = business_with_token(runtime, "many")
+    r = redis.Redis.from_url(redis_url)
+    log = tmp_path / "serve.log"
+    with ServeProcess(env, workers=2, threads=4, log_path=log) as srv:
+        ids = _post_many(srv.url, token, CLIENTS, PER_CLIENT)
+        assert len(ids) == CLIENTS * PER_CLIENT
+        wait_until(lambda: len(_queued(r)) >= len(ids), 10, "every accepted job pushed")
+    queued = _queued(r)
+    assert sorted(queued) == sorted(rq_job_id(i).encode() for i in ids)  # each once
+    # the RQ job is RQ's own: a worker can run it
+    assert r.hget(f"rq:job:{rq_job_id(ids[0])}", "status") == b"queued"
+    text = log.read_text()
+    assert all(f"Enqueued job_id={i} job_type=acme_echo" in text for i in ids)
+    assert "Traceback" not in text
+
+
+def test_scripts_redis_lost_are_loaded_again(env, runtime, redis_url, tmp_path):
+    _, token = business_with_token(runtime, "flushed")
+    r = redis.Redis.from_url(redis_url)
+    with ServeProcess(env, workers=1, threads=2, log_path=tmp_path / "serve.log") as srv:
+        first = _post_many(srv.url, token, 1, 1)
+        wait_until(lambda: len(_queued(r)) == 1, 10, "the first job pushed")
+        r.script_flush()  # a Redis restarted empty (or SCRIPT FLUSH) knows no script
+        ids = _post_many(srv.url, token, 4, 5)
+        wait_until(lambda: len(_queued(r)) == 1 + len(ids), 10, "the jobs after the flush pushed")
+    assert sorted(_queued(r)) == sorted(rq_job_id(i).encode() for i in first + ids)
+    assert "not pushed" not in (tmp_path / "serve.log").read_text()
