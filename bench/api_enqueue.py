@@ -18,7 +18,9 @@ transaction, driver), so a change in the machine's background load during the ru
 alike. Prints requests/s, p50 and p99 for each, the CPU each costs per request (server processes
 and their PostgreSQL backends) and the ratios; the last line is JSON with ``vs_bare`` (requests/s
 ratio to the ``--bare-style`` baseline, default driver), ``vs_driver`` and ``vs_transaction``,
-``p50_ms`` and ``p99_ms`` (prosaas), each baseline's figures and the load average.
+``p50_ms`` and ``p99_ms`` (prosaas), each baseline's figures, ``accepted`` and ``pushed``
+(prosaas's 202s and the RQ jobs in its queue once its server stopped: equal, or the API lost
+pushes) and the load average.
 Needs PostgreSQL ($PROSAAS_TEST_PG) and Redis ($PROSAAS_TEST_REDIS, db $PROSAAS_TEST_REDIS_DB).
 """
 
@@ -232,19 +234,26 @@ def main() -> None:
         }
         order = ("driver", "transaction", "prosaas", "prosaas", "transaction", "driver")
         rounds: dict[str, list[dict]] = {label: [] for label in targets}
+        accepted = 0  # prosaas's 202s: each must reach its RQ queue (it pushes behind them)
         with bare, prosaas:
-            for srv, path, headers, body in targets.values():
-                _load(srv.url + path, headers, body, args.clients, min(2.0, seconds / 4))  # warm-up
+            for label, (srv, path, headers, body) in targets.items():  # warm-up
+                res = _load(srv.url + path, headers, body, args.clients, min(2.0, seconds / 4))
+                if label == "prosaas":
+                    accepted += len(res["latencies"]) - res["errors"]
             for label in order:
                 srv, path, headers, body = targets[label]
                 before = _cpu_by_pid(srv.proc.pid, admin, name)
                 res = _load(srv.url + path, headers, body, args.clients, seconds / 2)
                 after = _cpu_by_pid(srv.proc.pid, admin, name)
+                if label == "prosaas":
+                    accepted += len(res["latencies"]) - res["errors"]
                 for kind in ("server", "db"):
                     res[f"{kind}_cpu"] = sum(
                         cpu - before[kind].get(pid, 0.0) for pid, cpu in after[kind].items()
                     )
                 rounds[label].append(res)
+        # the servers are stopped (gracefully: the pusher pushes what is pending first)
+        pushed = r.llen("rq:queue:default")
         results = {label: _summary(r) for label, r in rounds.items()}
         for label, res in results.items():
             print(
@@ -259,6 +268,7 @@ def main() -> None:
             f"  ratio       {vs['driver']:.2f}x the strict driver baseline's requests/s "
             f"(target >= 0.8), {vs['transaction']:.2f}x the engine.begin() one"
         )
+        print(f"  pushed      {pushed} RQ jobs for the {accepted} jobs prosaas accepted")
         out = {
             "vs_bare": round(vs[args.bare_style], 3),
             "vs_driver": round(vs["driver"], 3),
@@ -292,6 +302,8 @@ def main() -> None:
                 "workers": args.workers,
                 "threads": args.threads,
                 "errors": sum(res["errors"] for res in results.values()),
+                "accepted": accepted,
+                "pushed": pushed,
                 "loadavg": _loadavg(),
             }
         )

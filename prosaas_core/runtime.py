@@ -127,8 +127,8 @@ class Runtime:
         return FlowControl(self)
 
     def close(self) -> None:
-        """Push what the jobs API accepted in this process (`pusher`), then release pooled
-        database and Redis connections."""
+        """Push what the jobs API accepted in this process (`pusher`; up to 3 s while Redis
+        hangs), then release pooled database and Redis connections."""
         from prosaas_core.jobs.pusher import flush
 
         flush(self)

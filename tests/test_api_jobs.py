@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from prosaas_core.api.app import create_app
 from prosaas_core.models import BackgroundJob
-from prosaas_core.testing import bearer, business_with_token, free_port
+from prosaas_core.testing import bearer, business_with_token, free_port, wait_until
 
 
 @pytest.fixture
@@ -52,7 +52,9 @@ def test_enqueue_answers_202_with_location_and_commits_then_pushes(client, runti
     with runtime.session() as s:
         row = s.get(BackgroundJob, body["id"])
         assert (row.business_id, row.status, row.payload) == (bid, "queued", {"message": "hi"})
-    assert Queue("default", connection=runtime.redis).job_ids == [f"prosaas-{body['id']}"]
+    # pushed right after the answer, by the process's pusher
+    queue = Queue("default", connection=runtime.redis)
+    wait_until(lambda: queue.job_ids == [f"prosaas-{body['id']}"], 5, "the job pushed")
     shown = client.get(r.headers["Location"], headers=bearer(token)).get_json()
     for key in ("id", "job_type", "business_id", "status", "attempts", "processed", "total"):
         assert key in shown

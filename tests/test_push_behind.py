@@ -77,3 +77,19 @@ def test_scripts_redis_lost_are_loaded_again(env, runtime, redis_url, tmp_path):
         wait_until(lambda: len(_queued(r)) == 1 + len(ids), 10, "the jobs after the flush pushed")
     assert sorted(_queued(r)) == sorted(rq_job_id(i).encode() for i in first + ids)
     assert "not pushed" not in (tmp_path / "serve.log").read_text()
+
+
+def test_a_batch_redis_holds_only_some_scripts_of_pushes_each_job_once(runtime, redis_url):
+    """One script per (queue, timeout): a batch can mix one Redis holds with one it does not.
+    Only the refused calls are sent again, so the others are not pushed twice."""
+    from prosaas_core.jobs.transport import push_many
+
+    r = redis.Redis.from_url(redis_url)
+    r.script_flush()
+    # a first batch has its script loaded (refused, loaded, sent again): the default queue's
+    assert push_many(runtime, [(1, "default", "acme_echo")]) == [1]
+    r.delete("rq:queue:default")
+    rows = [(2, "default", "acme_echo"), (3, "acme", "acme_count"), (4, "default", "acme_echo")]
+    assert push_many(runtime, rows) == [2, 3, 4]
+    assert r.lrange("rq:queue:default", 0, -1) == [b"prosaas-2", b"prosaas-4"]
+    assert r.lrange("rq:queue:acme", 0, -1) == [b"prosaas-3"]

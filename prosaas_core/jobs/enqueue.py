@@ -172,8 +172,8 @@ def enqueue_for_token(
         # pushed behind the answer, many per round trip: the request never waits for Redis
         from prosaas_core.jobs.pusher import Pending, push_behind
 
-        push_behind(rt, Pending(job_id, jt.queue, jt.timeout, jt.name, business_id))
-        return Enqueued(job_id, "queued", jt.name, business_id, True, False)
+        if push_behind(rt, Pending(job_id, jt.queue, jt.timeout, jt.name, business_id)):
+            return Enqueued(job_id, "queued", jt.name, business_id, True, False)
     return _pushed(rt, jt, job_id, business_id, due)
 
 

@@ -66,8 +66,10 @@ class Pusher:
         self._thread: threading.Thread | None = None
         self._dropped = 0
 
-    def submit(self, job: Pending) -> None:
-        """Hand a committed row over for pushing; never waits for Redis."""
+    def submit(self, job: Pending) -> bool:
+        """Hand a committed row over for pushing; never waits for Redis. Beyond MAX_PENDING
+        waiting, it is left to the sweeper. False when no thread could start: the caller's
+        to push."""
         with self._cond:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1
@@ -75,27 +77,32 @@ class Pusher:
             else:
                 dropped = 0
                 self._pending.append(job)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="prosaas-pusher", daemon=True
-                    )
-                    self._thread.start()
-                else:
+                if self._thread is not None:
                     self._cond.notify_all()  # all: a flush may be waiting too
-        if dropped:
-            # one line per thousand: Redis is hung or gone, and the sweeper has them all
-            if dropped % 1000 == 1:
-                log.warning(
-                    "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not "
-                    "pushed (%d jobs wait for a push already); the sweeper pushes it "
-                    "(%d left to it so far)",
-                    job.job_id,
-                    job.job_type,
-                    job.business_id,
-                    job.queue,
-                    MAX_PENDING,
-                    dropped,
-                )
+                    return True
+                thread = threading.Thread(target=self._run, name="prosaas-pusher", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (a process at its limit)
+                    self._pending.remove(job)
+                    log.warning("no pusher thread could start; pushing job %s inline", job.job_id)
+                    return False
+                self._thread = thread
+                return True
+        # one line per thousand: Redis is hung or gone, and the sweeper has them all
+        if dropped % 1000 == 1:
+            log.warning(
+                "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not "
+                "pushed (%d jobs wait for a push already); the sweeper pushes it "
+                "(%d left to it since the pushes last worked)",
+                job.job_id,
+                job.job_type,
+                job.business_id,
+                job.queue,
+                MAX_PENDING,
+                dropped,
+            )
+        return True
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every pending push to be done; True if they are."""
@@ -104,11 +111,26 @@ class Pusher:
             while self._pending or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    log.warning(
+                        "%d accepted job(s) not pushed within %gs; the sweeper pushes them",
+                        len(self._pending) + self._busy,
+                        timeout,
+                    )
                     return False
                 self._cond.wait(left)
         return True
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # an exception too: the next submit starts a thread again
+            with self._cond:
+                self._busy = False
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
         last = float("-inf")  # monotonic start of the last batch
         while True:
             # under load, one batch per LINGER at most: the jobs of many requests share each
@@ -122,24 +144,30 @@ class Pusher:
                 if not self._pending:
                     self._cond.wait(IDLE)
                 if not self._pending:
-                    self._thread = None
+                    self._thread = None  # under the lock: a submit from now on starts one
                     return
                 batch = self._pending[:PUSH_BATCH]
                 del self._pending[:PUSH_BATCH]
                 self._busy = True
             last = time.monotonic()
             rt = self._rt()
-            if rt is None:  # the runtime is gone, and its pool with it: the sweeper pushes
+            if rt is None:  # the runtime is gone, and its pool with it
+                log.warning("%d accepted job(s) not pushed (their runtime is closed); the "
+                            "sweeper pushes them", len(batch))  # fmt: skip
                 continue
             try:
-                _push_batch(rt, batch)
+                if _push_batch(rt, batch):
+                    with self._cond:
+                        self._dropped = 0
             except Exception:  # never lose the thread: the rows are committed
                 log.exception("pushing %d accepted job(s) failed; the sweeper pushes them",
                               len(batch))  # fmt: skip
+            del rt  # held only while pushing: the thread keeps no runtime alive
 
 
-def _push_batch(rt: Runtime, batch: list[Pending]) -> None:
-    """One round trip for the whole batch, logged per job as an inline push would be."""
+def _push_batch(rt: Runtime, batch: list[Pending]) -> bool:
+    """One round trip for the whole batch, logged per job as an inline push would be; True
+    when it was pushed."""
     from redis.exceptions import RedisError
 
     first = batch[0].job_id
@@ -165,6 +193,7 @@ def _push_batch(rt: Runtime, batch: list[Pending]) -> None:
             job.business_id,
             job.queue,
         )
+    return pushed
 
 
 _pushers: weakref.WeakKeyDictionary[Any, Pusher] = weakref.WeakKeyDictionary()
@@ -182,9 +211,10 @@ def pusher(rt: Runtime) -> Pusher:
     return found
 
 
-def push_behind(rt: Runtime, job: Pending) -> None:
-    """Push `job` (a committed ``queued`` row) from the process's pusher thread."""
-    pusher(rt).submit(job)
+def push_behind(rt: Runtime, job: Pending) -> bool:
+    """Push `job` (a committed ``queued`` row) from the process's pusher thread. False when
+    the pusher could not take it: then push it inline (``transport.push``)."""
+    return pusher(rt).submit(job)
 
 
 def flush(rt: Runtime, timeout: float = FLUSH_AT_EXIT) -> bool:

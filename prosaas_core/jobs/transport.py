@@ -155,18 +155,15 @@ def _lean_push(client: Any, queue: str, rq_timeout: int) -> _LeanPush:
     return lean
 
 
-def _push_lean(
-    client: Any,
-    job_id: int,
-    queue: str,
-    timeout: float | None,
-    *,
-    via: Any = None,
-    created_at: str | None = None,
-) -> None:
-    """Push one job as RQ's enqueue would, in one round trip and one Redis command (`via`: a
-    pipeline of `client` to queue the command on instead, run by `execute_lean`;
-    `created_at`: RQ's timestamp of the push, when the caller has one for a whole batch)."""
+#: one lean push: its script, keys and arguments
+LeanCall = tuple[_LeanPush, tuple[str, ...], tuple[Any, ...]]
+
+
+def _lean_call(
+    client: Any, job_id: int, queue: str, timeout: float | None, created_at: str | None = None
+) -> LeanCall:
+    """The script call that pushes one job as RQ's enqueue would (`created_at`: RQ's
+    timestamp of the push, when the caller has one for a whole batch)."""
     from rq.job import Job
     from rq.utils import now, utcformat
 
@@ -175,32 +172,41 @@ def _push_lean(
     # what Job.to_dict stores as data: the compressed serialized (func, instance, args, kwargs)
     data = zlib.compress(lean.dumps((DISPATCH, None, (job_id,), {})))
     keys = (lean.queues_key, lean.queue_key, Job.key_for(rq_id))
-    args = (rq_id, created_at or utcformat(now()), data, f"{DISPATCH}({job_id})")
-    if via is not None:
-        # by digest alone: redis-py's own pipeline of scripts asks SCRIPT EXISTS first, a
-        # round trip per batch; `execute_lean` loads the scripts when Redis has lost them
-        via.evalsha(lean.script.sha, len(keys), *keys, *args)
-    else:
-        lean.script(keys=keys, args=args, client=client)
+    return lean, keys, (rq_id, created_at or utcformat(now()), data, f"{DISPATCH}({job_id})")
 
 
-def execute_lean(client: Any, queue_pushes: Callable[[Any], None]) -> None:
-    """Run the lean pushes `queue_pushes` puts on a pipeline of `client`, in one round trip.
-    A Redis that lost the scripts (restarted, ``SCRIPT FLUSH``) refuses them all: they are
-    loaded and the pushes sent again, once."""
+def _push_lean(client: Any, job_id: int, queue: str, timeout: float | None) -> None:
+    """Push one job as RQ's enqueue would, in one round trip and one Redis command."""
+    lean, keys, args = _lean_call(client, job_id, queue, timeout)
+    lean.script(keys=keys, args=args, client=client)
+
+
+def execute_lean(client: Any, calls: Iterable[LeanCall]) -> None:
+    """Run lean pushes in one round trip, each script called by its digest alone (redis-py's
+    own pipeline of scripts asks ``SCRIPT EXISTS`` first, a round trip more per batch). The
+    calls a Redis refuses for a script it does not hold (never loaded, restarted, ``SCRIPT
+    FLUSH``) are sent again, they alone, once their scripts are loaded: the others were
+    pushed. RedisError when Redis fails the batch (some may have been pushed: a second push of
+    one is harmless, the claim takes a row once)."""
     from redis.exceptions import NoScriptError
 
+    todo = list(calls)
     for attempt in (1, 2):
         # each push is one script call of its own, so no MULTI is needed around them
         with client.pipeline(transaction=False) as pipe:
-            queue_pushes(pipe)
-            try:
-                pipe.execute()
-                return
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-        for lean in list(_lean.get(client, {}).values()):
+            for lean, keys, args in todo:
+                pipe.evalsha(lean.script.sha, len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+        refused = [r for r in results if isinstance(r, Exception)]
+        other = next((r for r in refused if not isinstance(r, NoScriptError)), None)
+        if other is not None:
+            raise other
+        if not refused:
+            return
+        if attempt == 2:
+            raise refused[0]
+        todo = [call for call, r in zip(todo, results, strict=True) if isinstance(r, Exception)]
+        for lean in {id(call[0]): call[0] for call in todo}.values():
             client.script_load(lean.script.script)
 
 
@@ -345,9 +351,4 @@ def push_batch(
             pipe.execute()
         return
     created_at = utcformat(now())
-
-    def queue_pushes(pipe: Any) -> None:
-        for job_id, queue, timeout in rows:
-            _push_lean(client, job_id, queue, timeout, via=pipe, created_at=created_at)
-
-    execute_lean(client, queue_pushes)
+    execute_lean(client, [_lean_call(client, *row, created_at) for row in rows])
