@@ -208,6 +208,7 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": f"{PG}/{name}", "REDIS_URL": redis_url}
     env.pop("RUN_MIGRATIONS", None)
     r = redis.Redis.from_url(redis_url)
+    r.flushdb()  # the queue's length is checked at the end
     try:
         subprocess.run(
             [str(BIN / "prosaas"), "db", "upgrade"], env=env, check=True, capture_output=True
@@ -268,7 +269,10 @@ def main() -> None:
             f"  ratio       {vs['driver']:.2f}x the strict driver baseline's requests/s "
             f"(target >= 0.8), {vs['transaction']:.2f}x the engine.begin() one"
         )
-        print(f"  pushed      {pushed} RQ jobs for the {accepted} jobs prosaas accepted")
+        print(
+            f"  pushed      {pushed} RQ jobs for the {accepted} jobs prosaas accepted"
+            + ("" if pushed == accepted else "  <-- NOT EQUAL: pushes lost or doubled")
+        )
         out = {
             "vs_bare": round(vs[args.bare_style], 3),
             "vs_driver": round(vs["driver"], 3),
@@ -304,6 +308,7 @@ def main() -> None:
                 "errors": sum(res["errors"] for res in results.values()),
                 "accepted": accepted,
                 "pushed": pushed,
+                "pushed_all": pushed == accepted,
                 "loadavg": _loadavg(),
             }
         )

@@ -239,7 +239,8 @@ def test_drift_answers_503_writes_nothing_and_logs_the_fix(client, runtime, tena
     assert ok.status_code == 202
 
 
-def test_redis_down_still_answers_202_with_the_row_committed(env, runtime, tenant):
+def test_redis_down_still_answers_202_with_the_row_committed(env, runtime, tenant, caplog):
+    caplog.set_level(logging.INFO, logger="prosaas.jobs")
     closed = f"redis://127.0.0.1:{free_port()}/0"
     app = create_app({**env, "REDIS_URL": closed})
     r = app.test_client().post(
@@ -248,11 +249,16 @@ def test_redis_down_still_answers_202_with_the_row_committed(env, runtime, tenan
         headers=bearer(tenant[1]),
     )
     assert r.status_code == 202
+    job_id = r.get_json()["id"]
     with runtime.session() as s:
-        assert s.get(BackgroundJob, r.get_json()["id"]).status == "queued"
-    assert Queue("default", connection=runtime.redis).count == 0  # the sweeper's job now
+        assert s.get(BackgroundJob, job_id).status == "queued"
     ready = _error(app.test_client().get("/readyz"), 503, "Not ready")
     assert any("redis" in line for line in ready["details"])
+    app.extensions["prosaas"].close()  # after the pusher's try
+    assert f"Accepted job_id={job_id} job_type=acme_echo" in caplog.text
+    assert "committed, not pushed (Redis unavailable); the sweeper pushes it" in caplog.text
+    with runtime.session() as s:
+        assert s.get(BackgroundJob, job_id).status == "queued"  # the sweeper's job now
 
 
 def test_openapi_documents_every_route_and_job_payload_schemas(client, runtime, tenant):

@@ -93,3 +93,20 @@ def test_a_batch_redis_holds_only_some_scripts_of_pushes_each_job_once(runtime, 
     assert push_many(runtime, rows) == [2, 3, 4]
     assert r.lrange("rq:queue:default", 0, -1) == [b"prosaas-2", b"prosaas-4"]
     assert r.lrange("rq:queue:acme", 0, -1) == [b"prosaas-3"]
+
+
+def test_without_a_pusher_thread_the_api_pushes_inline(client, auth, redis_url, monkeypatch):
+    """A process that cannot start a thread (at its limit) still pushes, before the answer."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name == "prosaas-pusher":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    job = {"job_type": "acme_echo", "payload": {"message": "x"}}
+    r = client.post("/api/jobs", json=job, headers=auth)
+    assert r.status_code == 202, r.get_json()
+    # no waiting: it was pushed before the answer
+    assert _queued(redis.Redis.from_url(redis_url)) == [rq_job_id(r.get_json()["id"]).encode()]

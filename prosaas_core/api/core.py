@@ -48,8 +48,8 @@ def _as_dict(job: Any) -> dict[str, Any]:
     body=EnqueueRequest,
     responses={
         202: (
-            "Job accepted: committed; pushed to its queue right after this answer "
-            "(Location: the job)",
+            "Job accepted: committed, and pushed to its queue right after this answer (a "
+            "job due later when due; a flow-limited one once admitted) (Location: the job)",
             Enqueued,
         ),
         409: ("A unique job type is already queued or running; details carry its id", Error),
@@ -59,9 +59,11 @@ def _as_dict(job: Any) -> dict[str, Any]:
 def create_job():
     """Enqueue a job of an installed type for the caller's business.
 
-    The row is committed before the answer and pushed to Redis behind it (the process's
-    pusher, many jobs per round trip), so a job accepted while Redis is down or hung still
-    answers 202 at once and is pushed once Redis answers (or by the sweeper).
+    The row is committed before the answer. A job due now of a type without flow limits is
+    pushed to Redis behind the answer (the process's pusher, many jobs per round trip), so
+    the answer never waits for Redis; a delayed or flow-limited one is scheduled or admitted
+    before it (at most ``PROSAAS_PUSH_TIMEOUT`` with Redis hung). Either way a job accepted
+    while Redis is down still answers 202 and is pushed later (by the sweeper).
     """
     from prosaas_core.jobs.enqueue import enqueue_for_token
 

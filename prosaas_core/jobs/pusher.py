@@ -122,12 +122,20 @@ class Pusher:
 
     def _run(self) -> None:
         try:
-            self._loop()
-        finally:  # an exception too: the next submit starts a thread again
+            while True:
+                try:
+                    self._loop()  # returns once idle, the thread given up under the lock
+                    return
+                except Exception:  # a bug: carry on, the pending jobs still need pushing
+                    log.exception("the pusher failed; it carries on")
+                    time.sleep(LINGER)
+        finally:
             with self._cond:
-                self._busy = False
+                # only a thread that still owns the pusher: one that idled out may already
+                # have a successor, whose state is not this thread's to touch
                 if self._thread is threading.current_thread():
                     self._thread = None
+                    self._busy = False
                 self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -226,6 +234,8 @@ def flush(rt: Runtime, timeout: float = FLUSH_AT_EXIT) -> bool:
 @atexit.register
 def _flush_all() -> None:
     # a normal exit (gunicorn's graceful stop, a script's end) pushes what its requests accepted
-    for found in list(_pushers.values()):
+    with _pushers_lock:
+        pushers = list(_pushers.values())
+    for found in pushers:
         if found._pid == os.getpid():
             found.flush(FLUSH_AT_EXIT)
