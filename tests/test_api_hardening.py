@@ -105,6 +105,7 @@ def test_deep_json_and_nul_bytes_are_400(served):
     _bad(_post(url + "/api/leads", h, json.dumps({"name": "a\x00b", "email": "a@b.co"})))
     _bad(_post(url + "/api/leads", h, json.dumps({"email": "a@b.co", "notes": "x\x00"})))
     _bad(requests.get(url + "/api/leads?status=a%00b", headers=h, timeout=10))
+    _bad(requests.get(url + "/api/leads%00x", headers=h, timeout=10))  # in the path
     # a NUL in a CSV row is that row's error, the others are imported
     r = requests.post(
         url + "/api/leads/import",
