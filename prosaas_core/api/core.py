@@ -49,7 +49,8 @@ def _as_dict(job: Any) -> dict[str, Any]:
     responses={
         202: (
             "Job accepted: committed, and pushed to its queue right after this answer (a "
-            "job due later when due; a flow-limited one once admitted) (Location: the job)",
+            "job due later, when due; a flow-limited one, before this answer if admitted now, "
+            "else once admitted) (Location: the job)",
             Enqueued,
         ),
         409: ("A unique job type is already queued or running; details carry its id", Error),

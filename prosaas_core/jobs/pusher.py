@@ -121,14 +121,16 @@ class Pusher:
         return True
 
     def _run(self) -> None:
+        pause = LINGER
         try:
             while True:
                 try:
                     self._loop()  # returns once idle, the thread given up under the lock
                     return
                 except Exception:  # a bug: carry on, the pending jobs still need pushing
-                    log.exception("the pusher failed; it carries on")
-                    time.sleep(LINGER)
+                    log.exception("the pusher failed; it carries on in %gs", pause)
+                    time.sleep(pause)
+                    pause = min(2 * pause, 1.0)  # a bug that recurs: a line a second at most
         finally:
             with self._cond:
                 # only a thread that still owns the pusher: one that idled out may already
@@ -236,6 +238,7 @@ def _flush_all() -> None:
     # a normal exit (gunicorn's graceful stop, a script's end) pushes what its requests accepted
     with _pushers_lock:
         pushers = list(_pushers.values())
+    deadline = time.monotonic() + FLUSH_AT_EXIT  # one wait for them all, however many
     for found in pushers:
         if found._pid == os.getpid():
-            found.flush(FLUSH_AT_EXIT)
+            found.flush(max(0.0, deadline - time.monotonic()))
