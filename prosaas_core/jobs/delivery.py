@@ -131,6 +131,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: seconds between two polls of the worker's command channel (RQ's thread)
+PUBSUB_POLL = 1.0
+
+
 class LeanMixin(_Base):
     """RQ worker methods that run prosaas jobs on the lean path (see the module docstring)."""
 
@@ -168,6 +172,18 @@ class LeanMixin(_Base):
             p.execute()
         self._lean_done = self._lean_failed = 0
         self._lean_last_beat = time.monotonic()
+
+    def subscribe(self) -> None:
+        """RQ's subscription to the worker's command channel, its thread polling every
+        PUBSUB_POLL seconds instead of RQ's 60: since redis-py 8.2, stopping that thread waits
+        for it, and a thread that met the unsubscribe between two polls slept out its poll
+        (a worker's exit took up to a minute)."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=PUBSUB_POLL, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     def teardown(self) -> None:
         if not self.is_horse:
