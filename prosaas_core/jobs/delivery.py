@@ -175,7 +175,7 @@ class LeanMixin(_Base):
 
     def subscribe(self) -> None:
         """RQ's subscription to the worker's command channel, its thread polling every
-        PUBSUB_POLL seconds instead of RQ's 60: since redis-py 8.2, stopping that thread waits
+        PUBSUB_POLL seconds instead of RQ's 60: redis-py 8.2's ``stop()`` of that thread waits
         for it, and a thread that met the unsubscribe between two polls slept out its poll
         (a worker's exit took up to a minute)."""
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
