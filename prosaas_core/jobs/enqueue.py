@@ -247,17 +247,22 @@ def _pushed(
     # "Enqueued" means committed and pushed; a row Redis did not take waits for the sweeper
     if pushed is None:
         return Enqueued(job_id, "queued", jt.name, business_id, True, False)
+    log_push(job_id, jt.name, business_id, jt.queue, pushed)
+    return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
+
+
+def log_push(job_id: int, job_type: str, business_id: int, queue: str, pushed: bool) -> None:
+    """The line operators grep for a committed job: pushed, or left to the sweeper."""
     log.info(
         "Enqueued job_id=%s job_type=%s business_id=%s queue=%r"
         if pushed
         else "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not pushed "
         "(Redis unavailable); the sweeper pushes it",
         job_id,
-        jt.name,
+        job_type,
         business_id,
-        jt.queue,
+        queue,
     )
-    return Enqueued(job_id, "queued", jt.name, business_id, True, pushed)
 
 
 def admit_and_push(rt: Runtime, jt: JobType, job_id: int, business_id: int) -> bool | None:

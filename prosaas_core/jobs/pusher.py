@@ -23,6 +23,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prosaas_core.jobs import pushlog
+from prosaas_core.jobs.enqueue import log_push
 from prosaas_core.jobs.transport import (
     PUSH_BATCH,
     push_batch,
@@ -193,16 +194,7 @@ def _push_batch(rt: Runtime, batch: list[Pending]) -> bool:
     if pushed:
         pushlog.pushed(rt)
     for job in batch:
-        log.info(
-            "Enqueued job_id=%s job_type=%s business_id=%s queue=%r"
-            if pushed
-            else "Accepted job_id=%s job_type=%s business_id=%s queue=%r: committed, not pushed "
-            "(Redis unavailable); the sweeper pushes it",
-            job.job_id,
-            job.job_type,
-            job.business_id,
-            job.queue,
-        )
+        log_push(job.job_id, job.job_type, job.business_id, job.queue, pushed)
     return pushed
 
 
