@@ -27,7 +27,10 @@ The rules every helper here keeps:
   progress) are one statement (``ctx.checkpoint_write``; on SQLite, one transaction): a worker
   killed at any instant leaves either the batch and its checkpoint, or neither, so a resumed
   job never counts or applies a batch twice. The write is fenced on the job's claim: a worker
-  whose job was rescued and handed to another cannot commit another batch. On PostgreSQL a
+  whose job was rescued and handed to another cannot commit another batch. The statement
+  commits without waiting for the disk (``durable=False``): a database crash may lose the last
+  batches with their checkpoints, which the attempt then finds (``CheckpointLost``) and the
+  job redoes; the worker settles before the job's outcome. On PostgreSQL a
   batch is two round trips in autocommit (the page, then that statement), where a hand-written
   loop in a transaction takes four (BEGIN, page, write, COMMIT). Both statements are built once
   per job with the batch as bound parameters (`LeadBatcher.where_template`, `Batch.params`),
@@ -461,7 +464,10 @@ def run_selection(
     Each batch's write, checkpoint and progress are one fenced statement
     (``ctx.checkpoint_write``), and ``ctx.should_stop()`` is checked before the next batch.
     Batches are sized to take about `TARGET_TXN_MS` each (`size`, or
-    ``$PROSAAS_LEADS_BATCH_SIZE``, fixes the size instead). Returns the counts:
+    ``$PROSAAS_LEADS_BATCH_SIZE``, fixes the size instead). The batches commit without waiting
+    for the disk; before it returns, the attempt settles them (``ctx.settle()``: one durable
+    write), so the counts returned are of batches on disk, or ``CheckpointLost`` is raised.
+    Returns the counts:
     ``{counted_as: n, "not_found": m, "total": t, "stopped": bool, "batches": b,
     "mean_batch_size": s, "max_txn_ms": longest}``; ``not_found`` counts listed
     ids that are not leads of the business (for a filter it stays 0).
@@ -514,6 +520,9 @@ def run_selection(
                 done=state["done"],
                 total=batcher.total,
                 params=batch.params(),
+                # a batch lost with its checkpoint in a database crash is redone: no batch
+                # waits for the disk (settled below, before the counts are returned)
+                durable=False,
             )
         written = True
         txn_ms = (time.perf_counter() - began) * 1000  # the batch's round trips, commit included
@@ -523,6 +532,10 @@ def run_selection(
         batcher.state = ctx.state
     if not written:  # nothing selected, or stopped first: the outcome carries the progress
         ctx.progress(batcher.done, batcher.total)
+    elif ctx.stopped_for != "shutdown":
+        # the counts are only returned (and logged, and acted on) once every batch is on disk;
+        # a job handed back at shutdown resumes from the row, whatever it kept
+        ctx.settle()
     batches = int(batcher.state.get("batches", 0))
     return {
         counted_as: int(batcher.state.get(counted_as, 0)),

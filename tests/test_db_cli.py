@@ -11,7 +11,16 @@ from prosaas_core.runtime import Runtime
 from prosaas_core.settings import Settings
 
 ACME_TYPES = sorted(
-    ["acme_count", "acme_echo", "acme_fail", "acme_rate", "acme_sleep", "acme_slot", "acme_unique"]
+    [
+        "acme_count",
+        "acme_echo",
+        "acme_fail",
+        "acme_rate",
+        "acme_sleep",
+        "acme_slot",
+        "acme_unique",
+        "acme_untick",
+    ]
 )
 
 

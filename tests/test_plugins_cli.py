@@ -41,6 +41,7 @@ def test_plugins_json_exact(cli):
                     "acme_sleep",
                     "acme_slot",
                     "acme_unique",
+                    "acme_untick",
                 ],
                 "blueprints": [{"name": "acme", "url_prefix": "/api/acme"}],
                 "services": ["acme-ticker"],
@@ -58,7 +59,7 @@ def test_plugins_text_output(cli):
     assert "acme  (prosaas-acme-test 1.2.3)" in out
     assert (
         "  job types:  acme_count, acme_echo, acme_fail, acme_rate, acme_sleep, acme_slot, "
-        "acme_unique" in out
+        "acme_unique, acme_untick" in out
     )
     assert "  blueprints: acme (/api/acme)" in out and "  services:   acme-ticker" in out
 

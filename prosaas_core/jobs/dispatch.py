@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from prosaas_core.jobs import errortext, store
-from prosaas_core.jobs.context import JobContext, JobLost
+from prosaas_core.jobs.context import CheckpointLost, JobContext, JobLost
 from prosaas_core.jobs.dbretry import retry_transient, transient
 from prosaas_core.jobs.flow import Held, Refusal, flow_key
 from prosaas_core.jobs.timeout import JobTimeout, deadline
@@ -479,6 +479,8 @@ class Dispatcher:
         try:
             with deadline(jt.timeout):
                 result = jt.handler(ctx)
+            if ctx.stopped_for != "shutdown":
+                ctx.settle()  # the outcome is written once every batch it counts is on disk
             result = _jsonable(result)
         except JobLost:
             log.warning("JOB LOST job_id=%s: taken over by another worker; outcome dropped", job_id)
@@ -542,12 +544,16 @@ class Dispatcher:
         return True
 
     def _fail(self, claim, started, error, ctx, *, jt=None, final=False) -> None:
-        if ctx is not None and ctx.stopped_for == "cancel":
+        exc = sys.exc_info()[1]
+        # a checkpoint lost in a database crash: run again (a cancel then ends it with the
+        # counts that were kept), the attempt not counted
+        lost = isinstance(exc, CheckpointLost)
+        if ctx is not None and ctx.stopped_for == "cancel" and not lost:
             self._finish(claim, started, "cancelled", None, error, ctx)
             return None
         # called from run()'s except clause: a database that went away under the handler (a
         # restart, a terminated backend) is not the job's fault and does not use an attempt
-        infra = not final and jt is not None and transient(sys.exc_info()[1])
+        infra = not final and jt is not None and (transient(exc) or lost)
         if not infra and (final or jt is None or claim.attempt >= claim.max_attempts):
             self._finish(claim, started, "failed", None, error, ctx)
             return None
@@ -579,7 +585,13 @@ class Dispatcher:
             claim.max_attempts,
             time.monotonic() - started,
             delay,
-            " (database connection lost: attempt not counted)" if infra else "",
+            (
+                " (a checkpoint lost in a database crash: attempt not counted)"
+                if lost
+                else " (database connection lost: attempt not counted)"
+                if infra
+                else ""
+            ),
             errortext.first_line(error),
         )
         return None

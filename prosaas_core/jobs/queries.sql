@@ -65,6 +65,26 @@ SET heartbeat_at = %(now)s, updated_at = %(now)s, state = %(state)s,
 WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
 RETURNING cancel_requested
 
+-- job_is_ours --
+-- Whether the attempt with this fencing token still holds the running job.
+SELECT 1 FROM background_jobs
+WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
+
+-- settle_job --
+-- A heartbeat answering whether the row still holds the attempt's last checkpoint (%(state)s):
+-- a database crash loses a checkpoint committed without waiting for the disk. This commit
+-- waits for the disk, and so makes durable every earlier commit of the attempt with it.
+UPDATE background_jobs
+SET heartbeat_at = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
+RETURNING COALESCE(state, CAST('{}' AS jsonb)) = CAST(%(state)s AS jsonb)
+
+-- settle_job@sqlite --
+UPDATE background_jobs
+SET heartbeat_at = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'
+RETURNING COALESCE(state, '{}') = %(state)s
+
 -- finish_job --
 -- The outcome: succeeded, failed or cancelled.
 UPDATE background_jobs

@@ -34,6 +34,9 @@ __all__ = [
     "fenced_write",
     "fenced_statement",
     "fenced_params",
+    "state_json",
+    "is_ours",
+    "settle",
 ]
 
 T = BackgroundJob.__table__
@@ -106,6 +109,20 @@ def touch(
     if set_state:
         params["state"] = _json(state)
     row = Db.of(conn).one(Q.checkpoint_job if set_state else Q.touch_job, params)
+    return None if row is None else bool(row[0])
+
+
+def is_ours(conn: Handle, job_id: int, fence: int) -> bool:
+    """Whether the attempt holding `fence` still holds the running job."""
+    return Db.of(conn).one(Q.job_is_ours, {"id": job_id, "fence": fence}) is not None
+
+
+def settle(conn: Handle, job_id: int, fence: int, state: str) -> bool | None:
+    """A durable heartbeat that checks the row still holds `state` (the JSON of the attempt's
+    last checkpoint): True when it does, False when a database crash lost it, None when the
+    job is no longer ours."""
+    params = {"id": job_id, "fence": fence, "now": utcnow(), "state": state}
+    row = Db.of(conn).one(Q.settle_job, params)
     return None if row is None else bool(row[0])
 
 
@@ -253,7 +270,15 @@ def fenced_write(
     return fused.params(fenced_params(job_id, fence, state, add, processed, total))
 
 
-def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, total: bool) -> Any:
+def fenced_statement(
+    statement: Any,
+    add: dict[str, int],
+    *,
+    processed: bool,
+    total: bool,
+    durable: bool = True,
+    expect_state: bool = False,
+) -> Any:
     """The fused write + checkpoint of `fenced_write`, with every per-call value a named bound
     parameter (``fenced_*``, given by `fenced_params`): built and compiled once, it is run
     batch after batch with new parameters only (SQLAlchemy's compiled cache then skips the
@@ -264,7 +289,14 @@ def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, to
     nothing at all. Each key of `add` gets ``add[key] * rows`` added to its value in the
     state, ``rows`` being what `statement` touched (the counts are known only in the
     statement). The answer is one row: ``locked`` (0: the job is no longer ours), ``rows``,
-    ``cancel``. `processed`/`total`: whether the statement writes the job's progress too."""
+    ``cancel``. `processed`/`total`: whether the statement writes the job's progress too.
+
+    `durable` False: the statement's transaction commits without waiting for its WAL to reach
+    the disk (``synchronous_commit`` off for that transaction alone, set inside the
+    statement). `expect_state`: the job row is locked only while its state is still
+    ``fenced_prev`` when that is not NULL (the attempt's last checkpoint, which a database
+    crash may have lost when it was not durable); ``locked`` 0 then also means that
+    checkpoint is gone."""
     from sqlalchemy import (
         BigInteger,
         DateTime,
@@ -274,19 +306,34 @@ def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, to
         cast,
         exists,
         func,
+        literal,
         literal_column,
+        or_,
         select,
+        true,
     )
     from sqlalchemy import update as sql_update
     from sqlalchemy.dialects.postgresql import JSONB
 
     jobs = BackgroundJob.__table__
+    prev = bindparam("fenced_prev", type_=String)
     lock = (
         select(jobs.c.id)
         .where(
             jobs.c.id == bindparam("fenced_job", type_=BigInteger),
             jobs.c.fence == bindparam("fenced_fence", type_=Integer),
             jobs.c.status == "running",
+            *(
+                [
+                    or_(
+                        prev.is_(None),
+                        func.coalesce(jobs.c.state, cast(literal("{}"), JSONB))
+                        == cast(prev, JSONB),
+                    )
+                ]
+                if expect_state
+                else []
+            ),
         )
         .with_for_update()
         .cte("job_lock")
@@ -315,11 +362,16 @@ def fenced_statement(statement: Any, add: dict[str, int], *, processed: bool, to
         .returning(jobs.c.cancel_requested)
         .cte("job")
     )
-    return select(
+    answer = [
         select(func.count()).select_from(lock).scalar_subquery().label("locked"),
         rows.label("rows"),
         select(job.c.cancel_requested).scalar_subquery().label("cancel"),
-    )
+    ]
+    if not durable:
+        # is_local: for this statement's own transaction; read at its commit, reset after it
+        mode = select(func.set_config("synchronous_commit", "off", true()).label("m"))
+        answer.append(mode.scalar_subquery().label("commit_mode"))
+    return select(*answer)
 
 
 def fenced_params(
@@ -329,10 +381,12 @@ def fenced_params(
     add: dict[str, int],
     processed: int | None,
     total: int | None,
+    prev: str | None = None,
 ) -> dict[str, Any]:
     """The ``fenced_*`` parameters of a `fenced_statement` for one execution: the state
     without the keys of `add` (those are computed in the statement from their current value
-    in `state`), the time, and the progress when given."""
+    in `state`), the time, the progress when given, and the state the row must still hold
+    (`prev`, its JSON, for ``expect_state``; None: no check)."""
     params: dict[str, Any] = {
         "fenced_job": job_id,
         "fenced_fence": fence,
@@ -345,4 +399,10 @@ def fenced_params(
         params["fenced_processed"] = processed
     if total is not None:
         params["fenced_total"] = total
+    params["fenced_prev"] = prev
     return params
+
+
+def state_json(state: dict[str, Any]) -> str:
+    """`state` as the JSON text a checkpoint stores."""
+    return json.dumps(state)

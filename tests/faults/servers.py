@@ -112,6 +112,8 @@ class PgServer:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="prosaas-pg-"))
         self.data = self.dir / "data"
+        #: the processes `hold_wal` stopped
+        self.held: list[int] = []
         shutil.chown(self.dir, "postgres", "postgres")
         _as_postgres(
             str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
@@ -155,7 +157,48 @@ class PgServer:
     def thaw(self) -> None:
         os.kill(self._postmaster(), signal.SIGCONT)
 
+    def hold_wal(self) -> None:
+        """Nothing writes the WAL out in the background any more (the WAL writer, background
+        writer, checkpointer and autovacuum launcher are SIGSTOPped): a commit that does not
+        wait for the disk stays in shared memory until a synchronous commit flushes it, or a
+        `crash` loses it. `release_wal`, `crash` or `close` ends the hold."""
+        for (pid,) in self.sql(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type IN ('walwriter', "
+            "'background writer', 'checkpointer', 'autovacuum launcher')"
+        ):
+            os.kill(pid, signal.SIGSTOP)
+            self.held.append(pid)
+
+    def release_wal(self) -> None:
+        for pid in self.held:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.held.clear()
+
+    def crash(self) -> None:
+        """The server dies at once, all its processes SIGKILLed (a power cut, as far as
+        PostgreSQL can tell): what was only in its shared memory is gone, and the next
+        `start` runs crash recovery."""
+        postmaster = self._postmaster()
+        pids = [postmaster, *children(postmaster)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.held.clear()
+        # every one gone, reaped too (a backend still attached to the shared memory, or a
+        # postmaster pid that still exists, would stop the next start)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL processes still there 10 s after SIGKILL: {pids}")
+            time.sleep(0.02)
+
     def close(self) -> None:
+        self.release_wal()
         try:
             self.thaw()
         except (OSError, ValueError):
