@@ -30,7 +30,7 @@ The rules every helper here keeps:
   whose job was rescued and handed to another cannot commit another batch. The statement
   commits without waiting for the disk (``durable=False``): a database crash may lose the last
   batches with their checkpoints, which the attempt then finds (``CheckpointLost``) and the
-  job redoes; the worker settles before the job's outcome. On PostgreSQL a
+  job redoes; `run_selection` settles before it returns its counts. On PostgreSQL a
   batch is two round trips in autocommit (the page, then that statement), where a hand-written
   loop in a transaction takes four (BEGIN, page, write, COMMIT). Both statements are built once
   per job with the batch as bound parameters (`LeadBatcher.where_template`, `Batch.params`),

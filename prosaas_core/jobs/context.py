@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -263,7 +264,7 @@ class JobContext:
             if not locked:
                 self._lost = True
             else:
-                self._kept = None if durable else store.state_json(written)
+                self._kept = None if durable else json.dumps(written)
                 self._cancel = self._cancel or bool(cancel)
                 self.processed = self.processed if done is None else int(done)
                 self.total = self.total if total is None else int(total)
@@ -322,21 +323,22 @@ class JobContext:
             return
         self._check_lost()
         pinned = self._pinned
-        settled_here = pinned is None or not pinned.in_transaction()
-        if pinned is not None and not settled_here:
+        if pinned is not None and pinned.in_transaction():
             # that transaction holds the job row: check there; it is on disk only once that
             # commits, so the check stays due (the worker's settle repeats it on its own)
             kept = store.settle(pinned, self.job_id, self._fence, expected)
+            on_disk = False
         else:
             kept = self._retried(
                 lambda own: store.settle(own, self.job_id, self._fence, expected), "settle"
             )
+            on_disk = True
         if kept is None:
             self._lost = True
             self._check_lost()
         if not kept:
             raise self._checkpoint_lost()
-        if settled_here:
+        if on_disk:
             self._kept = None
 
     def should_stop(self) -> bool:

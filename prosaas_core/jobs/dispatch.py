@@ -575,6 +575,7 @@ class Dispatcher:
         from prosaas_core.jobs.delayed import schedule
 
         schedule(self.rt, claim.id, claim.queue, delay, timeout=jt.timeout)
+        why = "a checkpoint lost in a database crash" if lost else "database connection lost"
         log.warning(
             "JOB RETRY job_id=%s job_type=%s business_id=%s attempt=%s/%s duration=%.3fs "
             "retry_in=%.1fs%s error=%s",
@@ -585,13 +586,7 @@ class Dispatcher:
             claim.max_attempts,
             time.monotonic() - started,
             delay,
-            (
-                " (a checkpoint lost in a database crash: attempt not counted)"
-                if lost
-                else " (database connection lost: attempt not counted)"
-                if infra
-                else ""
-            ),
+            f" ({why}: attempt not counted)" if infra else "",
             errortext.first_line(error),
         )
         return None

@@ -34,7 +34,6 @@ __all__ = [
     "fenced_write",
     "fenced_statement",
     "fenced_params",
-    "state_json",
     "is_ours",
     "settle",
 ]
@@ -401,8 +400,3 @@ def fenced_params(
         params["fenced_total"] = total
     params["fenced_prev"] = prev
     return params
-
-
-def state_json(state: dict[str, Any]) -> str:
-    """`state` as the JSON text a checkpoint stores."""
-    return json.dumps(state)
